@@ -25,6 +25,8 @@ class Decomposition:
       new_to_old_col_indices: int [m'] reduced column → parameter index, ascending.
       n_parameters: m. n_classes: C (−1 for LVRM, 1 for D).
       losses: {"G_only": float32 [..], "joint": float32 [..]} logged every log_loss_frequency steps.
+      convergence: {"steps": int [s], "cosine": float32 [s, r]} per-component cosine similarity of
+        W[:, k] to the previous snapshot, recorded every N steps (paper Fig. 5); may be empty.
       layout: parameter layout of the PEFs it was made from.
       metadata: source PEF file, resolved config, seed, ...
     """
@@ -38,6 +40,7 @@ class Decomposition:
     H: np.ndarray | sp.csr_matrix | None = None
     losses: dict[str, np.ndarray] = field(default_factory=dict)
     log_loss_frequency: int = 10
+    convergence: dict[str, np.ndarray] = field(default_factory=dict)
     layout: ParameterLayout | None = None
     metadata: dict = field(default_factory=dict)
 
