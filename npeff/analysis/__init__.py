@@ -1,1 +1,37 @@
-"""npeff.analysis."""
+"""npeff.analysis: top examples, concept purity, PEF-norm ratios and cross-run component matching.
+
+Pure numpy functions over coefficient matrices W [n_examples, n_components]; nothing here reads
+files or recomputes Fishers.
+"""
+
+from npeff.analysis.concepts import (
+    ConceptAnalysis,
+    analyze_concepts,
+    concept_shares,
+    count_all_share,
+)
+from npeff.analysis.matching import (
+    MatchResult,
+    average_max_cosine,
+    coefficient_cosine,
+    component_similarity,
+    component_splits,
+    match_runs,
+)
+from npeff.analysis.top_examples import pef_norm_ratio, top_examples, top_indices
+
+__all__ = [
+    "ConceptAnalysis",
+    "MatchResult",
+    "analyze_concepts",
+    "average_max_cosine",
+    "coefficient_cosine",
+    "component_similarity",
+    "component_splits",
+    "concept_shares",
+    "count_all_share",
+    "match_runs",
+    "pef_norm_ratio",
+    "top_examples",
+    "top_indices",
+]
