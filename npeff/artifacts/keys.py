@@ -59,3 +59,32 @@ ATTR_MODEL_IDENTITY = "model_identity"  # attribute on `npeff`: JSON (checkpoint
 ATTR_SOURCE = "source"  # attribute on `npeff`: JSON (source files the artifact was made from)
 
 SCHEMA_VERSION = 1
+
+# --- npeff perturbation results (perturbation.h5; owner: perturbation engineer) --------------
+# One dataset per PerturbationResult field; sign axis 0 = +, 1 = −. Metadata is a JSON attribute.
+PERTURBATION_GROUP = "perturbation"
+PERT_COMPONENT_INDICES = "perturbation/component_indices"
+PERT_KL_TOP = "perturbation/kl_top"
+PERT_KL_BASELINE = "perturbation/kl_baseline"
+PERT_KL_TOP_REVERSE = "perturbation/kl_top_reverse"
+PERT_KL_BASELINE_REVERSE = "perturbation/kl_baseline_reverse"
+PERT_KL_RATIO = "perturbation/kl_ratio"
+PERT_BEST_SIGN = "perturbation/best_sign"
+PERT_PEF_NORM_RATIO = "perturbation/pef_norm_ratio"
+PERT_ACC_TOP_BEFORE = "perturbation/acc_top_before"
+PERT_ACC_TOP_AFTER = "perturbation/acc_top_after"
+PERT_ACC_BASELINE_BEFORE = "perturbation/acc_baseline_before"
+PERT_ACC_BASELINE_AFTER = "perturbation/acc_baseline_after"
+PERT_ACC_ALL_AFTER = "perturbation/acc_all_after"
+PERT_TOP_INDICES = "perturbation/top_indices"
+PERT_BASELINE_INDICES = "perturbation/baseline_indices"
+ATTR_PERT_MAGNITUDE = "magnitude"  # attribute on `perturbation`
+ATTR_PERT_ACC_ALL_BEFORE = "acc_all_before"  # attribute on `perturbation`
+ATTR_PERT_METADATA = "metadata"  # attribute on `perturbation`: JSON
+
+# --- npeff's own metadata: PEF files (fisher engineer) ---------------------------------------
+ATTR_N_WRITTEN = "n_written"  # attribute on `npeff`: examples committed so far (resume point)
+ATTR_FINGERPRINT = "fingerprint"  # attribute on `npeff`: JSON of the options a resume must match
+ATTR_METADATA = "metadata"  # attribute on `npeff`: JSON of any other metadata
+ATTR_DSF_MODE = "dataset_fisher_mode"  # attribute on `npeff`: "expectation" / "sampling"
+DSF_PARTIAL_SUM = "npeff/dataset_fisher_sum"  # float64 [m] running sum while a PEF run is open

@@ -1,0 +1,163 @@
+"""Perturb a list of components of an LRM or D-NPEFF decomposition with one loaded model."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from npeff.artifacts.decomposition import Decomposition
+from npeff.artifacts.perturbation import PerturbationResult
+from npeff.perturb.directions import (
+    d_merge_delta,
+    h_row,
+    loss_gradient_sign,
+    lrm_direction,
+    normalize_rows,
+    unit_dataset_fisher,
+)
+from npeff.perturb.evaluation import PerturbationEvaluator
+from npeff.perturb.targeting import KlTargetSettings, target_kl
+from npeff.perturb.vector import ParameterVector
+
+log = logging.getLogger(__name__)
+
+
+def check_components(dec: Decomposition, components) -> list[int]:
+    """``components`` (None = all) as a list of valid component indices."""
+    r = dec.n_components
+    if components is None:
+        return list(range(r))
+    out = [int(j) for j in components]
+    bad = [j for j in out if not 0 <= j < r]
+    if bad:
+        raise IndexError(f"component indices {bad} out of range for a decomposition with {r}")
+    return out
+
+
+def perturb_lrm(
+    evaluator: PerturbationEvaluator,
+    dec: Decomposition,
+    components=None,
+    magnitude: float = 0.1,
+    tau: float | None = 0.35,
+    progress: bool = True,
+) -> PerturbationResult:
+    """LRM perturbations (algorithm.md §8.1): θ ± magnitude·v_j for each component j."""
+    if dec.kind != "lrm" or dec.G is None:
+        raise ValueError(
+            f"LRM perturbations need an LRM decomposition with G (got kind={dec.kind!r}); "
+            "use perturb=diag for D-NPEFF"
+        )
+    comps = check_components(dec, components)
+    G_unit = normalize_rows(dec.G)
+    records = []
+    for j in tqdm(comps, desc="perturb (lrm)", disable=not progress):
+        v = lrm_direction(dec.G, dec.new_to_old_col_indices, evaluator.layout, j, tau, G_unit)
+        records.append(evaluator.evaluate(j, v, magnitude))
+    meta = {"kind": "lrm", "tau": tau, "magnitude": magnitude}
+    return evaluator.result(records, magnitude, meta)
+
+
+def diag_direction(
+    evaluator: PerturbationEvaluator,
+    dec: Decomposition,
+    j: int,
+    fisher_unit: np.ndarray,
+    settings: KlTargetSettings,
+    fisher_floor: float,
+    rng: np.random.Generator,
+) -> tuple[ParameterVector | None, dict]:
+    """The KL-targeted Fisher-merge perturbation θ' − θ for component j (algorithm.md §8.3).
+
+    Returns (vector, info); the vector is None when targeting found no (δ, λ) in range.
+    """
+    layout = evaluator.layout
+    m = layout.n_parameters
+    h = np.zeros(m, dtype=np.float64)
+    h[np.asarray(dec.new_to_old_col_indices, dtype=np.int64)] = h_row(dec.H, j)
+    h_norm = np.linalg.norm(h)
+    if not h_norm > 0:
+        raise ValueError(f"D-NPEFF component {j} is all zeros")
+    h /= h_norm
+    top = evaluator.top(j)
+    sign = loss_gradient_sign(
+        evaluator.model,
+        evaluator.gradient_batches(top),
+        evaluator.perturber.params,
+        layout,
+        evaluator.forward,
+    )
+
+    def vector(delta: float, lam: float) -> ParameterVector:
+        d = d_merge_delta(h, fisher_unit, sign, delta, lam, fisher_floor)
+        return ParameterVector(layout, torch.as_tensor(d, dtype=torch.float32))
+
+    def kl_fn(delta: float, lam: float) -> float:
+        return evaluator.mean_top_kl(top, vector(delta, lam), 1.0)
+
+    res = target_kl(kl_fn, settings, rng)
+    info = {
+        "delta": res.delta,
+        "lambda": res.lam,
+        "target_kl": res.kl,
+        "kl_target_found": res.found,
+        "n_kl_evals": res.n_evals,
+    }
+    if not res.found:
+        return None, info
+    v = vector(res.delta, res.lam)
+    info["perturbation_norm"] = v.norm()
+    return v, info
+
+
+def perturb_diag(
+    evaluator: PerturbationEvaluator,
+    dec: Decomposition,
+    dataset_fisher: np.ndarray,
+    components=None,
+    kl_settings: KlTargetSettings | None = None,
+    fisher_floor: float = 1e-6,
+    seed: int = 0,
+    progress: bool = True,
+) -> PerturbationResult:
+    """D-NPEFF perturbations: Fisher-merge directions with KL targeting, scored with both signs.
+
+    ``dataset_fisher`` [m] is the dataset-level diagonal Fisher (normalized to unit norm here and
+    floored at ``fisher_floor``). A component whose targeting fails gets no result; it is listed
+    in ``metadata["skipped_components"]``.
+    """
+    if dec.kind != "diag" or dec.H is None:
+        raise ValueError(
+            f"D-NPEFF perturbations need a D-NPEFF decomposition with H (got kind={dec.kind!r}); "
+            "use perturb=lrm for LRM-NPEFF"
+        )
+    dataset_fisher = np.asarray(dataset_fisher).reshape(-1)
+    if dataset_fisher.shape[0] != evaluator.layout.n_parameters:
+        raise ValueError(
+            f"the dataset Fisher has {dataset_fisher.shape[0]} entries but the model layout has "
+            f"{evaluator.layout.n_parameters} parameters"
+        )
+    kl_settings = kl_settings or KlTargetSettings()
+    fisher_unit = unit_dataset_fisher(dataset_fisher)
+    comps = check_components(dec, components)
+    rng = np.random.default_rng(seed)
+    records, skipped = [], []
+    for j in tqdm(comps, desc="perturb (diag)", disable=not progress):
+        v, info = diag_direction(evaluator, dec, j, fisher_unit, kl_settings, fisher_floor, rng)
+        if v is None:
+            log.warning("component %d: KL targeting found no (delta, lambda) in range", j)
+            skipped.append({"component": j, **info})
+            continue
+        records.append(evaluator.evaluate(j, v, 1.0, extra=info))
+    meta = {
+        "kind": "diag",
+        "fisher_floor": fisher_floor,
+        "kl_target": asdict(kl_settings),
+        "targeting_seed": seed,
+        "skipped_components": skipped,
+    }
+    return evaluator.result(records, float("nan"), meta)

@@ -1,0 +1,226 @@
+"""Score perturbations of a loaded model over its evaluation examples (algorithm.md §8.2).
+
+:class:`PerturbationEvaluator` holds one model, the examples (an :class:`ExampleCache`) and the
+unperturbed logits, computed once. Each component's direction is applied with both signs;
+per-example KL(p_θ ‖ p_θ+δ) and its reverse are averaged over the component's top examples (by
+coefficient) and over a seeded random baseline; accuracies are taken on top, baseline and all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from npeff.artifacts.layout import ParameterLayout
+from npeff.artifacts.perturbation import PerturbationResult
+from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
+from npeff.perturb.metrics import (
+    best_sign_index,
+    per_example_kl,
+    random_baseline,
+    safe_ratio,
+    top_indices,
+)
+from npeff.perturb.vector import ModelPerturber, ParameterVector
+
+SIGNS = (1, -1)  # sign axis 0 = +, 1 = −
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """n_top: top examples per component; n_baseline: random baseline size (capped at n);
+    seed: baseline seed; batch_size: forward batch size; eval_all: also run all n examples per
+    perturbation (needed for the accuracy on all examples, else NaN)."""
+
+    n_top: int = 128
+    n_baseline: int = 10_000
+    seed: int = 0
+    batch_size: int = 64
+    eval_all: bool = True
+
+
+@dataclass
+class ComponentRecord:
+    """Raw figures of one component; sign axis 0 = +, 1 = −."""
+
+    component: int
+    top: np.ndarray
+    kl_top: np.ndarray
+    kl_baseline: np.ndarray
+    kl_top_reverse: np.ndarray
+    kl_baseline_reverse: np.ndarray
+    acc_top_after: np.ndarray
+    acc_baseline_after: np.ndarray
+    acc_all_after: np.ndarray
+    extra: dict
+
+
+class PerturbationEvaluator:
+    """One model, its evaluation examples and the unperturbed logits, for many perturbations.
+
+    W: float [n, r] coefficients whose rows are the cache's examples in order.
+    pef_norms: float [n] dense PEF norms of the same examples.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cache: ExampleCache,
+        layout: ParameterLayout,
+        W: np.ndarray,
+        pef_norms: np.ndarray,
+        settings: EvalSettings = EvalSettings(),
+        forward: ForwardFn | None = None,
+        progress: bool = True,
+    ):
+        W = np.asarray(W)
+        pef_norms = np.asarray(pef_norms, dtype=np.float64).reshape(-1)
+        if W.shape[0] != cache.n or pef_norms.shape[0] != cache.n:
+            raise ValueError(
+                f"coefficients have {W.shape[0]} rows and the PEF file {pef_norms.shape[0]} norms, "
+                f"but {cache.n} examples were loaded; they must describe the same examples"
+            )
+        self.model = model
+        self.cache = cache
+        self.layout = layout
+        self.W = W
+        self.pef_norms = pef_norms
+        self.settings = settings
+        self.forward = forward or default_forward_logits
+        self.progress = progress
+        self.perturber = ModelPerturber(model, layout)
+        self.base_logits = cache.logits(
+            model, None, settings.batch_size, self.forward, progress=progress
+        )
+        self.labels = cache.labels.numpy()
+        self.correct_before = (self.base_logits.argmax(-1).numpy() == self.labels).astype(
+            np.float64
+        )
+        self.baseline = random_baseline(cache.n, settings.n_baseline, settings.seed)
+        self.acc_all_before = float(self.correct_before.mean()) if cache.n else float("nan")
+
+    @property
+    def n(self) -> int:
+        return self.cache.n
+
+    def top(self, j: int) -> np.ndarray:
+        """Top examples of component j by coefficient, descending [min(n_top, n)]."""
+        return top_indices(self.W, j, self.settings.n_top)
+
+    def _logits(self, indices: np.ndarray | None) -> torch.Tensor:
+        return self.cache.logits(self.model, indices, self.settings.batch_size, self.forward)
+
+    def mean_top_kl(self, indices: np.ndarray, vector: ParameterVector, scale: float) -> float:
+        """Mean KL(p_θ ‖ p_θ+scale·v) over ``indices`` (any order)."""
+        idx = np.unique(indices)
+        with self.perturber.perturbed(vector, scale):
+            logits = self._logits(idx)
+        return float(per_example_kl(self.base_logits[idx], logits).mean())
+
+    def gradient_batches(self, indices: np.ndarray):
+        """Batches of the given examples (for loss gradients), on the model's device."""
+        device = next(self.model.parameters()).device
+        for b in self.cache.batches(np.unique(indices), self.settings.batch_size):
+            yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in b.items()}
+
+    def evaluate(
+        self, j: int, vector: ParameterVector, scale: float, extra: dict | None = None
+    ) -> ComponentRecord:
+        """Apply θ ± scale·vector and score it for component j."""
+        top = self.top(j)
+        base = self.baseline
+        if self.settings.eval_all:
+            eval_idx = None
+            pos_top, pos_base = top, base
+        else:
+            eval_idx = np.union1d(top, base)
+            pos_top = np.searchsorted(eval_idx, top)
+            pos_base = np.searchsorted(eval_idx, base)
+        orig = self.base_logits if eval_idx is None else self.base_logits[eval_idx]
+        labels = self.labels if eval_idx is None else self.labels[eval_idx]
+        f = {k: np.full(2, np.nan) for k in ("klt", "klb", "klrt", "klrb", "at", "ab", "aa")}
+        for s_i, sign in enumerate(SIGNS):
+            with self.perturber.perturbed(vector, sign * scale):
+                logits = self._logits(eval_idx)
+            kl = per_example_kl(orig, logits).numpy()
+            kl_rev = per_example_kl(logits, orig).numpy()
+            correct = (logits.argmax(-1).numpy() == labels).astype(np.float64)
+            f["klt"][s_i] = kl[pos_top].mean()
+            f["klb"][s_i] = kl[pos_base].mean()
+            f["klrt"][s_i] = kl_rev[pos_top].mean()
+            f["klrb"][s_i] = kl_rev[pos_base].mean()
+            f["at"][s_i] = correct[pos_top].mean()
+            f["ab"][s_i] = correct[pos_base].mean()
+            if eval_idx is None:
+                f["aa"][s_i] = correct.mean()
+        return ComponentRecord(
+            component=int(j),
+            top=top,
+            kl_top=f["klt"],
+            kl_baseline=f["klb"],
+            kl_top_reverse=f["klrt"],
+            kl_baseline_reverse=f["klrb"],
+            acc_top_after=f["at"],
+            acc_baseline_after=f["ab"],
+            acc_all_after=f["aa"],
+            extra=dict(extra or {}),
+        )
+
+    def result(
+        self, records: list[ComponentRecord], magnitude: float, metadata: dict | None = None
+    ) -> PerturbationResult:
+        """Collect records into a :class:`PerturbationResult`."""
+        c = len(records)
+        n_top = min(self.settings.n_top, self.n)
+
+        def stack(name: str) -> np.ndarray:
+            return np.array([getattr(r, name) for r in records], dtype=np.float64).reshape(c, 2)
+
+        kl_top, kl_base = stack("kl_top"), stack("kl_baseline")
+        ratios = safe_ratio(kl_top, kl_base).reshape(c, 2)
+        best = best_sign_index(ratios)
+        tops = np.array([r.top for r in records], dtype=np.int64).reshape(c, n_top)
+        base = self.baseline
+        norm_base = self.pef_norms[base].mean() if len(base) else np.nan
+        pef_norm_ratio = np.array(
+            [safe_ratio(self.pef_norms[t].mean(), norm_base) for t in tops], dtype=np.float64
+        )
+        meta = dict(metadata or {})
+        meta.setdefault("settings", {})
+        meta["settings"].update(
+            n_top=self.settings.n_top,
+            n_baseline=self.settings.n_baseline,
+            seed=self.settings.seed,
+            batch_size=self.settings.batch_size,
+            eval_all=self.settings.eval_all,
+        )
+        meta["n_examples"] = self.n
+        meta["kl_ratio_both_signs"] = ratios.tolist()
+        meta["component_extra"] = [r.extra for r in records]
+        return PerturbationResult(
+            component_indices=np.array([r.component for r in records], dtype=np.int64),
+            magnitude=float(magnitude),
+            kl_top=kl_top,
+            kl_baseline=kl_base,
+            kl_top_reverse=stack("kl_top_reverse"),
+            kl_baseline_reverse=stack("kl_baseline_reverse"),
+            kl_ratio=ratios[np.arange(c), best] if c else np.zeros(0),
+            best_sign=np.where(best == 0, 1, -1).astype(np.int8),
+            pef_norm_ratio=pef_norm_ratio,
+            acc_top_before=np.array(
+                [self.correct_before[t].mean() for t in tops], dtype=np.float64
+            ),
+            acc_top_after=stack("acc_top_after"),
+            acc_baseline_before=np.full(
+                c, self.correct_before[base].mean() if len(base) else np.nan
+            ),
+            acc_baseline_after=stack("acc_baseline_after"),
+            acc_all_before=self.acc_all_before,
+            acc_all_after=stack("acc_all_after"),
+            top_indices=tops,
+            baseline_indices=base,
+            metadata=meta,
+        )
