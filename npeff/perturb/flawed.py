@@ -61,7 +61,8 @@ def accuracy_changes(res: PerturbationResult, threshold: float = 0.005) -> dict:
         )
     change = after - float(res.acc_all_before)
     best = np.nanmax(change, axis=1) if change.size else np.zeros(0)
-    best_sign = np.where(np.nan_to_num(change[:, 1], nan=-np.inf) > change[:, 0], -1, 1)
+    finite = np.nan_to_num(change, nan=-np.inf)
+    best_sign = np.where(finite[:, 1] > finite[:, 0], -1, 1) if change.size else np.zeros(0)
     raising = best >= threshold
     return {
         "component_indices": np.asarray(res.component_indices, dtype=np.int64).tolist(),
