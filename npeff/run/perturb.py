@@ -1,0 +1,318 @@
+"""Stage ``npeff-perturb``: guided perturbations of NPEFF components and their evaluation.
+
+Inputs: a model checkpoint, a coefficient (or decomposition) file whose W rows are the evaluation
+examples, and the PEF file of the same examples (dense norms, labels, logits); D-NPEFF also needs
+the dataset-level diagonal Fisher. The model is loaded once; its unperturbed logits are computed
+once; every component is perturbed with both signs. Writes ``perturbation.h5`` (the
+:class:`PerturbationResult`), ``perturbation.json`` (per-component figures and medians) and
+``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.artifacts.atomic import write_json_atomic
+from npeff.artifacts.perturbation import PerturbationResult, save_perturbation
+from npeff.perturb.components import perturb_diag, perturb_lrm
+from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
+from npeff.perturb.examples import ExampleCache
+from npeff.perturb.flawed import accuracy_changes, select_flawed_components
+from npeff.perturb.metrics import summary_medians
+from npeff.perturb.targeting import KlTargetSettings
+from npeff.run.common import hydra_output_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resolve_split(cfg: DictConfig, pefs) -> str:
+    """The data split the PEFs were computed on: ``cfg.split``, else the PEF file's metadata."""
+    if cfg.get("split"):
+        return str(cfg.split)
+    meta = pefs.metadata or {}
+    for key in ("split",):
+        if meta.get(key):
+            return str(meta[key])
+    conf = meta.get("config")
+    if isinstance(conf, str):
+        try:
+            conf = OmegaConf.to_container(OmegaConf.create(conf))
+        except Exception:  # noqa: BLE001 - metadata is free-form; fall through to the error
+            conf = None
+    if isinstance(conf, dict) and conf.get("split"):
+        return str(conf["split"])
+    raise ValueError(
+        "cannot tell which data split the PEFs were computed on (no 'split' in the PEF file's "
+        "metadata); pass split=fit or split=eval"
+    )
+
+
+def _expansion_components(pc: DictConfig, dec) -> list[int]:
+    explicit = pc.flawed.get("expansion_components")
+    if explicit is not None:
+        return [int(j) for j in explicit]
+    meta = dec.metadata or {}
+    if meta.get("expansion_component_indices") is not None:
+        return [int(j) for j in meta["expansion_component_indices"]]
+    n_frozen = meta.get("n_frozen")
+    if n_frozen is None and isinstance(meta.get("config"), dict):
+        n_frozen = meta["config"].get("n_frozen")
+    if n_frozen is None:
+        raise ValueError(
+            "perturb.select=flawed needs the expansion components: the decomposition's metadata "
+            "has no n_frozen; pass perturb.flawed.expansion_components=[...]"
+        )
+    # expansions put the new (learned) components first and the frozen ones last (§7.2)
+    return list(range(dec.n_components - int(n_frozen)))
+
+
+def _finite_or_none(x):
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _finite_or_none(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def summarize(res: PerturbationResult) -> dict:
+    """The ``perturbation.json`` content: medians and one entry per component (NaN → null)."""
+    comps = []
+    extras = res.metadata.get("component_extra", [{}] * res.n_components)
+    for c in range(res.n_components):
+        kl = float(res.kl_ratio[c])
+        comps.append(
+            {
+                "component": int(res.component_indices[c]),
+                "kl_ratio": kl,
+                "log2_kl_ratio": math.log2(kl) if kl > 0 and math.isfinite(kl) else None,
+                "best_sign": int(res.best_sign[c]),
+                "pef_norm_ratio": float(res.pef_norm_ratio[c]),
+                "kl_top": res.kl_top[c].tolist(),
+                "kl_baseline": res.kl_baseline[c].tolist(),
+                "kl_top_reverse": res.kl_top_reverse[c].tolist(),
+                "kl_baseline_reverse": res.kl_baseline_reverse[c].tolist(),
+                "acc_top_before": float(res.acc_top_before[c]),
+                "acc_top_after": res.acc_top_after[c].tolist(),
+                "acc_baseline_before": float(res.acc_baseline_before[c]),
+                "acc_baseline_after": res.acc_baseline_after[c].tolist(),
+                "acc_all_after": res.acc_all_after[c].tolist(),
+                **({"extra": extras[c]} if extras[c] else {}),
+            }
+        )
+    out = {
+        "kind": res.metadata.get("kind"),
+        "magnitude": res.magnitude,
+        "n_components": res.n_components,
+        "n_top": int(res.top_indices.shape[1]),
+        "n_baseline": int(len(res.baseline_indices)),
+        "acc_all_before": res.acc_all_before,
+        **summary_medians(res.kl_ratio, res.pef_norm_ratio),
+        "components": comps,
+    }
+    return out
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """Run the perturbation stage; returns the metrics (also written to ``metrics.json``)."""
+    from npeff.artifacts.decomposition import load_decomposition
+    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
+    from npeff.models import load_checkpoint
+
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pc = cfg.perturb
+    if pc.kind not in ("lrm", "diag"):
+        raise ValueError(f"perturb.kind must be 'lrm' or 'diag', got {pc.kind!r}")
+
+    dec = load_decomposition(cfg.inputs.coeffs)
+    pefs = load_pefs(cfg.inputs.pefs)
+    if dec.kind != pc.kind:
+        raise ValueError(
+            f"{cfg.inputs.coeffs} holds a {dec.kind!r} decomposition but perturb.kind is "
+            f"{pc.kind!r}; pass perturb={dec.kind}"
+        )
+    if dec.n_examples != pefs.n_examples:
+        raise ValueError(
+            f"the coefficients have {dec.n_examples} rows but {cfg.inputs.pefs} holds "
+            f"{pefs.n_examples} PEFs; pass the PEF file the coefficients were fitted to"
+        )
+    layout = dec.layout or pefs.layout
+    if layout is None:
+        raise ValueError("neither the coefficient file nor the PEF file stores a parameter layout")
+    if layout.n_parameters != dec.n_parameters:
+        raise ValueError(
+            f"the layout has {layout.n_parameters} parameters but the decomposition "
+            f"{dec.n_parameters}"
+        )
+
+    loaded = load_checkpoint(cfg.inputs.checkpoint)  # the only model load of the stage
+    model = loaded.model.to(_device(cfg.get("device", "cpu"))).eval()
+    split = _resolve_split(cfg, pefs)
+    loader = loaded.task.dataloader(split, batch_size=int(pc.batch_size))
+    cache = ExampleCache(loader, n_examples=dec.n_examples)
+    if not np.array_equal(cache.labels.numpy(), np.asarray(pefs.labels).reshape(-1)):
+        raise ValueError(
+            f"the labels of the first {cache.n} examples of split {split!r} differ from the PEF "
+            "file's; pass the split (and checkpoint) the PEFs were computed with"
+        )
+    settings = EvalSettings(
+        n_top=int(pc.n_top),
+        n_baseline=int(pc.n_baseline),
+        seed=int(pc.seed),
+        batch_size=int(pc.batch_size),
+        eval_all=bool(pc.eval_all),
+    )
+    progress = bool(cfg.get("progress", True))
+    ev = PerturbationEvaluator(model, cache, layout, dec.W, pefs.norms, settings, progress=progress)
+    logit_diff = None
+    if pefs.logits is not None and np.shape(pefs.logits) == tuple(ev.base_logits.shape):
+        logit_diff = float(np.abs(np.asarray(pefs.logits) - ev.base_logits.numpy()).max())
+        if logit_diff > 1e-3 * (1 + float(np.abs(pefs.logits).max())):
+            log.warning(
+                "the model's logits differ from the PEF file's by up to %.3g: is this the "
+                "checkpoint the PEFs were computed with?",
+                logit_diff,
+            )
+
+    components = None if pc.components is None else [int(j) for j in pc.components]
+    flawed_info = None
+    if pc.select == "flawed":
+        candidates = _expansion_components(pc, dec)
+        if components is not None:
+            candidates = [j for j in candidates if j in set(components)]
+        preds = ev.base_logits.argmax(-1).numpy()
+        components = select_flawed_components(
+            dec.W,
+            candidates,
+            ev.labels,
+            preds,
+            n_top=int(pc.flawed.n_top),
+            min_incorrect=int(pc.flawed.min_incorrect),
+        ).tolist()
+        flawed_info = {"candidates": candidates, "selected": components}
+        log.info(
+            "flawed heuristics: %d of %d expansion components", len(components), len(candidates)
+        )
+    elif pc.select != "all":
+        raise ValueError(f"perturb.select must be 'all' or 'flawed', got {pc.select!r}")
+
+    if pc.kind == "lrm":
+        res = perturb_lrm(
+            ev,
+            dec,
+            components,
+            magnitude=float(pc.magnitude),
+            tau=None if pc.tau is None else float(pc.tau),
+            progress=progress,
+        )
+    else:
+        if not cfg.inputs.get("dataset_fisher"):
+            raise ValueError(
+                "D-NPEFF perturbations need the dataset-level diagonal Fisher: pass "
+                "inputs.dataset_fisher=<dsf.h5> (npeff-pefs fisher=diag fisher.dataset_fisher=true)"
+            )
+        kt = pc.kl_target
+        res = perturb_diag(
+            ev,
+            dec,
+            load_dataset_fisher(cfg.inputs.dataset_fisher),
+            components,
+            kl_settings=KlTargetSettings(
+                min_kl=float(kt.min_kl),
+                max_kl=float(kt.max_kl),
+                delta_range=tuple(float(x) for x in kt.delta_range),
+                lambda_range=tuple(float(x) for x in kt.lambda_range),
+                max_iters=int(kt.max_iters),
+                max_backoffs=int(kt.max_backoffs),
+            ),
+            fisher_floor=float(pc.fisher_floor),
+            seed=int(pc.seed),
+            progress=progress,
+        )
+
+    res.metadata.update(
+        split=split,
+        source={
+            "checkpoint": str(cfg.inputs.checkpoint),
+            "coeffs": str(cfg.inputs.coeffs),
+            "pefs": str(cfg.inputs.pefs),
+            "dataset_fisher": cfg.inputs.get("dataset_fisher"),
+        },
+        config=OmegaConf.to_container(pc, resolve=True),
+        max_abs_logit_diff_vs_pefs=logit_diff,
+    )
+    if flawed_info is not None:
+        res.metadata["flawed"] = flawed_info
+    save_perturbation(res, output_dir / "perturbation.h5")
+
+    summary = summarize(res)
+    if flawed_info is not None:
+        summary["flawed"] = dict(flawed_info)
+        if pc.eval_all:
+            summary["flawed"].update(
+                accuracy_changes(res, threshold=float(pc.flawed.accuracy_threshold))
+            )
+    write_json_atomic(output_dir / "perturbation.json", _finite_or_none(summary))
+
+    metrics = {
+        k: summary[k]
+        for k in (
+            "kind",
+            "n_components",
+            "kl_ratio_median",
+            "pef_norm_ratio_median",
+            "frac_kl_ratio_above_norm_ratio",
+            "log2_kl_ratio_median",
+            "log2_pef_norm_ratio_median",
+            "n_components_scored",
+            "acc_all_before",
+            "n_baseline",
+            "n_top",
+        )
+    }
+    metrics["n_examples"] = cache.n
+    metrics["runtime_s"] = time.perf_counter() - t0
+    if pc.kind == "diag":
+        metrics["n_skipped_components"] = len(res.metadata.get("skipped_components", []))
+    if flawed_info is not None and "n_raising_accuracy" in summary["flawed"]:
+        metrics["n_flawed_components"] = len(flawed_info["selected"])
+        metrics["n_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
+    metrics = _finite_or_none(metrics)
+    write_metrics(output_dir, metrics)
+    log.info(
+        "perturbed %d components: median KL ratio %s, median PEF-norm ratio %s",
+        metrics["n_components"],
+        metrics["kl_ratio_median"],
+        metrics["pef_norm_ratio_median"],
+    )
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="perturb")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()
