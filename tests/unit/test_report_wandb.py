@@ -44,7 +44,7 @@ def test_logs_histograms_summary_and_table():
     assert len(table.data) == 3 * 4
     rows = wandb_log.top_example_rows(content)
     W = synthetic_inputs(n=40, r=3)["decomposition"].W
-    for comp, rank, idx, coeff, *_ in rows:
+    for comp, _rank, idx, coeff, *_ in rows:
         assert coeff == float(W[idx, comp])
     assert payload["report/n_components"] == 3
     hist_counts = np.asarray(payload["report/log2_kl_ratio"].histogram).sum()
