@@ -1,0 +1,323 @@
+"""``compute_pefs``: per-example Fishers of a classifier over a data loader, streamed to HDF5.
+
+Semantics: algorithm.md §1. Rows of an LRM/LVRM PEF are sqrt(p_c)·∇_θ log p_c with the full
+softmax; a D-PEF is f = Σ_c p_c (∇_θ log p_c)². Each loader batch is processed in sub-chunks of
+``chunk_size`` examples: dense rows [chunk, C, m] are formed, their norms taken, and they are
+sparsified at once, so memory is bounded by chunk_size·C·m and never grows with n.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, SequentialSampler, Subset
+from tqdm.auto import tqdm
+
+from npeff.artifacts.pefs import PefsWriter, save_dataset_fisher
+from npeff.fisher.classes import ClassSelection, select_rows
+from npeff.fisher.grads import LABELS_KEY, PerExampleGrads, select_named_parameters
+from npeff.fisher.sparsify import sparsify_diag, sparsify_rows
+
+DSF_MODES = ("expectation", "sampling")
+
+
+def compute_pefs(
+    model: nn.Module,
+    loader: DataLoader,
+    path: str | os.PathLike,
+    *,
+    kind: str = "lrm",
+    n_values: int,
+    top_k_classes: int | None = None,
+    min_prob_class: float | None = None,
+    max_classes: int | None = None,
+    params: Sequence[str] | None = None,
+    exclude_params: Sequence[str] | None = None,
+    chunk_size: int = 16,
+    dataset_fisher: str | None = None,
+    dataset_fisher_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    metadata: dict | None = None,
+    progress: bool = True,
+    on_chunk: Callable[[int], None] | None = None,
+    index_offset: int = 0,
+) -> Path:
+    """Compute the PEFs of ``model`` on every example of ``loader`` and write them to ``path``.
+
+    Args:
+      model: a classifier in eval mode; called as ``model(**batch_without_labels)``, returns
+        logits [B, C_model] or an object with ``.logits``.
+      loader: yields dict batches with ``labels`` [B] plus the model's keyword inputs; its order
+        is the order of the PEFs.
+      kind: "lrm", "lvrm" or "diag". n_values: K, values kept per example.
+      top_k_classes / min_prob_class / max_classes: class selection (algorithm.md §1.7 rules).
+      params / exclude_params: fnmatch name patterns selecting the parameters (default: all with
+        requires_grad).
+      chunk_size: examples per vectorised sub-chunk (bounds memory: chunk_size·C·m floats).
+      dataset_fisher: None, "expectation" or "sampling": also accumulate the dataset-level
+        diagonal Fisher [m] and write it to ``dataset_fisher_path`` (default: ``dsf.h5`` next to
+        ``path``).
+      seed: seeds the class sampling of the "sampling" mode (per example, so independent of
+        batching, resumption and ranks).
+      metadata: stored in the file (``config``, ``model_identity``, ``source`` get their own attrs).
+      on_chunk: called with the number of committed examples after each chunk (tests, progress).
+      index_offset: global index of the loader's first example (shards of a multi-process run).
+
+    Rerunning with the same arguments after an interruption resumes after the last committed
+    chunk; a complete file is left as it is. Returns ``path``.
+    """
+    sel = ClassSelection(kind, top_k_classes, min_prob_class, max_classes)
+    if n_values < 1:
+        raise ValueError(f"n_values must be ≥ 1, got {n_values}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    if dataset_fisher not in (None, *DSF_MODES):
+        raise ValueError(
+            f"dataset_fisher must be None or one of {DSF_MODES}, got {dataset_fisher!r}"
+        )
+    path = Path(path)
+    dsf_path = Path(dataset_fisher_path) if dataset_fisher_path else path.parent / "dsf.h5"
+
+    named = select_named_parameters(model, params, exclude_params)
+    engine = PerExampleGrads(model, named)
+    m = engine.n_parameters
+    max_k = m if kind == "diag" else m * (top_k_classes or max_classes or 1)
+    if n_values > max_k and kind != "lrm":
+        raise ValueError(f"n_values={n_values} exceeds the {max_k} entries of a {kind} PEF")
+    n_total = _loader_len(loader)
+    fingerprint = {
+        "kind": kind,
+        "n_values": int(n_values),
+        "top_k_classes": top_k_classes,
+        "min_prob_class": min_prob_class,
+        "max_classes": max_classes,
+        "parameters": [list(engine.layout.names), [list(s) for s in engine.layout.shapes]],
+        "dataset_fisher": dataset_fisher,
+        "seed": int(seed) if dataset_fisher == "sampling" else None,
+        "n_examples": n_total,
+    }
+    meta = dict(metadata or {})
+    writer = (
+        PefsWriter(
+            path, **_header(kind, n_values, m, 1, 1, sel, engine, meta, fingerprint, dataset_fisher)
+        )
+        if path.exists()
+        else None
+    )
+    if writer is not None and writer.done:
+        writer.close()
+        return path
+    start = writer.n_written if writer is not None else 0
+    dsf_sum = writer.dataset_fisher_sum() if writer is not None else None
+    if dsf_sum is None:
+        dsf_sum = np.zeros(m, dtype=np.float64)
+
+    bar = tqdm(total=n_total, initial=start, unit="ex", desc=f"{kind} PEFs", disable=not progress)
+    n_done = start
+    try:
+        for batch in _batches_from(loader, start):
+            logits = engine.logits(batch)
+            n_logits = int(logits.shape[-1])
+            if writer is None:
+                n_rows = sel.n_rows(n_logits)
+                if kind == "lrm" and n_values > n_rows * m:
+                    raise ValueError(
+                        f"n_values={n_values} exceeds the {n_rows * m} entries of an LRM PEF "
+                        f"({n_rows} classes × {m} parameters)"
+                    )
+                writer = PefsWriter(
+                    path,
+                    **_header(
+                        kind,
+                        n_values,
+                        m,
+                        n_rows,
+                        n_logits,
+                        sel,
+                        engine,
+                        meta,
+                        fingerprint,
+                        dataset_fisher,
+                    ),
+                )
+            chunk = _process_batch(
+                engine,
+                sel,
+                batch,
+                logits,
+                n_values,
+                chunk_size,
+                dataset_fisher,
+                dsf_sum,
+                seed,
+                index_offset + n_done,
+            )
+            writer.append(chunk, dsf_sum if dataset_fisher else None)
+            n_done = writer.n_written
+            bar.update(len(chunk["labels"]))
+            if on_chunk is not None:
+                on_chunk(n_done)
+        if writer is None:
+            raise ValueError("the loader yielded no examples")
+        if dataset_fisher:
+            save_dataset_fisher(
+                dsf_sum / max(n_done, 1),
+                dsf_path,
+                metadata={
+                    "mode": dataset_fisher,
+                    "n_examples": n_done,
+                    "pefs": str(path),
+                    **{k: v for k, v in meta.items() if k in ("config", "model_identity")},
+                },
+            )
+        writer.finalize()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return path
+
+
+def _header(kind, n_values, m, n_rows, n_logits, sel, engine, meta, fingerprint, dsf) -> dict:
+    return dict(
+        kind=kind,
+        n_values=n_values,
+        n_parameters=m,
+        n_rows=n_rows,
+        n_logits=n_logits,
+        min_prob_class=sel.min_prob_class,
+        layout=engine.layout,
+        metadata=meta,
+        fingerprint=fingerprint,
+        dataset_fisher_mode=dsf,
+    )
+
+
+def _process_batch(
+    engine: PerExampleGrads,
+    sel: ClassSelection,
+    batch: Mapping[str, torch.Tensor],
+    logits: torch.Tensor,
+    n_values: int,
+    chunk_size: int,
+    dsf_mode: str | None,
+    dsf_sum: np.ndarray,
+    seed: int,
+    first_index: int,
+) -> dict[str, np.ndarray]:
+    """PEFs of one loader batch as a writer chunk; adds the batch to ``dsf_sum`` in place."""
+    rows = select_rows(sel, logits)
+    n_logits = logits.shape[-1]
+    b = logits.shape[0]
+    pieces: dict[str, list] = {}
+    # Rows already hold every class with weight sqrt(p_c): their squares sum to the D-PEF.
+    rows_are_full = (sel.kind == "lrm" and sel.top_k_classes is None) or (
+        sel.kind == "diag" and sel.min_prob_class is None
+    )
+    for lo in range(0, b, chunk_size):
+        hi = min(lo + chunk_size, b)
+        sub = {k: v[lo:hi] for k, v in batch.items()}
+        grads = engine.class_grads(sub, rows.classes[lo:hi], n_logits)
+        a = grads * rows.weights[lo:hi, :, None].to(grads.dtype)
+        del grads
+        if sel.kind == "diag":
+            dense = a.pow(2).sum(dim=1)
+            sp = sparsify_diag(dense, n_values)
+            _add(pieces, values=sp.values, indices=sp.indices, norms=sp.norms)
+        else:
+            ranks = None if rows.ranks is None else rows.ranks[lo:hi]
+            sp = sparsify_rows(a, n_values, ranks)
+            _add(pieces, values=sp.values, indices=sp.row_indices, norms=sp.norms)
+            if sel.kind == "lrm":
+                zero = torch.zeros(hi - lo, 1, dtype=sp.counts.dtype)
+                _add(pieces, col_offsets=torch.cat([zero, sp.counts.cumsum(1)], dim=1))
+            else:
+                _add(pieces, ranks=ranks)
+                _add(
+                    pieces, col_sizes=torch.cat([sp.counts[i, : ranks[i]] for i in range(hi - lo)])
+                )
+        if dsf_mode == "expectation":
+            if rows_are_full:
+                dsf_sum += a.pow(2).sum(dim=(0, 1)).double().numpy()
+            else:
+                dsf_sum += _full_expectation(engine, sub, logits[lo:hi])
+        elif dsf_mode == "sampling":
+            dsf_sum += _sampled(engine, sub, logits[lo:hi], seed, first_index + lo)
+        del a
+    chunk = {
+        k: torch.cat(v).numpy() if isinstance(v[0], torch.Tensor) else v for k, v in pieces.items()
+    }
+    chunk["labels"] = batch[LABELS_KEY].numpy()
+    chunk["logits"] = logits.float().numpy()
+    return chunk
+
+
+def _add(pieces: dict, **tensors) -> None:
+    for k, v in tensors.items():
+        pieces.setdefault(k, []).append(v.detach().cpu())
+
+
+def _full_expectation(engine, sub, logits) -> np.ndarray:
+    """Σ_examples Σ_c p_c (∇log p_c)² [m] over all classes (float64)."""
+    b, c = logits.shape
+    classes = torch.arange(c).expand(b, c)
+    grads = engine.class_grads(sub, classes, c)
+    p = torch.softmax(logits, dim=-1).to(grads.dtype)
+    return (grads.pow(2) * p[:, :, None]).sum(dim=(0, 1)).double().numpy()
+
+
+def sample_classes(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
+    """One class per example, y ~ Categorical(softmax(logits)), seeded by the example's global
+    index (so the draw does not depend on batching, resumption or the number of ranks)."""
+    p = torch.softmax(logits.double(), dim=-1).numpy()
+    out = []
+    for i in range(p.shape[0]):
+        u = np.random.default_rng([int(seed), first_index + i]).random()
+        out.append(min(int(np.searchsorted(np.cumsum(p[i]), u, side="right")), p.shape[1] - 1))
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _sampled(engine, sub, logits, seed, first_index) -> np.ndarray:
+    """Σ_examples (∇log p_y)² [m] with y sampled from the model (float64)."""
+    y = sample_classes(logits, seed, first_index)
+    grads = engine.class_grads(sub, y[:, None], logits.shape[-1])
+    return grads[:, 0].pow(2).sum(dim=0).double().numpy()
+
+
+def _loader_len(loader) -> int | None:
+    try:
+        return len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        return None
+
+
+def _batches_from(loader, start: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The loader's batches from example ``start`` on (the resume point)."""
+    if start == 0:
+        yield from loader
+        return
+    if (
+        isinstance(loader, DataLoader)
+        and isinstance(loader.sampler, SequentialSampler)
+        and loader.batch_size is not None
+    ):
+        rest = Subset(loader.dataset, range(start, len(loader.dataset)))
+        yield from DataLoader(
+            rest,
+            batch_size=loader.batch_size,
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+        )
+        return
+    seen = 0
+    for batch in loader:
+        b = len(batch[LABELS_KEY])
+        if seen + b > start:
+            skip = max(start - seen, 0)
+            yield {k: v[skip:] for k, v in batch.items()} if skip else batch
+        seen += b
