@@ -129,13 +129,20 @@ def cross_run_heatmap(
 ) -> bytes:
     """Heatmap of coefficient cosine [r_a, r_b] between two runs (optionally reordered)."""
     mat = np.asarray(cosine)
-    if row_order is not None:
-        mat = mat[np.asarray(row_order)]
-    if col_order is not None:
-        mat = mat[:, np.asarray(col_order)]
+    rows = np.arange(mat.shape[0]) if row_order is None else np.asarray(row_order)
+    cols = np.arange(mat.shape[1]) if col_order is None else np.asarray(col_order)
+    mat = mat[rows][:, cols]
     fig = Figure(figsize=(6.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="magma", aspect="auto", interpolation="nearest")
+    # Tick labels are the components' own indices (rows/columns may be reordered into groups).
+    for ids, set_ticks, set_labels in (
+        (rows, ax.set_yticks, ax.set_yticklabels),
+        (cols, ax.set_xticks, ax.set_xticklabels),
+    ):
+        if ids.size <= 48:
+            set_ticks(np.arange(ids.size))
+            set_labels([str(i) for i in ids], fontsize=7)
     ax.set_xlabel(f"{label_b} components")
     ax.set_ylabel(f"{label_a} components")
     ax.set_title("Coefficient cosine similarity")

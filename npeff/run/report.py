@@ -1,0 +1,170 @@
+"""Stage ``npeff-report``: a self-contained HTML report of a decomposition and its checks.
+
+A thin loader around :func:`npeff.report.build_report`: it reads the decomposition (and optionally
+fitted coefficients, the PEFs of the same examples and a perturbation result) and, when a
+checkpoint is given, the task's display examples, label names and concepts
+(``load_checkpoint(...).task.examples(split)`` / ``.concepts(split)``). Nothing is recomputed.
+Writes ``report.html``, ``figures/*.png``, ``report_summary.json`` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.report import build_report, wandb_log
+from npeff.report.build import write_report
+from npeff.report.content import prepare_report
+from npeff.run.common import hydra_output_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def _split_from_metadata(pefs: Any) -> str | None:
+    meta = getattr(pefs, "metadata", None) or {}
+    if meta.get("split"):
+        return str(meta["split"])
+    conf = meta.get("config")
+    if isinstance(conf, str):
+        try:
+            conf = OmegaConf.to_container(OmegaConf.create(conf))
+        except Exception:  # noqa: BLE001 - free-form metadata; the caller reports the failure
+            conf = None
+    if isinstance(conf, dict) and conf.get("split"):
+        return str(conf["split"])
+    return None
+
+
+def _task_inputs(cfg: DictConfig, pefs: Any) -> dict[str, Any]:
+    """Display examples, label and concept names, concepts of the report's split (or nothing)."""
+    if not cfg.inputs.get("checkpoint"):
+        log.info("no inputs.checkpoint: the report shows coefficients without example contents")
+        return {}
+    from npeff.models import load_checkpoint
+
+    split = cfg.get("split") or (_split_from_metadata(pefs) if pefs is not None else None)
+    if not split:
+        raise ValueError(
+            "cannot tell which data split the examples come from (no 'split' in the PEF file's "
+            "metadata, or no inputs.pefs); pass split=fit or split=eval"
+        )
+    task = load_checkpoint(cfg.inputs.checkpoint).task
+    out: dict[str, Any] = {"examples": task.examples(split), "label_names": list(task.label_names)}
+    concepts = task.concepts(split)
+    if concepts is not None and concepts.shape[1] > 0:
+        out["concepts"] = concepts
+        out["concept_names"] = list(task.concept_names)
+    out["split"] = split
+    return out
+
+
+def _wandb_run(cfg: DictConfig, output_dir: Path) -> tuple[Any, bool]:
+    """(run, started_here): the active W&B run, or one started from ``cfg.logger`` when configured."""
+    if not cfg.report.get("wandb", True):
+        return None, False
+    active = wandb_log.active_run()
+    if active is not None:
+        return active, False
+    if cfg.get("logger") is None:
+        return None, False
+    from npeff.run import common
+
+    build_logger = getattr(common, "build_logger", None)
+    if build_logger is None:
+        return None, False
+    logger = build_logger(cfg, output_dir)
+    if logger is None or type(logger).__name__ != "WandbLogger":
+        return None, False
+    return logger.experiment, True
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    from npeff.artifacts.decomposition import load_decomposition
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    inputs = cfg.inputs
+    decomposition = load_decomposition(inputs.decomposition)
+    coeffs = load_decomposition(inputs.coeffs) if inputs.get("coeffs") else None
+    pefs = None
+    if inputs.get("pefs"):
+        from npeff.artifacts.pefs import load_pefs
+
+        pefs = load_pefs(inputs.pefs)
+    perturbation = None
+    if inputs.get("perturbation"):
+        from npeff.artifacts.perturbation import load_perturbation
+
+        perturbation = load_perturbation(inputs.perturbation)
+    task = _task_inputs(cfg, pefs)
+    split = task.pop("split", None)
+
+    rc = cfg.report
+    content = prepare_report(
+        decomposition,
+        pefs,
+        coeffs=coeffs,
+        perturbation=perturbation,
+        title=str(rc.title),
+        top_k=int(rc.top_k),
+        n_display=int(rc.n_display),
+        max_cards=int(rc.max_cards),
+        n_shuffles=int(rc.n_shuffles),
+        seed=int(rc.seed),
+        n_top_ratio=int(rc.n_top_ratio),
+        n_baseline=int(rc.n_baseline),
+        sources={
+            k: inputs.get(k)
+            for k in ("checkpoint", "decomposition", "coeffs", "pefs", "perturbation")
+        }
+        | ({"split": split} if split else {}),
+        **task,
+    )
+    path = write_report(content, output_dir)
+    run_, started = _wandb_run(cfg, output_dir)
+    logged = wandb_log.log_report(content, run=run_) if run_ is not None else False
+    if started:
+        from npeff.run.common import finish_tracking
+
+        finish_tracking()
+    log.info("report written to %s", path)
+
+    s = content.summary
+    metrics = {
+        k: s[k]
+        for k in (
+            "n_examples",
+            "n_components",
+            "accuracy",
+            "median_kl_ratio",
+            "median_pef_norm_ratio",
+            "frac_kl_ratio_above_norm_ratio",
+        )
+        if s.get(k) is not None
+    }
+    if "concepts" in s:
+        c = s["concepts"]
+        metrics.update(
+            concept_top_k=c["top_k"],
+            concept_n_all_share=c["n_all_share"],
+            concept_shuffled_n_all_share_mean=c["shuffled_n_all_share_mean"],
+            concept_mean_purity=c["mean_purity"],
+            concept_shuffled_mean_purity=c["shuffled_mean_purity"],
+            concept_p_value=c["p_value"],
+        )
+    metrics.update(report=str(path), figures=sorted(content.figures), wandb_logged=bool(logged))
+    write_metrics(output_dir, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+# Keep ``build_report`` importable from the stage module for callers chaining stages in Python.
+__all__ = ["build_report", "main", "run"]
