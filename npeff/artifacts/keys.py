@@ -88,3 +88,6 @@ ATTR_FINGERPRINT = "fingerprint"  # attribute on `npeff`: JSON of the options a 
 ATTR_METADATA = "metadata"  # attribute on `npeff`: JSON of any other metadata
 ATTR_DSF_MODE = "dataset_fisher_mode"  # attribute on `npeff`: "expectation" / "sampling"
 DSF_PARTIAL_SUM = "npeff/dataset_fisher_sum"  # float64 [m] running sum while a PEF run is open
+
+# --- npeff's own metadata for decompositions (decomposition engineer) ------------------------
+CONVERGENCE_GROUP = "npeff/convergence"  # datasets: steps [s], cosine [s, r], snapshots [s, n, r]

@@ -1,0 +1,229 @@
+"""Preprocessing: the sparse PEF matrix A (algorithm.md §3, §6.1) and its column blocks.
+
+A is stacked class rows as CSR: row i·C + c is class row c of example i (LRM), or row i is the
+diagonal PEF of example i (D, C = 1). Steps: build → prune columns with fewer than
+``min_nonzero_per_col`` stored entries (counting class rows) or map them through an existing
+index map → normalize each example (LRM: by sqrt(max(‖F_i‖_F, 1e-12)); D: by ‖f_i‖ + 1e-9) →
+sort within rows → the constant term in float64 (LRM: T = Σ_i ‖Ã_iÃ_iᵀ‖²_F; D: ‖A‖²_F).
+
+The factorization works on ``ColumnBlocks``: the columns of one rank's range, cut further into
+cache-sized sub-blocks (a CSR of each block and of its transpose), so that A·Gᵀ reads a slice of
+Gᵀ that fits in cache and Aᵀ·Q is a plain CSR product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from npeff.artifacts.pefs import Pefs
+
+LRM_NORM_EPS = 1e-12
+DIAG_NORM_EPS = 1e-9
+DECOMP_FOR_PEF = {"lrm": "lrm", "diag": "diag"}
+
+
+@dataclass
+class PefMatrix:
+    """The preprocessed PEF matrix.
+
+    kind: "lrm" or "diag". A: scipy CSR float64 [n·C, m'] (sorted column indices).
+    n_examples: n. n_classes: C (1 for D). new_to_old_col_indices: int64 [m'] ascending.
+    n_parameters: m. const: T (LRM) or ‖A‖²_F (D), float64.
+    """
+
+    kind: str
+    A: sp.csr_matrix
+    n_examples: int
+    n_classes: int
+    new_to_old_col_indices: np.ndarray
+    n_parameters: int
+    const: float
+
+    @property
+    def n_cols(self) -> int:
+        return int(self.A.shape[1])
+
+
+def check_pef_kind(pefs: Pefs, kind: str) -> None:
+    """Raise a clear error if ``pefs`` cannot be decomposed by decomposition ``kind``."""
+    if pefs.kind == "lvrm":
+        raise ValueError(
+            "LVRM PEF files are not supported by npeff's decompositions; compute LRM PEFs "
+            "(fisher=lrm) or diagonal PEFs (fisher=diag)."
+        )
+    if DECOMP_FOR_PEF.get(pefs.kind) != kind:
+        want = {"lrm": "decomp=lrm_npeff", "diag": "decomp=d_npeff"}[pefs.kind]
+        raise ValueError(
+            f"the PEF file holds {pefs.kind!r} PEFs but the decomposition kind is {kind!r}; "
+            f"use {want} for this file (or compute PEFs of the other kind)."
+        )
+
+
+def _stacked_csr(pefs: Pefs, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(values, indices, indptr, C) of the stacked CSR before pruning, first n examples."""
+    values = np.asarray(pefs.values[:n])
+    indices = np.asarray(pefs.indices[:n]).astype(np.int64)
+    K = values.shape[1]
+    if pefs.kind == "lrm":
+        offsets = np.asarray(pefs.col_offsets[:n]).astype(np.int64)
+        C = offsets.shape[1] - 1
+        if (
+            (offsets[:, 0] != 0).any()
+            or (offsets[:, -1] != K).any()
+            or (np.diff(offsets, axis=1) < 0).any()
+        ):
+            raise ValueError(
+                "col_offsets must be cumulative per example (start at 0, end at K, non-decreasing); "
+                "legacy non-cumulative PEF files are not supported."
+            )
+        starts = (np.arange(n, dtype=np.int64)[:, None] * K + offsets[:, :C]).reshape(-1)
+        indptr = np.concatenate([starts, [n * K]])
+    else:
+        C = 1
+        indptr = np.arange(n + 1, dtype=np.int64) * K
+    return values.reshape(-1), indices.reshape(-1), indptr, C
+
+
+def build_matrix(
+    pefs: Pefs,
+    kind: str,
+    *,
+    n_examples: int | None = None,
+    min_nonzero_per_col: int = 1,
+    col_map: np.ndarray | None = None,
+) -> PefMatrix:
+    """Build, prune (or map), normalize and sort A; compute the constant term.
+
+    col_map: an existing ``new_to_old_col_indices`` (fitting, expansion): keep exactly those
+    columns, in that order, and drop entries elsewhere; ``min_nonzero_per_col`` is then ignored.
+    """
+    check_pef_kind(pefs, kind)
+    n = pefs.n_examples if n_examples in (None, -1) else min(int(n_examples), pefs.n_examples)
+    m = int(pefs.n_parameters)
+    values, indices, indptr, C = _stacked_csr(pefs, n)
+    if indices.size and (indices.min() < 0 or indices.max() >= m):
+        raise ValueError(f"PEF parameter indices fall outside [0, {m}); the file is corrupt.")
+
+    if col_map is None:
+        counts = np.bincount(indices, minlength=m)
+        new_to_old = np.flatnonzero(counts >= max(int(min_nonzero_per_col), 1))
+    else:
+        new_to_old = np.asarray(col_map).astype(np.int64)
+        if new_to_old.size and new_to_old.max() >= m:
+            raise ValueError(
+                f"the decomposition's column map reaches parameter {int(new_to_old.max())} but the "
+                f"PEFs have only {m} parameters."
+            )
+    lut = np.full(m, -1, dtype=np.int64)
+    lut[new_to_old] = np.arange(new_to_old.size)
+    new_cols = lut[indices]
+    keep = new_cols >= 0
+    if not keep.all():
+        row_of = np.repeat(np.arange(n * C), np.diff(indptr))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of[keep], minlength=n * C))])
+        values, new_cols = values[keep], new_cols[keep]
+
+    norms = np.asarray(pefs.norms[:n], dtype=np.float64)
+    if kind == "lrm":
+        scale = 1.0 / np.sqrt(np.maximum(norms, LRM_NORM_EPS))
+    else:
+        scale = 1.0 / (norms + DIAG_NORM_EPS)
+    row_scale = np.repeat(scale, C)
+    data = values.astype(np.float64) * np.repeat(row_scale, np.diff(indptr))
+    A = sp.csr_matrix((data, new_cols, indptr), shape=(n * C, new_to_old.size))
+    A.sum_duplicates()  # also sorts the column indices within rows
+    A.sort_indices()
+
+    if kind == "lrm":
+        const = lrm_constant(A, n, C)
+    else:
+        const = float(np.dot(A.data, A.data))
+    return PefMatrix(kind, A, n, C, new_to_old, m, const)
+
+
+def lrm_constant(A: sp.csr_matrix, n: int, C: int) -> float:
+    """T = Σ_i Σ_{c,c'} (Ã_iÃ_iᵀ)²_{cc'} in float64 (each unordered pair counted correctly)."""
+    rows = [A[c::C] for c in range(C)]
+    total = 0.0
+    for c in range(C):
+        for d in range(c, C):
+            m_cd = np.asarray(rows[c].multiply(rows[d]).sum(axis=1)).ravel()
+            total += (1.0 if c == d else 2.0) * float(np.dot(m_cd, m_cd))
+    return total
+
+
+def column_range(n_cols: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous column range of ``rank``: ⌊m'/P⌋ columns each, the last takes the remainder."""
+    size = n_cols // world
+    lo = rank * size
+    hi = n_cols if rank == world - 1 else lo + size
+    return lo, hi
+
+
+def _to_torch_csr(M: sp.csr_matrix, dtype: torch.dtype) -> torch.Tensor:
+    idx = np.int32 if M.nnz < 2**31 - 1 and max(M.shape) < 2**31 - 1 else np.int64
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(M.indptr.astype(idx)),
+        torch.from_numpy(M.indices.astype(idx)),
+        torch.from_numpy(M.data.astype(np.float32 if dtype == torch.float32 else np.float64)),
+        size=M.shape,
+    )
+
+
+class ColumnBlocks:
+    """Columns [lo, hi) of A as cache-sized sub-blocks, each as CSR and transposed CSR.
+
+    ``mm_t(Xt)``: A_p · Xt with Xt [hi−lo, r] → [n·C, r]  (P = A Gᵀ with Xt = Gᵀ).
+    ``rmm(Q)``:  A_pᵀ · Q with Q [n·C, r] → [hi−lo, r]   (the transpose of Qᵀ A).
+    """
+
+    def __init__(
+        self,
+        A: sp.csr_matrix,
+        lo: int,
+        hi: int,
+        *,
+        block_cols: int = 32768,
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.lo, self.hi = int(lo), int(hi)
+        self.n_rows = int(A.shape[0])
+        self.dtype = dtype
+        csc = A[:, self.lo : self.hi].tocsc() if (lo, hi) != (0, A.shape[1]) else A.tocsc()
+        csc.sort_indices()
+        self.bounds: list[tuple[int, int]] = []
+        self.blocks: list[torch.Tensor] = []
+        self.blocks_t: list[torch.Tensor] = []
+        width = self.hi - self.lo
+        step = max(int(block_cols), 1)
+        for a in range(0, width, step):
+            b = min(a + step, width)
+            sub = csc[:, a:b]
+            # A CSC of A_b is, byte for byte, a CSR of A_bᵀ.
+            at = sp.csr_matrix((sub.data, sub.indices, sub.indptr), shape=(b - a, self.n_rows))
+            self.bounds.append((a, b))
+            self.blocks.append(_to_torch_csr(sub.tocsr(), dtype))
+            self.blocks_t.append(_to_torch_csr(at, dtype))
+
+    @property
+    def n_cols(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def nnz(self) -> int:
+        return int(sum(b._nnz() for b in self.blocks))
+
+    def mm_t(self, Xt: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.n_rows, Xt.shape[1], dtype=Xt.dtype)
+        for (a, b), blk in zip(self.bounds, self.blocks):
+            out += torch.sparse.mm(blk, Xt[a:b])
+        return out
+
+    def rmm(self, Q: torch.Tensor) -> torch.Tensor:
+        if not self.blocks_t:
+            return torch.zeros(0, Q.shape[1], dtype=Q.dtype)
+        return torch.cat([torch.sparse.mm(bt, Q) for bt in self.blocks_t], dim=0)
