@@ -8,6 +8,7 @@ batch of 1 under ``vmap``, and ``jacrev`` gives the gradient of each requested c
 from __future__ import annotations
 
 import fnmatch
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -70,6 +71,8 @@ def output_logits(out) -> torch.Tensor:
 
 
 def _is_hf_model(model: nn.Module) -> bool:
+    if "transformers" not in sys.modules:  # no HF model can exist; skip a slow import
+        return False
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover
