@@ -146,6 +146,15 @@ def prepare_report(
             "check `split` matches the split the PEFs were computed on"
         )
     labels = np.asarray(pefs.labels) if pefs is not None else None
+    if labels is not None and examples is not None and all("label" in e for e in examples[:n]):
+        ex_labels = np.asarray([int(e["label"]) for e in examples[:n]])
+        bad = np.flatnonzero(ex_labels != labels)
+        if bad.size:
+            raise ValueError(
+                f"{bad.size} of the first {n} display examples have labels that differ from the PEF "
+                f"file's (first at example {bad[0]}); the examples come from another split or order than "
+                "the PEFs: pass the split the PEFs were computed on"
+            )
     preds = (
         np.asarray(pefs.logits).argmax(-1) if pefs is not None and np.size(pefs.logits) else None
     )

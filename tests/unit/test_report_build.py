@@ -122,3 +122,10 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         prepare_report(inp["decomposition"], other)
     with pytest.raises(ValueError, match="needs a decomposition or a coefficient file"):
         prepare_report(None)
+
+
+def test_examples_from_another_split_are_rejected():
+    inp = synthetic_inputs(n=60)
+    shifted = inp["examples"][1:] + inp["examples"][:1]
+    with pytest.raises(ValueError, match="labels that differ from the PEF"):
+        prepare_report(inp["decomposition"], inp["pefs"], shifted)
