@@ -49,3 +49,27 @@ def test_logs_histograms_summary_and_table():
     assert payload["report/n_components"] == 3
     hist_counts = np.asarray(payload["report/log2_kl_ratio"].histogram).sum()
     assert hist_counts == 3
+
+
+def test_real_offline_run_gets_the_table(tmp_path, monkeypatch):
+    """An offline W&B run (no network) accepts the payload; the table lands in its files."""
+    import json
+
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    content = _content()
+    run = wandb.init(project="npeff-test", dir=str(tmp_path), mode="offline")
+    try:
+        assert wandb_log.active_run() is run
+        assert wandb_log.log_report(content) is True
+    finally:
+        run.finish()
+    (table_file,) = list(
+        tmp_path.glob("wandb/offline-run-*/files/media/table/report/top_examples_*.table.json")
+    )
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == wandb_log.TABLE_COLUMNS
+    assert len(table["data"]) == 3 * 4
+    assert wandb_log.active_run() is None
