@@ -1,0 +1,48 @@
+"""Two processes (Fabric ddp_spawn, gloo on CPU) give the same PEF file as one process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_fisher_reference import problem  # noqa: E402
+from test_pefs_io import assert_same  # noqa: E402
+
+from npeff.artifacts.pefs import load_dataset_fisher, load_pefs  # noqa: E402
+from npeff.fisher import compute_pefs  # noqa: E402
+from npeff.fisher.distributed import compute_pefs_multiprocess, shard_bounds  # noqa: E402
+
+
+def test_shard_bounds_cover_in_order():
+    for n in (0, 1, 5, 7, 100):
+        for w in (1, 2, 3):
+            b = [shard_bounds(n, w, r) for r in range(w)]
+            assert b[0][0] == 0 and b[-1][1] == n
+            assert all(b[r][1] == b[r + 1][0] for r in range(w - 1))
+
+
+@pytest.mark.parametrize(
+    "kind,sel", [("lrm", {}), ("lvrm", {"min_prob_class": 0.2, "max_classes": 3})]
+)
+def test_two_processes_equal_one(tmp_path, kind, sel):
+    model, ds = problem("mlp", n=9)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    kw = dict(kind=kind, n_values=9, progress=False, dataset_fisher="sampling", seed=5, **sel)
+    one = compute_pefs(model, loader, tmp_path / "one" / "pefs.h5", **kw)
+    two = compute_pefs_multiprocess(
+        model, loader, tmp_path / "two" / "pefs.h5", devices=2, strategy="ddp_spawn", **kw
+    )
+    a, b = load_pefs(one), load_pefs(two)
+    assert_same(a, b)
+    assert a.metadata["fingerprint"] == b.metadata["fingerprint"]
+    np.testing.assert_allclose(
+        load_dataset_fisher(tmp_path / "one" / "dsf.h5"),
+        load_dataset_fisher(tmp_path / "two" / "dsf.h5"),
+        rtol=1e-6,
+        atol=1e-12,
+    )
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["dsf.h5", "pefs.h5"]
