@@ -25,10 +25,9 @@ def test_shard_bounds_cover_in_order():
             assert all(b[r][1] == b[r + 1][0] for r in range(w - 1))
 
 
-@pytest.mark.parametrize(
-    "kind,sel", [("lrm", {}), ("lvrm", {"min_prob_class": 0.2, "max_classes": 3})]
-)
-def test_two_processes_equal_one(tmp_path, kind, sel):
+def test_two_processes_equal_one(tmp_path):
+    """LVRM (ragged col_sizes) and a sampled dataset Fisher: the hardest merge."""
+    kind, sel = "lvrm", {"min_prob_class": 0.2, "max_classes": 3}
     model, ds = problem("mlp", n=9)
     loader = torch.utils.data.DataLoader(ds, batch_size=2)
     kw = dict(kind=kind, n_values=9, progress=False, dataset_fisher="sampling", seed=5, **sel)
