@@ -10,6 +10,7 @@ from npeff.analysis.concepts import (
     concept_shares,
     count_all_share,
 )
+from npeff.analysis.convergence import cosine_to_final, first_step_reaching
 from npeff.analysis.matching import (
     MatchResult,
     average_max_cosine,
@@ -28,6 +29,8 @@ __all__ = [
     "coefficient_cosine",
     "component_similarity",
     "component_splits",
+    "cosine_to_final",
+    "first_step_reaching",
     "concept_shares",
     "count_all_share",
     "match_runs",

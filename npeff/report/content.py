@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from npeff.analysis.concepts import ConceptAnalysis, analyze_concepts
+from npeff.analysis.convergence import cosine_to_final, first_step_reaching
 from npeff.analysis.matching import component_similarity
 from npeff.analysis.top_examples import pef_norm_ratio, top_indices
 from npeff.report import figures
@@ -182,6 +183,21 @@ def prepare_report(
         summary["final_mean_convergence_cosine"] = float(
             np.nanmean(np.asarray(convergence["cosine"])[-1])
         )
+    to_final = None
+    snaps = convergence.get("snapshots")
+    if snaps is not None and np.size(snaps) and getattr(decomposition, "W", None) is not None:
+        snaps = np.asarray(snaps)
+        if snaps.ndim == 3 and snaps.shape[1:] == np.shape(decomposition.W):
+            snap_steps = np.asarray(convergence.get("snapshot_steps", np.arange(snaps.shape[0])))
+            cos_final = cosine_to_final(snaps, decomposition.W)
+            to_final = (snap_steps, cos_final)
+            mean = cos_final.mean(axis=1)
+            summary["convergence_step_mean_cos_final_0.95"] = first_step_reaching(
+                snap_steps, mean, 0.95
+            )
+            summary["convergence_step_mean_cos_final_0.99"] = first_step_reaching(
+                snap_steps, mean, 0.99
+            )
 
     # Perturbation: per evaluated component.
     pert_row: dict[int, int] = {}
@@ -282,7 +298,7 @@ def prepare_report(
         "losses": figures.loss_curves(
             losses, int(getattr(decomposition, "log_loss_frequency", 1) or 1)
         ),
-        "convergence": figures.convergence_curves(convergence),
+        "convergence": figures.convergence_curves(convergence, to_final),
     }
     panels = []
     vecs = _component_vectors(decomposition) if decomposition is not None else None

@@ -81,30 +81,51 @@ def loss_curves(losses: dict[str, np.ndarray], log_every: int = 1) -> bytes | No
     return _png(fig)
 
 
-def convergence_curves(convergence: dict[str, np.ndarray]) -> bytes | None:
-    """Per-component cosine of W[:, k] to the previous snapshot vs step (paper Fig. 5 analogue)."""
-    if not convergence or "cosine" not in convergence or np.size(convergence["cosine"]) == 0:
+def convergence_curves(
+    convergence: dict[str, np.ndarray], to_final: tuple[np.ndarray, np.ndarray] | None = None
+) -> bytes | None:
+    """Coefficient convergence: per-component cosine of W[:, k] to the previous snapshot and, when
+    snapshots were kept, to the final W (paper Fig. 5).
+
+    Args:
+      convergence: {"steps": [s], "cosine": [s, r]} (cosine to the previous snapshot).
+      to_final: (steps [s'], cosine [s', r]) cosine of each snapshot with the final W, or None.
+    """
+    panels = []
+    if convergence and np.size(convergence.get("cosine", [])):
+        cos = np.asarray(convergence["cosine"], dtype=np.float64)
+        cos = cos[:, None] if cos.ndim == 1 else cos
+        steps = np.asarray(convergence.get("steps", np.arange(cos.shape[0])), dtype=np.float64)
+        panels.append(("cosine(W snapshot, previous snapshot)", steps, cos))
+    if to_final is not None and np.size(to_final[1]):
+        panels.append(
+            (
+                "cosine(W snapshot, final W)  [paper Fig. 5]",
+                np.asarray(to_final[0], float),
+                np.asarray(to_final[1], float),
+            )
+        )
+    if not panels:
         return None
-    cos = np.asarray(convergence["cosine"], dtype=np.float64)
-    if cos.ndim == 1:
-        cos = cos[:, None]
-    steps = np.asarray(convergence.get("steps", np.arange(cos.shape[0])), dtype=np.float64)
-    fig = Figure(figsize=(6.5, 3.4))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.fill_between(
-        steps,
-        np.nanmin(cos, axis=1),
-        np.nanmax(cos, axis=1),
-        alpha=0.2,
-        label="min–max over components",
-    )
-    ax.plot(steps, np.nanmean(cos, axis=1), marker="o", markersize=3, label="mean over components")
-    for level in (0.95, 0.99):
-        ax.axhline(level, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cosine(W snapshot, previous)")
-    ax.set_title("Coefficient convergence")
-    ax.legend(fontsize=8, loc="lower right")
+    fig = Figure(figsize=(6.5 if len(panels) == 1 else 11.0, 3.4))
+    for i, (ylabel, steps, cos) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.fill_between(
+            steps,
+            np.nanmin(cos, axis=1),
+            np.nanmax(cos, axis=1),
+            alpha=0.2,
+            label="min–max over components",
+        )
+        ax.plot(
+            steps, np.nanmean(cos, axis=1), marker="o", markersize=3, label="mean over components"
+        )
+        for level in (0.95, 0.99):
+            ax.axhline(level, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Coefficient convergence")
     return _png(fig)
 
 

@@ -92,6 +92,11 @@ def synthetic_inputs(
             "cosine": (
                 1.0 - np.geomspace(0.3, 0.001, 10)[:, None] * rng.uniform(0.5, 1.5, size=(10, r))
             ).astype(np.float32),
+            "snapshot_steps": np.arange(0, 550, 50),
+            # W drifting towards its final value: snapshot t = final + noise halving every step.
+            "snapshots": np.stack(
+                [W + (0.5**t) * rng.random(W.shape).astype(np.float32) for t in range(11)]
+            ),
         },
         layout=layout,
         metadata={"source": "synthetic"},
