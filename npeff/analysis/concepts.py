@@ -136,7 +136,8 @@ def analyze_concepts(
     if len(names) != c:
         raise ValueError(f"{len(names)} concept names given for {c} concepts")
     k_eff = min(int(k), W.shape[0])
-    shares = concept_shares(W, concepts, k_eff)
+    top = top_indices(W, k_eff)  # [r, k]
+    shares = concepts[top].mean(axis=1)  # [r, c]
     base_rates = concepts.mean(axis=0)
     best = shares.argmax(axis=1)
     purity = shares.max(axis=1)
@@ -160,8 +161,12 @@ def analyze_concepts(
     shuf_counts = np.zeros(n_shuffles, dtype=np.int64)
     shuf_purity = np.zeros(n_shuffles, dtype=np.float64)
     for s in range(n_shuffles):
+        # Top-k of W[perm] are the positions inv[t] for the top-k t of W, holding concepts[inv[t]]
+        # (identical to recomputing on W[perm] up to the order of exact ties), without copying W.
         perm = rng.permutation(W.shape[0])
-        sh = concept_shares(W[perm], concepts, k_eff)
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.size)
+        sh = concepts[inv[top]].mean(axis=1)  # [r, c]
         shuf_counts[s] = int((sh.max(axis=1) >= 1.0).sum())
         shuf_purity[s] = float(sh.max(axis=1).mean())
     p_value = float((1 + (shuf_counts >= n_all).sum()) / (1 + n_shuffles))

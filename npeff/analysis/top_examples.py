@@ -28,10 +28,24 @@ def top_indices(W: np.ndarray, k: int) -> np.ndarray:
     W = _check_W(W)
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
-    k = min(int(k), W.shape[0])
-    # Stable argsort of −W keeps ascending example order among equal coefficients.
-    order = np.argsort(-W, axis=0, kind="stable")[:k]
-    return order.T.astype(np.int64)
+    n, r = W.shape
+    k = min(int(k), n)
+    if 4 * k >= n:
+        # Stable argsort of −W keeps ascending example order among equal coefficients.
+        return np.argsort(-W, axis=0, kind="stable")[:k].T.astype(np.int64)
+    # Large n: partition to find each column's k-th largest value, then take everything above it
+    # plus the lowest-index examples equal to it, so ties resolve exactly as the stable sort.
+    WT = np.ascontiguousarray(W.T)  # [r, n]: rows are contiguous, partitioning is faster
+    part = np.argpartition(-WT, k - 1, axis=1)[:, :k]  # [r, k], unordered
+    kth = np.take_along_axis(WT, part, axis=1).min(axis=1)  # [r]
+    out = np.empty((r, k), dtype=np.int64)
+    for j in range(r):
+        col = WT[j]
+        above = np.flatnonzero(col > kth[j])
+        equal = np.flatnonzero(col == kth[j])[: k - above.size]
+        idx = np.concatenate([above, equal])
+        out[j] = idx[np.lexsort((idx, -col[idx]))]
+    return out
 
 
 def top_examples(W: np.ndarray, component: int, k: int) -> list[tuple[int, float]]:

@@ -39,6 +39,12 @@ def test_top_indices_matches_brute_force_with_ties():
     for j in range(5):
         assert top[j].tolist() == brute_top(W, j, 7)
     assert top_indices(W, 100).shape == (5, 30)  # k clipped to n
+    # Both code paths (full stable sort for k ≳ n/4, partition + tie fill otherwise).
+    for n, k in ((200, 5), (12, 5), (500, 1)):
+        Wt = rng.integers(0, 3, size=(n, 4)).astype(np.float32)
+        top = top_indices(Wt, k)
+        for j in range(4):
+            assert top[j].tolist() == brute_top(Wt, j, k)
 
 
 def test_shares_and_count_match_brute_force():
