@@ -4,6 +4,7 @@ Pure numpy functions over coefficient matrices W [n_examples, n_components]; not
 files or recomputes Fishers.
 """
 
+from npeff.analysis.baselines import kmeans_baseline, membership_coefficients
 from npeff.analysis.concepts import (
     ConceptAnalysis,
     analyze_concepts,
@@ -18,6 +19,7 @@ from npeff.analysis.matching import (
     component_similarity,
     component_splits,
     match_runs,
+    shuffled_average_max_cosine,
 )
 from npeff.analysis.top_examples import pef_norm_ratio, top_examples, top_indices
 
@@ -33,8 +35,11 @@ __all__ = [
     "first_step_reaching",
     "concept_shares",
     "count_all_share",
+    "kmeans_baseline",
     "match_runs",
+    "membership_coefficients",
     "pef_norm_ratio",
+    "shuffled_average_max_cosine",
     "top_examples",
     "top_indices",
 ]

@@ -149,3 +149,20 @@ def component_similarity(vectors: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.clip(np.diag(gram), 0, None))
     denom = np.outer(norms, norms)
     return np.abs(np.divide(gram, denom, out=np.zeros_like(gram), where=denom > 0))
+
+
+def shuffled_average_max_cosine(
+    W_a: np.ndarray, W_b: np.ndarray, n_shuffles: int = 5, seed: int = 0
+) -> tuple[float, float]:
+    """Null reference for ``average_max_cosine``: the same with W_b's rows (examples) permuted.
+
+    Unrelated runs with the same coefficient sparsity land here, so a reported similarity is
+    read against it. Returns the means over ``n_shuffles`` seeded permutations (a→b, b→a).
+    """
+    rng = np.random.default_rng(seed)
+    W_b = np.asarray(W_b)
+    vals = [average_max_cosine(W_a, W_b[rng.permutation(W_b.shape[0])]) for _ in range(n_shuffles)]
+    if not vals:
+        return float("nan"), float("nan")
+    arr = np.asarray(vals)
+    return float(arr[:, 0].mean()), float(arr[:, 1].mean())

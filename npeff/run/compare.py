@@ -27,7 +27,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.analysis.matching import match_runs
+from npeff.analysis.matching import match_runs, shuffled_average_max_cosine
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.report import figures
 from npeff.run.common import hydra_output_dir, write_metrics
@@ -103,8 +103,14 @@ def load_coefficients(path: Path) -> np.ndarray:
     return np.asarray(load_decomposition(path).W)
 
 
-def compare_coefficients(named: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
-    """Pairwise matching of several runs' W matrices; the JSON-ready result."""
+def compare_coefficients(
+    named: list[tuple[str, np.ndarray]], null_shuffles: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Pairwise matching of several runs' W matrices; the JSON-ready result.
+
+    ``null_shuffles`` > 0 adds, per pair, the same metric with one run's examples permuted
+    (``null_avg_max_cos_*``): the value unrelated runs of the same sparsity would get.
+    """
     if len(named) < 2:
         raise ValueError(f"npeff-compare needs at least two runs, got {len(named)}")
     n = {lab: W.shape[0] for lab, W in named}
@@ -121,6 +127,11 @@ def compare_coefficients(named: list[tuple[str, np.ndarray]]) -> dict[str, Any]:
         matrix[i, j], matrix[j, i] = res.a_to_b, res.b_to_a
         d = res.to_dict()
         d.update(a=named[i][0], b=named[j][0], index_a=i, index_b=j)
+        if null_shuffles > 0:
+            n_a2b, n_b2a = shuffled_average_max_cosine(
+                named[i][1], named[j][1], null_shuffles, seed
+            )
+            d.update(null_avg_max_cos_a_to_b=n_a2b, null_avg_max_cos_b_to_a=n_b2a)
         d["_match"] = res  # removed before writing
         pairs.append(d)
     return {
@@ -154,7 +165,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     runs = resolve_runs([str(e) for e in entries], prefer=str(cfg.get("prefer", "decomposition")))
     log.info("comparing %d runs: %s", len(runs), [lab for lab, _ in runs])
     named = [(lab, load_coefficients(path)) for lab, path in runs]
-    result = compare_coefficients(named)
+    result = compare_coefficients(named, int(cfg.get("null_shuffles", 5)), int(cfg.get("seed", 0)))
     for r, (_, path) in zip(result["runs"], runs):
         r["path"] = str(path)
     for d in result["pairs"]:
@@ -180,6 +191,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "b": d["b"],
                 "avg_max_cos_a_to_b": d["avg_max_cos_a_to_b"],
                 "avg_max_cos_b_to_a": d["avg_max_cos_b_to_a"],
+                **{
+                    k: d[k]
+                    for k in ("null_avg_max_cos_a_to_b", "null_avg_max_cos_b_to_a")
+                    if k in d
+                },
                 **({"n_smaller_with_split": d["n_smaller_with_split"]} if "splits" in d else {}),
             }
             for d in result["pairs"]

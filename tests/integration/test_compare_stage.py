@@ -104,6 +104,7 @@ def test_stage_identical_permuted_and_split(tmp_path):
     ] == pytest.approx(1.0)
     assert p01["best_a_for_b"] == perm.tolist()
     assert "splits" not in p01
+    assert p01["null_avg_max_cos_a_to_b"] < 0.6  # the real match (1.0) is far above the null
     for pair, cols in ((p02, np.arange(8)), (p12, np.argsort(perm))):
         assert pair["smaller_run"] == "b" and pair["n_smaller_with_split"] == 4
         got = {int(i): sorted(v) for i, v in pair["splits"].items()}

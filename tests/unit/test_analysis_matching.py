@@ -120,3 +120,39 @@ def test_pef_norm_ratio_matches_brute_force():
     )
     with pytest.raises(ValueError, match="PEF norms"):
         pef_norm_ratio(W, norms[:10])
+
+
+def test_shuffled_null_is_well_below_a_real_match():
+    from npeff.analysis import shuffled_average_max_cosine
+
+    W = sparse_W(np.random.default_rng(7), 300, 6, density=0.1)
+    a2b, b2a = shuffled_average_max_cosine(W, W, n_shuffles=3, seed=0)
+    assert a2b < 0.4 and b2a < 0.4  # identical runs score 1.0
+    rng = np.random.default_rng(0)
+    want = np.mean([average_max_cosine(W, W[rng.permutation(300)]) for _ in range(3)], axis=0)
+    assert (a2b, b2a) == pytest.approx(tuple(want))
+
+
+def test_membership_and_kmeans_baseline():
+    from npeff.analysis import kmeans_baseline, membership_coefficients
+
+    assign = np.array([2, 0, 1, 2, 2])
+    M = membership_coefficients(assign, 4)
+    assert M.shape == (5, 4) and M.sum() == 5 and all(M[i, assign[i]] == 1 for i in range(5))
+    with pytest.raises(ValueError, match="out of range"):
+        membership_coefficients(assign, 2)
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 40)
+    X = rng.normal(scale=0.1, size=(120, 2)) + np.array([[0, 0], [5, 0], [0, 5]])[truth]
+    labels, scores = kmeans_baseline(X, 3, seed=0)
+    # The clustering equals the planted blobs up to a relabelling: avg max cosine is 1 both ways.
+    a2b, b2a = average_max_cosine(
+        membership_coefficients(labels, 3), membership_coefficients(truth, 3)
+    )
+    assert a2b == pytest.approx(1.0) and b2a == pytest.approx(1.0)
+    # Scores rank each cluster's members by closeness to the centroid; non-members come last.
+    top = top_indices(scores, 40)
+    for j in range(3):
+        assert set(top[j]) == set(np.flatnonzero(labels == j))
+        d = np.linalg.norm(X[top[j]] - X[labels == j].mean(0), axis=1)
+        assert np.all(np.diff(d) >= -1e-9)

@@ -129,3 +129,18 @@ def test_examples_from_another_split_are_rejected():
     shifted = inp["examples"][1:] + inp["examples"][:1]
     with pytest.raises(ValueError, match="labels that differ from the PEF"):
         prepare_report(inp["decomposition"], inp["pefs"], shifted)
+
+
+def test_d_npeff_decomposition_with_sparse_H(tmp_path):
+    import scipy.sparse as sp
+
+    from npeff.analysis import component_similarity
+
+    inp = synthetic_inputs(n=50, r=4)
+    dec = inp["decomposition"]
+    H = sp.random(4, 50, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    dec.kind, dec.G, dec.H = "diag", None, H
+    content = prepare_report(dec, inp["pefs"], inp["examples"], perturbation=inp["perturbation"])
+    assert content.summary["kind"] == "diag"
+    assert "component_similarity" in content.figures
+    assert np.allclose(component_similarity(H), component_similarity(H.toarray()))
