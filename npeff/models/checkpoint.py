@@ -1,0 +1,115 @@
+"""``model.ckpt``: a model's state dict plus the resolved config that rebuilds model and task.
+
+Format (a ``torch.save`` dict, loadable with ``weights_only=True``): ``format`` =
+``"npeff-model"``, ``version``, ``state_dict``, ``config`` (plain dict with at least ``model``
+and ``task``), ``metrics`` (optional).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from npeff.artifacts.atomic import atomic_path
+
+CHECKPOINT_NAME = "model.ckpt"
+CHECKPOINT_FORMAT = "npeff-model"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """What :func:`load_checkpoint` returns: the model (eval mode), its task (set up), the config."""
+
+    model: nn.Module
+    task: Any  # npeff.tasks.NpeffTask
+    cfg: DictConfig
+    path: Path
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, cfg: DictConfig | dict, metrics: dict | None = None
+) -> Path:
+    """Write ``model.ckpt`` atomically; ``cfg`` must hold ``model`` and ``task`` sections."""
+    config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for key in ("model", "task"):
+        if key not in config:
+            raise ValueError(f"checkpoint config needs a {key!r} section")
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "metrics": dict(metrics or {}),
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
+    """A ``model.ckpt`` file, or a run directory that holds one; fails clearly otherwise."""
+    if path is None or str(path) in ("", "???"):
+        raise ValueError(
+            "no checkpoint given: pass inputs.checkpoint=<run dir of npeff-train>/model.ckpt"
+        )
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / CHECKPOINT_NAME).is_file():
+            return p / CHECKPOINT_NAME
+        raise FileNotFoundError(
+            f"{p} is a directory without {CHECKPOINT_NAME}; run npeff-train or point at its model.ckpt"
+        )
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {p}. Train one with `npeff-train` (it writes "
+            f"outputs/train/<date>/<time>/{CHECKPOINT_NAME}) and pass inputs.checkpoint=<that path>"
+        )
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dict, after checking it is an npeff model checkpoint."""
+    p = resolve_checkpoint_path(path)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
+        raise ValueError(
+            f"{p} is not a readable npeff model checkpoint ({type(e).__name__}: {e})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{p} is not an npeff model checkpoint (written by npeff-train); got a foreign file"
+        )
+    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{p} has checkpoint version {payload.get('version')}; this npeff reads <= {CHECKPOINT_VERSION}"
+        )
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
+    """Rebuild task and model from a checkpoint path alone (model in eval mode)."""
+    from npeff.models.registry import build_model
+    from npeff.tasks import build_task
+
+    p = resolve_checkpoint_path(path)
+    payload = read_checkpoint(p)
+    cfg = OmegaConf.create(payload["config"])
+    task = build_task(cfg.task)
+    model = build_model(cfg.model, task.model_hints())
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{p}: the weights do not fit the model its config describes: {e}"
+        ) from None
+    model.eval()
+    return LoadedModel(model=model, task=task, cfg=cfg, path=p)

@@ -1,0 +1,211 @@
+"""text_csv: text classification from a local CSV or JSONL file.
+
+Each row needs a text column and a label column, optionally a second text column (a pair). Labels
+may be strings or integers; ``label_names`` fixes their order, otherwise the sorted distinct
+values are used. Tokenization: ``tokenizer: word`` builds a word-level vocabulary from the train
+split; any other value is a local Hugging Face tokenizer folder (or a ``pkg:`` reference, see
+:mod:`npeff.tasks.files`), loaded offline.
+
+Splits: rows are (optionally) de-duplicated, shuffled with the seed and cut into ``n_fit``,
+``n_eval`` and ``n_train`` rows (``n_train: null`` = all remaining rows).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
+from npeff.tasks.files import resolve_path
+from npeff.tasks.tokenizer import WordTokenizer
+
+
+def read_rows(
+    path: Path, fmt: str = "auto", encoding_errors: str = "replace"
+) -> list[dict[str, Any]]:
+    """Rows of a CSV (header line required) or JSONL file as dicts; clear errors when malformed."""
+    if fmt == "auto":
+        fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
+    if fmt not in ("csv", "jsonl"):
+        raise ValueError(f"unknown format {fmt!r}; available: 'auto', 'csv', 'jsonl'")
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", errors=encoding_errors, newline="") as f:
+        if fmt == "jsonl":
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+                rows.append(obj)
+        else:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames:
+                raise ValueError(
+                    f"{path}: empty CSV file (a header line with column names is required)"
+                )
+            n_cols = len(reader.fieldnames)
+            for row in reader:
+                if None in row or any(v is None for v in row.values()):
+                    n_fields = sum(v is not None for k, v in row.items() if k is not None)
+                    n_fields += len(row.get(None) or [])
+                    raise ValueError(
+                        f"{path}:{reader.line_num}: row has {n_fields} fields but the header has "
+                        f"{n_cols} ({reader.fieldnames}); fix the file or quote fields with commas"
+                    )
+                rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    return rows
+
+
+class TextCsvTask(NpeffTask):
+    """Text (pair) classification from a local CSV/JSONL file."""
+
+    name = "text_csv"
+
+    def __init__(
+        self,
+        path: str,
+        text_column: str = "text",
+        label_column: str = "label",
+        text_pair_column: str | None = None,
+        label_names: list[str] | None = None,
+        format: str = "auto",
+        tokenizer: str = "word",
+        max_vocab: int = 5000,
+        max_length: int = 64,
+        n_train: int | None = None,
+        n_fit: int = 500,
+        n_eval: int = 500,
+        deduplicate: bool = True,
+        seed: int = 0,
+        batch_size: int | None = 32,
+    ):
+        super().__init__(seed=seed, batch_size=batch_size)
+        if path is None or str(path) in ("", "???"):
+            raise ValueError("text_csv needs task.path=<a local .csv or .jsonl file>")
+        self.path = resolve_path(
+            path, what="text_csv data file", extra_hint="pip install -e '.[data]'"
+        )
+        self.text_column, self.label_column = text_column, label_column
+        self.text_pair_column = text_pair_column
+        self.label_names_arg = list(label_names) if label_names else None
+        self.format, self.tokenizer_spec = format, str(tokenizer)
+        self.max_vocab, self.max_length = int(max_vocab), int(max_length)
+        self.n_train = None if n_train is None else int(n_train)
+        self.n_fit, self.n_eval = int(n_fit), int(n_eval)
+        self.deduplicate = bool(deduplicate)
+        self.tokenizer: Any = None
+
+    def _columns(self) -> list[str]:
+        cols = [self.text_column, self.label_column]
+        return cols + ([self.text_pair_column] if self.text_pair_column else [])
+
+    def _build(self) -> tuple[TaskInfo, dict[str, SplitData]]:
+        rows = read_rows(self.path, self.format)
+        available = list(rows[0].keys())
+        missing = [c for c in self._columns() if c not in available]
+        if missing:
+            raise ValueError(
+                f"{self.path}: missing column(s) {missing}; available columns: {available} "
+                "(set task.text_column / task.label_column / task.text_pair_column)"
+            )
+        texts, pairs, raw_labels = [], [], []
+        seen = set()
+        for i, row in enumerate(rows):
+            missing_here = [c for c in self._columns() if row.get(c) is None]
+            if missing_here:
+                raise ValueError(f"{self.path}: data row {i + 1} lacks {missing_here}")
+            label = str(row[self.label_column]).strip()
+            if label == "":
+                raise ValueError(f"{self.path}: data row {i + 1} has an empty label")
+            text = str(row[self.text_column])
+            pair = str(row[self.text_pair_column]) if self.text_pair_column else None
+            if self.deduplicate:
+                key = (text, pair)
+                if key in seen:
+                    continue
+                seen.add(key)
+            texts.append(text)
+            pairs.append(pair)
+            raw_labels.append(label)
+        label_names = self.label_names_arg or sorted(set(raw_labels))
+        label_index = {name: i for i, name in enumerate(label_names)}
+        unknown = sorted(set(raw_labels) - set(label_index))
+        if unknown:
+            raise ValueError(
+                f"{self.path}: labels {unknown[:10]} are not in label_names {label_names}"
+            )
+        if len(label_names) < 2:
+            raise ValueError(f"{self.path}: need at least 2 distinct labels, found {label_names}")
+        labels = np.array([label_index[v] for v in raw_labels], dtype=np.int64)
+
+        n = len(texts)
+        n_train = n - self.n_fit - self.n_eval if self.n_train is None else self.n_train
+        if n_train <= 0:
+            raise ValueError(
+                f"{self.path}: {n} usable rows; n_fit={self.n_fit} + n_eval={self.n_eval} leave none for train"
+            )
+        idx = split_indices(
+            n, {"train": n_train, "fit": self.n_fit, "eval": self.n_eval}, self.seed
+        )
+        self.tokenizer = self._make_tokenizer(
+            [texts[i] for i in idx["train"]], [pairs[i] for i in idx["train"]]
+        )
+        splits = {}
+        for split, rows_idx in idx.items():
+            t = [texts[i] for i in rows_idx]
+            p = [pairs[i] for i in rows_idx] if self.text_pair_column else None
+            tensors = self._encode(t, p)
+            tensors["labels"] = torch.from_numpy(labels[rows_idx])
+            records = []
+            for j, i in enumerate(rows_idx):
+                rec: dict[str, Any] = {"text": t[j], "label": int(labels[i])}
+                if p is not None:
+                    rec["text_pair"] = p[j]
+                records.append(rec)
+            splits[split] = SplitData(tensors, records, None)
+        hints = {"max_length": self.max_length}
+        if isinstance(self.tokenizer, WordTokenizer):
+            hints["vocab_size"] = self.tokenizer.vocab_size
+        info = TaskInfo(num_classes=len(label_names), label_names=list(label_names), hints=hints)
+        return info, splits
+
+    def _make_tokenizer(self, texts: list[str], pairs: list[str | None]) -> Any:
+        if self.tokenizer_spec == "word":
+            corpus = texts + [p for p in pairs if p is not None]
+            return WordTokenizer.from_texts(corpus, max_vocab=self.max_vocab)
+        from transformers import AutoTokenizer
+
+        folder = resolve_path(
+            self.tokenizer_spec, what="tokenizer folder", extra_hint="pip install -e '.[data]'"
+        )
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> dict[str, torch.Tensor]:
+        if isinstance(self.tokenizer, WordTokenizer):
+            return self.tokenizer.encode(texts, pairs, max_length=self.max_length)
+        enc = self.tokenizer(
+            texts,
+            pairs,
+            max_length=self.max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
+        out = {k: enc[k].long() for k in ("input_ids", "attention_mask")}
+        out["token_type_ids"] = (
+            enc["token_type_ids"].long()
+            if "token_type_ids" in enc
+            else torch.zeros_like(out["input_ids"])
+        )
+        return out
