@@ -91,3 +91,4 @@ DSF_PARTIAL_SUM = "npeff/dataset_fisher_sum"  # float64 [m] running sum while a 
 
 # --- npeff's own metadata for decompositions (decomposition engineer) ------------------------
 CONVERGENCE_GROUP = "npeff/convergence"  # datasets: steps [s], cosine [s, r], snapshots [s, n, r]
+EXAMPLE_INDICES = "npeff/example_indices"  # int64 [n]: position of each PEF's example in its split

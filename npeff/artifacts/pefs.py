@@ -38,7 +38,10 @@ class Pefs:
       ranks: int32 [n] and col_sizes: int32 [Σ ranks] per-row counts (LVRM only).
       min_prob_class: LVRM threshold, else None.
       layout: the parameter layout (None for reference files without npeff metadata).
-      metadata: free-form npeff metadata (config, model identity, ...).
+      metadata: free-form npeff metadata (config, model identity, split, ...).
+      example_indices: int64 [n] position of each example in the data split it came from
+        (None: 0..n-1, e.g. a reference file); kept through subsets so a filtered file still
+        points at the right examples.
     """
 
     kind: PefKind
@@ -54,6 +57,14 @@ class Pefs:
     min_prob_class: float | None = None
     layout: ParameterLayout | None = None
     metadata: dict = field(default_factory=dict)
+    example_indices: np.ndarray | None = None
+
+    @property
+    def source_indices(self) -> np.ndarray:
+        """int64 [n] positions of the examples in their split (``example_indices`` or 0..n-1)."""
+        if self.example_indices is None:
+            return np.arange(self.n_examples, dtype=np.int64)
+        return np.asarray(self.example_indices, dtype=np.int64)
 
     @property
     def n_examples(self) -> int:
@@ -252,6 +263,9 @@ class PefsWriter:
         g = f.create_group(keys.NPEFF_GROUP)
         g.attrs[keys.ATTR_SCHEMA_VERSION] = keys.SCHEMA_VERSION
         g.attrs[keys.ATTR_ARTIFACT] = ARTIFACT_PEFS
+        f.create_dataset(
+            keys.EXAMPLE_INDICES, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,)
+        )
         g.attrs[keys.ATTR_KIND] = kind
         g.attrs[keys.ATTR_COMPLETE] = False
         g.attrs[keys.ATTR_N_WRITTEN] = 0
@@ -277,11 +291,13 @@ class PefsWriter:
             self.f[name].resize(n, axis=0)
         if self.kind == "lvrm":
             self.f[keys.COL_SIZES].resize(int(self.f[keys.RANKS][:n].sum()), axis=0)
+        self.f[keys.EXAMPLE_INDICES].resize(n, axis=0)
         self.f.flush()
 
     def append(self, chunk: dict[str, np.ndarray], dataset_fisher_sum: np.ndarray | None = None):
         """Append b examples: ``chunk`` maps field names (``_FIELDS``; ``col_sizes`` for LVRM)
-        to arrays with b rows. ``dataset_fisher_sum`` replaces the running sum (same commit)."""
+        to arrays with b rows; optional ``example_indices`` (default: continue 0, 1, ...).
+        ``dataset_fisher_sum`` replaces the running sum (same commit)."""
         if self.done:
             raise PefsFileError(f"{self.path} is already complete")
         n0 = self.n_written
@@ -300,6 +316,13 @@ class PefsWriter:
             c0 = ds.shape[0]
             ds.resize(c0 + cs.shape[0], axis=0)
             ds[c0:] = cs
+        ex = chunk.get("example_indices")
+        ex = np.arange(n0, n0 + b) if ex is None else np.asarray(ex, dtype=np.int64)
+        if ex.shape != (b,):
+            raise ValueError(f"example_indices has shape {ex.shape}, expected ({b},)")
+        ds = self.f[keys.EXAMPLE_INDICES]
+        ds.resize(n0 + b, axis=0)
+        ds[n0:] = ex
         if dataset_fisher_sum is not None:
             self.f[keys.DSF_PARTIAL_SUM][...] = dataset_fisher_sum
         self.f[keys.NPEFF_GROUP].attrs[keys.ATTR_N_WRITTEN] = n0 + b
@@ -418,6 +441,9 @@ def load_pefs(path: str | os.PathLike) -> Pefs:
         kind = h["kind"]
         arrays = {fn: f[name][...] for fn, name in _FIELDS[kind].items()}
         col_sizes = f[keys.COL_SIZES][...].astype(np.int32) if kind == "lvrm" else None
+        example_indices = f[keys.EXAMPLE_INDICES][...] if keys.EXAMPLE_INDICES in f else None
+    if example_indices is not None and example_indices.shape != (h["n"],):
+        raise PefsFileError(f"{path}: {keys.EXAMPLE_INDICES} has {example_indices.shape[0]} rows")
     pefs = Pefs(
         kind=kind,
         values=arrays["values"].astype(np.float32, copy=False),
@@ -432,6 +458,7 @@ def load_pefs(path: str | os.PathLike) -> Pefs:
         min_prob_class=h["min_prob_class"],
         layout=h["layout"],
         metadata=h["meta"],
+        example_indices=example_indices,
     )
     _check_sparse_structure(pefs, path)
     return pefs
@@ -463,6 +490,7 @@ def _chunk_of(p: Pefs, lo: int, hi: int) -> dict[str, np.ndarray]:
         "values": p.values[lo:hi],
         "indices": p.indices[lo:hi],
         "norms": p.norms[lo:hi],
+        "example_indices": p.source_indices[lo:hi],
     }
     if p.kind == "lrm":
         chunk["col_offsets"] = p.col_offsets[lo:hi]
@@ -545,6 +573,7 @@ def subset_pefs(pefs: Pefs, index: np.ndarray) -> Pefs:
         min_prob_class=pefs.min_prob_class,
         layout=pefs.layout,
         metadata=meta,
+        example_indices=pefs.source_indices[idx],
     )
 
 
@@ -557,6 +586,8 @@ def iter_pefs_chunks(path: str | os.PathLike, chunk: int = 1024) -> Iterator[dic
         for lo in range(0, h["n"], chunk):
             hi = min(lo + chunk, h["n"])
             out = {fn: f[name][lo:hi] for fn, name in _FIELDS[kind].items()}
+            if keys.EXAMPLE_INDICES in f:
+                out["example_indices"] = f[keys.EXAMPLE_INDICES][lo:hi]
             if kind == "lvrm":
                 c1 = c0 + int(out["ranks"].sum())
                 out["col_sizes"] = f[keys.COL_SIZES][c0:c1]
@@ -609,3 +640,13 @@ def load_dataset_fisher(path: str | os.PathLike) -> np.ndarray:
     if fisher.ndim != 1:
         raise PefsFileError(f"{path}: {keys.DSF_FISHER} has shape {fisher.shape}, expected [m]")
     return fisher.astype(np.float32, copy=False)
+
+
+def read_pefs_progress(path: str | os.PathLike) -> tuple[int, bool]:
+    """(examples committed, complete) of an npeff PEF file being written; (0, False) if absent."""
+    path = Path(path)
+    if not path.exists():
+        return 0, False
+    with h5py.File(path, "r") as f:
+        attrs = _check_npeff_group(f, ARTIFACT_PEFS, allow_incomplete=True)
+        return int(attrs.get(keys.ATTR_N_WRITTEN, 0)), bool(attrs.get(keys.ATTR_COMPLETE, False))

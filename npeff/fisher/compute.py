@@ -121,6 +121,7 @@ def compute_pefs(
     n_done = start
     try:
         for batch in _batches_from(loader, start):
+            batch = {k: v.to(engine.theta.device) for k, v in batch.items()}
             logits = engine.logits(batch)
             n_logits = int(logits.shape[-1])
             if writer is None:
@@ -234,7 +235,7 @@ def _process_batch(
             sp = sparsify_rows(a, n_values, ranks)
             _add(pieces, values=sp.values, indices=sp.row_indices, norms=sp.norms)
             if sel.kind == "lrm":
-                zero = torch.zeros(hi - lo, 1, dtype=sp.counts.dtype)
+                zero = torch.zeros(hi - lo, 1, dtype=sp.counts.dtype, device=sp.counts.device)
                 _add(pieces, col_offsets=torch.cat([zero, sp.counts.cumsum(1)], dim=1))
             else:
                 _add(pieces, ranks=ranks)
@@ -243,7 +244,7 @@ def _process_batch(
                 )
         if dsf_mode == "expectation":
             if rows_are_full:
-                dsf_sum += a.pow(2).sum(dim=(0, 1)).double().numpy()
+                dsf_sum += a.pow(2).sum(dim=(0, 1)).double().cpu().numpy()
             else:
                 dsf_sum += _full_expectation(engine, sub, logits[lo:hi])
         elif dsf_mode == "sampling":
@@ -252,8 +253,9 @@ def _process_batch(
     chunk = {
         k: torch.cat(v).numpy() if isinstance(v[0], torch.Tensor) else v for k, v in pieces.items()
     }
-    chunk["labels"] = batch[LABELS_KEY].numpy()
-    chunk["logits"] = logits.float().numpy()
+    chunk["labels"] = batch[LABELS_KEY].cpu().numpy()
+    chunk["logits"] = logits.float().cpu().numpy()
+    chunk["example_indices"] = np.arange(first_index, first_index + b, dtype=np.int64)
     return chunk
 
 
@@ -265,16 +267,16 @@ def _add(pieces: dict, **tensors) -> None:
 def _full_expectation(engine, sub, logits) -> np.ndarray:
     """Σ_examples Σ_c p_c (∇log p_c)² [m] over all classes (float64)."""
     b, c = logits.shape
-    classes = torch.arange(c).expand(b, c)
+    classes = torch.arange(c, device=logits.device).expand(b, c)
     grads = engine.class_grads(sub, classes, c)
     p = torch.softmax(logits, dim=-1).to(grads.dtype)
-    return (grads.pow(2) * p[:, :, None]).sum(dim=(0, 1)).double().numpy()
+    return (grads.pow(2) * p[:, :, None]).sum(dim=(0, 1)).double().cpu().numpy()
 
 
 def sample_classes(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
     """One class per example, y ~ Categorical(softmax(logits)), seeded by the example's global
     index (so the draw does not depend on batching, resumption or the number of ranks)."""
-    p = torch.softmax(logits.double(), dim=-1).numpy()
+    p = torch.softmax(logits.double(), dim=-1).cpu().numpy()
     out = []
     for i in range(p.shape[0]):
         u = np.random.default_rng([int(seed), first_index + i]).random()
@@ -284,9 +286,9 @@ def sample_classes(logits: torch.Tensor, seed: int, first_index: int) -> torch.T
 
 def _sampled(engine, sub, logits, seed, first_index) -> np.ndarray:
     """Σ_examples (∇log p_y)² [m] with y sampled from the model (float64)."""
-    y = sample_classes(logits, seed, first_index)
+    y = sample_classes(logits.cpu(), seed, first_index).to(logits.device)
     grads = engine.class_grads(sub, y[:, None], logits.shape[-1])
-    return grads[:, 0].pow(2).sum(dim=0).double().numpy()
+    return grads[:, 0].pow(2).sum(dim=0).double().cpu().numpy()
 
 
 def _loader_len(loader) -> int | None:

@@ -203,3 +203,35 @@ def test_train_mode_is_refused(tmp_path):
         compute_pefs(
             model, torch.utils.data.DataLoader(ds), tmp_path / "x.h5", n_values=3, progress=False
         )
+
+
+@pytest.mark.parametrize(
+    "kind,sel", [("lrm", {}), ("lvrm", {"min_prob_class": 0.2, "max_classes": 3}), ("diag", {})]
+)
+def test_captured_fraction(tmp_path, kind, sel):
+    from npeff.fisher.quality import captured_fraction
+
+    model, ds, pefs = run(tmp_path, "mlp", kind, 13, **sel)
+    frac = captured_fraction(pefs)
+    m = pefs.n_parameters
+    for i in range(len(ds)):
+        a, f = reference_rows(model, ds[i], kind, **sel)
+        if kind == "diag":
+            kept = np.zeros(m)
+            kept[pefs.indices[i]] = f.numpy()[pefs.indices[i]]
+            expected = (kept**2).sum() / (f.numpy() ** 2).sum()
+        else:
+            r = a.shape[0]
+            counts = np.diff(pefs.col_offsets[i]) if kind == "lrm" else None
+            if counts is None:
+                starts = np.concatenate([[0], np.cumsum(pefs.ranks)])
+                counts = pefs.col_sizes[starts[i] : starts[i + 1]]
+            rows = np.repeat(np.arange(r), counts)
+            masked = np.zeros_like(a.numpy())
+            masked[rows, pefs.indices[i]] = a.numpy()[rows, pefs.indices[i]]
+            expected = (
+                np.linalg.norm(masked.T @ masked) ** 2
+                / np.linalg.norm(a.numpy().T @ a.numpy()) ** 2
+            )
+        np.testing.assert_allclose(frac[i], expected, rtol=1e-4)
+    assert (frac > 0).all() and (frac <= 1 + 1e-6).all()

@@ -148,6 +148,8 @@ def test_subset_keeps_every_field(tmp_path, kind):
     sub = subset_pefs(full, idx)
     save_pefs(sub, tmp_path / "sub.h5")
     sub = load_pefs(tmp_path / "sub.h5")
+    np.testing.assert_array_equal(full.source_indices, np.arange(7))
+    np.testing.assert_array_equal(sub.source_indices, idx)
     for j, i in enumerate(idx):
         np.testing.assert_array_equal(sub.values[j], full.values[i])
         np.testing.assert_array_equal(sub.indices[j], full.indices[i])

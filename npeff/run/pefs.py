@@ -1,0 +1,208 @@
+"""``npeff-pefs``: per-example Fishers of a trained model on a task split → ``pefs.h5``.
+
+    npeff-pefs inputs.checkpoint=<run dir>/model.ckpt                     # LRM, eval split
+    npeff-pefs inputs.checkpoint=... fisher=diag fisher.dataset_fisher=true   # D-PEFs + dsf.h5
+    npeff-pefs inputs.checkpoint=... split=fit fisher.n_values=5000 trainer.devices=2
+
+Writes ``pefs.h5`` (and ``dsf.h5``) and ``metrics.json`` (examples/s, mean fraction of ‖F‖_F²
+captured by the kept entries, accuracy) in the run directory. An interrupted run resumes: rerun
+the same command (with ``resume=true``, the default, the newest unfinished ``pefs.h5`` of an
+earlier run of this stage with the same settings is moved into the new run directory and
+continued), or pass ``hydra.run.dir=<old run dir>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.run.common import hydra_output_dir, write_metrics
+
+PEFS_NAME = "pefs.h5"
+DSF_NAME = "dsf.h5"
+# The settings that decide a PEF file's content: an unfinished file is resumed only if they match.
+RESUME_KEYS = ("inputs", "split", "n_examples", "batch_size", "fisher", "params", "seed")
+
+
+def _file_sha256(path: Path, limit: int = 1 << 30) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            limit -= len(block)
+            if limit <= 0:
+                break
+    return h.hexdigest()
+
+
+def _resume_key(cfg: DictConfig | dict) -> str:
+    c = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    return json.dumps({k: c.get(k) for k in RESUME_KEYS}, sort_keys=True, default=str)
+
+
+def _find_unfinished(output_dir: Path, cfg: DictConfig) -> Path | None:
+    """Newest unfinished pefs.h5 of an earlier run (outputs/pefs/<date>/<time>/) with our settings."""
+    from npeff.artifacts.pefs import PefsFileError, read_pefs_progress
+
+    stage_root = output_dir.parent.parent
+    want = _resume_key(cfg)
+    candidates = sorted(stage_root.glob(f"*/*/{PEFS_NAME}"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(candidates):
+        if path.parent == output_dir:
+            continue
+        try:
+            _, complete = read_pefs_progress(path)
+            if complete:
+                continue
+            conf = json.loads(_stored_config(path))
+        except (PefsFileError, OSError, ValueError):
+            continue
+        if _resume_key(conf) == want:
+            return path
+    return None
+
+
+def _stored_config(path: Path) -> str:
+    import h5py
+
+    from npeff.artifacts import keys
+
+    with h5py.File(path, "r") as f:
+        return f[keys.NPEFF_GROUP].attrs.get(keys.ATTR_CONFIG, "{}")
+
+
+def build_loader(task, split: str, batch_size: int, n_examples: int | None):
+    """The task's deterministic loader for ``split``, cut to the first ``n_examples``."""
+    from torch.utils.data import DataLoader, Subset
+
+    loader = task.dataloader(split, batch_size=batch_size, shuffle=False)
+    if n_examples is not None:
+        n = len(loader.dataset)
+        if n_examples > n:
+            raise ValueError(f"n_examples={n_examples} but split {split!r} has only {n} examples")
+        loader = DataLoader(
+            Subset(loader.dataset, range(n_examples)),
+            batch_size=batch_size,
+            collate_fn=loader.collate_fn,
+        )
+    return loader
+
+
+def fisher_kwargs(fc: DictConfig, params: DictConfig | None, seed: int) -> dict:
+    """compute_pefs keyword arguments from the ``fisher`` and ``params`` config groups."""
+    mode = fc.get("dataset_fisher_mode", "expectation") if fc.get("dataset_fisher") else None
+
+    inc = params.get("include") if params is not None else None
+    exc = params.get("exclude") if params is not None else None
+    return dict(
+        kind=str(fc.kind),
+        n_values=int(fc.n_values),
+        top_k_classes=fc.get("top_k_classes"),
+        min_prob_class=fc.get("min_prob_class"),
+        max_classes=fc.get("max_classes"),
+        params=None if inc is None else list(inc),
+        exclude_params=None if exc is None else list(exc),
+        chunk_size=int(fc.get("chunk_size", 16)),
+        dataset_fisher=mode,
+        seed=int(seed),
+    )
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    """Compute the PEFs of ``cfg.inputs.checkpoint`` on ``cfg.split`` into ``output_dir``."""
+    from npeff.artifacts.pefs import load_pefs, read_pefs_progress
+    from npeff.fisher import compute_pefs
+    from npeff.fisher.distributed import compute_pefs_multiprocess
+    from npeff.fisher.quality import captured_fraction
+    from npeff.models import load_checkpoint
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    split = str(cfg.split)
+    if split not in ("train", "fit", "eval"):
+        raise ValueError(f"split must be one of train, fit, eval; got {split!r}")
+    loaded = load_checkpoint(cfg.inputs.checkpoint)
+    loader = build_loader(loaded.task, split, int(cfg.batch_size), cfg.get("n_examples"))
+    kwargs = fisher_kwargs(cfg.fisher, cfg.get("params"), cfg.get("seed", 0))
+
+    pefs_path = output_dir / PEFS_NAME
+    if cfg.get("resume", True) and not pefs_path.exists():
+        old = _find_unfinished(output_dir, cfg)
+        if old is not None:
+            old.replace(pefs_path)
+            print(f"npeff-pefs: resuming the unfinished {old} in {pefs_path}")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    metadata = {
+        "config": config,
+        "split": split,
+        "model_identity": {
+            "checkpoint": str(loaded.path),
+            "sha256": _file_sha256(loaded.path),
+            "model_class": type(loaded.model).__name__,
+            "model": OmegaConf.to_container(loaded.cfg.model, resolve=True),
+            "task": OmegaConf.to_container(loaded.cfg.task, resolve=True),
+        },
+    }
+    n_before, _ = read_pefs_progress(pefs_path)
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    devices = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
+    t0 = time.perf_counter()
+    common = dict(
+        dataset_fisher_path=output_dir / DSF_NAME,
+        metadata=metadata,
+        progress=bool(cfg.get("progress", True)),
+        **kwargs,
+    )
+    if devices > 1:
+        strategy = str(trainer.get("strategy", "ddp_spawn"))
+        if strategy not in ("ddp", "ddp_spawn"):
+            strategy = "ddp_spawn"
+        compute_pefs_multiprocess(
+            loaded.model,
+            loader,
+            pefs_path,
+            devices=devices,
+            strategy=strategy,
+            accelerator=str(trainer.get("accelerator", "cpu")),
+            **common,
+        )
+    else:
+        compute_pefs(loaded.model, loader, pefs_path, **common)
+    seconds = time.perf_counter() - t0
+
+    pefs = load_pefs(pefs_path)
+    frac = captured_fraction(pefs)
+    n_new = pefs.n_examples - n_before
+    metrics = {
+        "pefs": str(pefs_path),
+        "dataset_fisher": str(output_dir / DSF_NAME) if kwargs["dataset_fisher"] else None,
+        "kind": pefs.kind,
+        "split": split,
+        "n_examples": pefs.n_examples,
+        "n_examples_computed": n_new,
+        "n_parameters": pefs.n_parameters,
+        "n_values": pefs.n_values_per_example,
+        "n_classes": pefs.n_classes,
+        "devices": devices,
+        "seconds": seconds,
+        "examples_per_s": n_new / seconds if seconds > 0 else None,
+        "mean_captured_fraction": float(frac.mean()) if frac.size else None,
+        "accuracy": float((pefs.predictions == pefs.labels).mean()) if pefs.n_examples else None,
+    }
+    write_metrics(output_dir, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="pefs")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()
