@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from npeff.report import build_report, wandb_log
 from npeff.report.build import write_report
 from npeff.report.content import prepare_report
-from npeff.run.common import hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
 def main(cfg: DictConfig) -> None:
     run(cfg, hydra_output_dir())
 
