@@ -106,6 +106,19 @@ class ExampleCache:
             else torch.zeros(0, dtype=torch.long)
         )
 
+    def subset(self, positions: np.ndarray, batch_size: int = 64) -> ExampleCache:
+        """A cache of the examples at ``positions`` (ascending, unique), renumbered 0..k−1.
+
+        For PEF files that hold a subset of a split (``example_indices``, e.g. after filtering).
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and np.any(np.diff(positions) <= 0):
+            raise ValueError(
+                "the PEF file's example_indices are not ascending and unique; cannot match them "
+                "to the data split"
+            )
+        return ExampleCache(list(self.batches(positions, batch_size)))
+
     def batches(self, indices: np.ndarray | None = None, batch_size: int = 64) -> Iterator[dict]:
         """Batches (dicts, CPU) holding the examples ``indices`` (ascending, unique) in order."""
         if indices is None:

@@ -132,6 +132,26 @@ def summarize(res: PerturbationResult) -> dict:
     return out
 
 
+def _log_metrics(cfg: DictConfig, output_dir: Path, metrics: dict) -> None:
+    """Send the numeric metrics to the configured tracker (if any), then end its run."""
+    from npeff.run.common import build_logger, finish_tracking
+
+    if cfg.get("logger") is None:
+        return
+    try:
+        logger = build_logger(cfg, output_dir)
+        if logger is not None:
+            numeric = {
+                f"perturb/{k}": float(v)
+                for k, v in metrics.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            }
+            logger.log_metrics(numeric)
+            logger.finalize("success")
+    finally:
+        finish_tracking()
+
+
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the perturbation stage; returns the metrics (also written to ``metrics.json``)."""
     from npeff.artifacts.decomposition import load_decomposition
@@ -170,7 +190,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     model = loaded.model.to(_device(cfg.get("device", "cpu"))).eval()
     split = _resolve_split(cfg, pefs)
     loader = loaded.task.dataloader(split, batch_size=int(pc.batch_size))
-    cache = ExampleCache(loader, n_examples=dec.n_examples)
+    positions = pefs.source_indices  # rows of W / the PEF file → positions in the split
+    if np.array_equal(positions, np.arange(len(positions))):
+        cache = ExampleCache(loader, n_examples=dec.n_examples)
+    else:
+        n_needed = int(positions.max()) + 1 if len(positions) else 0
+        cache = ExampleCache(loader, n_examples=n_needed).subset(positions, int(pc.batch_size))
     if not np.array_equal(cache.labels.numpy(), np.asarray(pefs.labels).reshape(-1)):
         raise ValueError(
             f"the labels of the first {cache.n} examples of split {split!r} differ from the PEF "
@@ -300,6 +325,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         metrics["n_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
     metrics = _finite_or_none(metrics)
     write_metrics(output_dir, metrics)
+    _log_metrics(cfg, output_dir, metrics)
     log.info(
         "perturbed %d components: median KL ratio %s, median PEF-norm ratio %s",
         metrics["n_components"],

@@ -158,6 +158,7 @@ def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, cou
     res = load_perturbation(tmp_path / "perturbation.h5")
     assert res.component_indices.tolist() == [0, 3, 4]
     assert res.metadata["split"] == "eval" and res.metadata["kind"] == "lrm"
+    assert res.metadata["max_abs_logit_diff_vs_pefs"] < 1e-4
 
     # the same computation through the library on a separately loaded model
     loaded = models_pkg.load_checkpoint(a["ckpt"])
@@ -257,6 +258,73 @@ def test_flawed_selection_in_stage(artifacts, tmp_path):
     assert res.component_indices.tolist() == expect.tolist()
     change = np.nanmax(res.acc_all_after - res.acc_all_before, axis=1)
     assert metrics["n_raising_accuracy"] == int(np.sum(change >= 0.005))
+
+
+def test_stage_on_a_filtered_pef_subset(artifacts, tmp_path):
+    """A PEF file holding a subset of the split (example_indices) is matched row by row."""
+    from npeff.artifacts.pefs import save_pefs, subset_pefs
+
+    a = artifacts
+    pefs = a["pefs_obj"]
+    keep = np.flatnonzero(np.arange(N_EVAL) % 3 != 1)
+    sub = subset_pefs(pefs, keep)
+    save_pefs(sub, tmp_path / "sub_pefs.h5")
+    dec = a["lrm"]
+    sub_dec = Decomposition(
+        kind="lrm",
+        W=dec.W[keep],
+        new_to_old_col_indices=dec.new_to_old_col_indices,
+        n_parameters=dec.n_parameters,
+        n_classes=3,
+        G=dec.G,
+        layout=dec.layout,
+    )
+    save_decomposition(sub_dec, tmp_path / "sub_coeffs.h5")
+    out = tmp_path / "out"
+    run(
+        _cfg(
+            [
+                f"inputs.checkpoint={a['ckpt']}",
+                f"inputs.coeffs={tmp_path / 'sub_coeffs.h5'}",
+                f"inputs.pefs={tmp_path / 'sub_pefs.h5'}",
+                "perturb.n_top=8",
+                "perturb.n_baseline=20",
+                "perturb.components=[1]",
+                "progress=false",
+            ]
+        ),
+        out,
+    )
+    res = load_perturbation(out / "perturbation.h5")
+    full = load_perturbation(_full_run(a, tmp_path / "full", [1], 8, 20))
+    # rows were matched to the right examples: the model's logits equal the PEF file's
+    assert res.metadata["max_abs_logit_diff_vs_pefs"] < 1e-4
+    assert res.top_indices.max() < len(keep)
+    assert np.all(np.isin(keep[res.top_indices[0]], np.arange(N_EVAL)))
+    assert res.acc_all_before == pytest.approx(
+        float((sub.logits.argmax(-1) == sub.labels).mean()), abs=1e-12
+    )
+    assert full.acc_all_before == pytest.approx(
+        float((pefs.logits.argmax(-1) == pefs.labels).mean()), abs=1e-12
+    )
+
+
+def _full_run(a, out, comps, n_top, n_base):
+    run(
+        _cfg(
+            [
+                f"inputs.checkpoint={a['ckpt']}",
+                f"inputs.coeffs={a['coeffs']}",
+                f"inputs.pefs={a['pefs']}",
+                f"perturb.n_top={n_top}",
+                f"perturb.n_baseline={n_base}",
+                f"perturb.components=[{','.join(map(str, comps))}]",
+                "progress=false",
+            ]
+        ),
+        out,
+    )
+    return out / "perturbation.h5"
 
 
 def test_stage_errors_are_clear(artifacts, tmp_path):
