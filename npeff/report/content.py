@@ -24,9 +24,10 @@ from npeff.report import figures
 class ExampleView:
     """One top example as displayed: its index, coefficient, label/prediction and content."""
 
-    index: int
+    index: int  # row of W / the PEFs
     rank: int
     coefficient: float
+    source_index: int | None = None  # position in the task split (differs for filtered PEFs)
     label: str | None = None
     prediction: str | None = None
     correct: bool | None = None
@@ -130,8 +131,9 @@ def prepare_report(
     Args (n examples, r components, c concepts):
       decomposition: a ``Decomposition`` (G/H, losses, convergence; its W if ``coeffs`` is None).
       pefs: the ``Pefs`` the coefficients belong to (labels, logits, norms), or None.
-      examples: display records in PEF order (``task.examples(split)``), ≥ n of them, or None.
-      concepts: bool [≥n, c] or None. perturbation: a ``PerturbationResult`` or None.
+      examples: display records of the split (``task.examples(split)``), or None; PEF row i shows
+        ``examples[pefs.source_indices[i]]`` (identity unless the PEF file is a filtered subset).
+      concepts: bool [n_split, c] of the same split, or None (indexed like ``examples``). perturbation: a ``PerturbationResult`` or None.
       coeffs: a coefficient file (``Decomposition``) or W [n, r] fitted on the report's examples.
     """
     W = _coefficients(decomposition, coeffs)
@@ -141,11 +143,26 @@ def prepare_report(
             f"the PEF file has {pefs.n_examples} examples but the coefficients have {n}; pass the PEFs "
             "the coefficients were computed on (inputs.pefs of the decompose or fit run)"
         )
-    if examples is not None and len(examples) < n:
-        raise ValueError(
-            f"the task gives {len(examples)} display examples but the coefficients have {n}; "
-            "check `split` matches the split the PEFs were computed on"
-        )
+    # Row i of W / the PEFs is example source[i] of the split (a filtered PEF file holds a subset).
+    source = np.asarray(
+        getattr(pefs, "source_indices", np.arange(n)) if pefs is not None else np.arange(n)
+    )
+    need = int(source.max()) + 1 if source.size else 0
+    if examples is not None:
+        if len(examples) < need:
+            raise ValueError(
+                f"the task gives {len(examples)} display examples but the coefficients need {need}; "
+                "check `split` matches the split the PEFs were computed on"
+            )
+        examples = [examples[i] for i in source]
+    if concepts is not None and np.size(concepts):
+        concepts = np.asarray(concepts)
+        if concepts.ndim != 2 or concepts.shape[0] < need:
+            raise ValueError(
+                f"concepts have shape {concepts.shape} but the coefficients need {need} examples; "
+                "pass the concepts of the split the PEFs were computed on"
+            )
+        concepts = concepts[source]
     labels = np.asarray(pefs.labels) if pefs is not None else None
     if labels is not None and examples is not None and all("label" in e for e in examples[:n]):
         ex_labels = np.asarray([int(e["label"]) for e in examples[:n]])
@@ -244,7 +261,9 @@ def prepare_report(
         exs = []
         for rank, i in enumerate(top_all[j][:n_display]):
             ex = examples[i] if examples is not None else {}
-            view = ExampleView(index=int(i), rank=rank, coefficient=float(W[i, j]))
+            view = ExampleView(
+                index=int(i), rank=rank, coefficient=float(W[i, j]), source_index=int(source[i])
+            )
             if labels is not None:
                 view.label = _name(label_names, int(labels[i]))
             if preds is not None:

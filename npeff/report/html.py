@@ -110,7 +110,10 @@ def _summary_tables(summary: dict[str, Any]) -> str:
 
 
 def _example_html(ex: ExampleView, shared: set[str]) -> str:
-    meta = [f"#{ex.rank + 1} · ex {ex.index}", f"[COEFF] <b>{ex.coefficient:.4f}</b>"]
+    where = f"#{ex.rank + 1} · ex {ex.index}"
+    if ex.source_index is not None and ex.source_index != ex.index:
+        where += f" (split #{ex.source_index})"
+    meta = [where, f"[COEFF] <b>{ex.coefficient:.4f}</b>"]
     if ex.label is not None:
         meta.append(f'[LABEL] <span class="lab">{escape(ex.label)}</span>')
     if ex.prediction is not None:

@@ -144,3 +144,25 @@ def test_d_npeff_decomposition_with_sparse_H(tmp_path):
     assert content.summary["kind"] == "diag"
     assert "component_similarity" in content.figures
     assert np.allclose(component_similarity(H), component_similarity(H.toarray()))
+
+
+def test_filtered_pefs_map_rows_to_split_examples():
+    """A PEF subset (e.g. incorrect predictions only) shows the split examples it came from."""
+    from npeff.artifacts.pefs import subset_pefs
+
+    inp = synthetic_inputs(n=60)
+    keep = np.arange(3, 60, 3)  # rows of the subset = these split positions
+    pefs = subset_pefs(inp["pefs"], keep)
+    assert pefs.source_indices.tolist() == keep.tolist()
+    W = np.random.default_rng(0).random((keep.size, 3)).astype(np.float32)
+    content = prepare_report(
+        None, pefs, inp["examples"], inp["concepts"], coeffs=W, n_display=4, top_k=4, n_shuffles=2
+    )
+    for j, card in enumerate(content.cards):
+        rows = _brute_top(W, j, 4)
+        assert [e.index for e in card.examples] == rows
+        assert [e.source_index for e in card.examples] == [int(keep[i]) for i in rows]
+        assert [e.text for e in card.examples] == [inp["examples"][keep[i]]["text"] for i in rows]
+        names = content.concept_analysis.concept_names
+        for e, i in zip(card.examples, rows):
+            assert e.concepts == [names[c] for c in np.flatnonzero(inp["concepts"][keep[i]])]
