@@ -50,16 +50,14 @@ def check_compatible(pefs: Pefs, dec: Decomposition) -> None:
 
 
 def _slice_pefs(p: Pefs, lo: int, hi: int) -> Pefs:
-    sl = slice(lo, hi)
-    return dataclasses.replace(
-        p,
-        values=p.values[sl],
-        indices=p.indices[sl],
-        norms=p.norms[sl],
-        labels=p.labels[sl],
-        logits=p.logits[sl],
-        col_offsets=None if p.col_offsets is None else p.col_offsets[sl],
-    )
+    """Examples [lo, hi) of an LRM or D ``Pefs`` (every per-example array field is sliced)."""
+    n = p.n_examples
+    changes = {
+        f.name: getattr(p, f.name)[lo:hi]
+        for f in dataclasses.fields(p)
+        if isinstance(getattr(p, f.name), np.ndarray) and getattr(p, f.name).shape[:1] == (n,)
+    }
+    return dataclasses.replace(p, **changes)
 
 
 def fit_coefficients(

@@ -55,6 +55,7 @@ class DecompSettings:
     h_threshold: float | None = None
     h_keep_fraction: float | None = None
     normalize_components: bool = False
+    num_threads: int | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -235,6 +236,7 @@ class DecompositionModule(L.LightningModule):
         full_t = self._full_components_t()  # a collective: every rank takes part
         if self.global_rank == 0:
             save_decomposition(self.result(full_t), self.output_path)
+        self.trainer.strategy.barrier("npeff-decomposition-written")
 
     def result(self, full_t: torch.Tensor | None = None) -> Decomposition:
         if full_t is None:

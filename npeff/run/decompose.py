@@ -1,0 +1,96 @@
+"""Stage ``npeff-decompose``: PEF file → decomposition.h5 (LRM-NPEFF or D-NPEFF)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.run import common
+
+
+def stage_logger(cfg: DictConfig, output_dir: Path):
+    """The configured Lightning logger (``common.build_logger``), else a CSV logger in the run dir."""
+    build = getattr(common, "build_logger", None)
+    if build is not None and cfg.get("logger") is not None:
+        logger = build(cfg, output_dir)
+        if logger is not None:
+            return logger
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(output_dir), name="logs", version="")
+
+
+def finish_tracking() -> None:
+    fn = getattr(common, "finish_tracking", None)
+    if fn is not None:
+        fn()
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    from npeff.decomp.collectives import rank_and_world
+    from npeff.decomp.module import DecompSettings
+    from npeff.decomp.runner import decompose
+
+    output_dir = Path(output_dir)
+    settings = DecompSettings.from_dict(OmegaConf.to_container(cfg.decomp, resolve=True))
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.get("trainer") else {}
+    t0 = time.perf_counter()
+    try:
+        dec = decompose(
+            cfg.inputs.pefs,
+            settings,
+            output_dir,
+            trainer_cfg=trainer_cfg,
+            logger=stage_logger(cfg, output_dir),
+            checkpoint_every=int(cfg.get("checkpoint_every", 0) or 0),
+            resume=cfg.get("resume", "auto"),
+            convergence_every=int(cfg.get("convergence_every", 0) or 0),
+            keep_snapshots=bool(cfg.get("keep_snapshots", True)),
+            progress=bool(cfg.get("progress", True)),
+            metadata={"config": OmegaConf.to_yaml(cfg, resolve=True), "stage": "decompose"},
+        )
+    finally:
+        finish_tracking()
+    final_phase = list(dec.losses)[-1] if dec.losses else None
+    n_steps = int(dec.metadata.get("n_steps", 0))
+    seconds = float(dec.metadata.get("seconds", 0.0))
+    comps = dec.G if dec.kind == "lrm" else dec.H
+    metrics = {
+        "kind": dec.kind,
+        "final_loss": float(dec.losses[final_phase][-1]) if final_phase else None,
+        "final_losses": {k: float(v[-1]) for k, v in dec.losses.items() if len(v)},
+        "seconds": seconds,
+        "seconds_per_step": seconds / max(n_steps, 1),
+        "wall_seconds": time.perf_counter() - t0,
+        "n_steps": n_steps,
+        "stopped_early": "stopped_at" in dec.metadata
+        or n_steps
+        < sum(
+            settings.__dict__[k] or 0
+            for k in ("n_iters_g_only", "n_iters_joint", "n_iters_joint_expansion_only")
+        ),
+        "n_examples": dec.n_examples,
+        "n_components": dec.n_components,
+        "n_parameters": dec.n_parameters,
+        "n_columns_kept": int(np.size(dec.new_to_old_col_indices)),
+        "world_size": int(trainer_cfg.get("devices", 1) or 1) if trainer_cfg else 1,
+        "decomposition": str(output_dir / "decomposition.h5"),
+    }
+    if dec.kind == "diag" and comps is not None and hasattr(comps, "nnz"):
+        metrics["H_density"] = comps.nnz / max(np.prod(comps.shape), 1)
+    if rank_and_world()[0] == 0:
+        common.write_metrics(output_dir, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="decompose")
+def main(cfg: DictConfig) -> None:
+    run(cfg, common.hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()
