@@ -21,3 +21,90 @@ def hydra_output_dir() -> Path:
 def write_metrics(output_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
     """Write a stage's ``metrics.json`` atomically into its run directory."""
     return write_json_atomic(Path(output_dir) / "metrics.json", metrics)
+
+
+# --- reproducibility ---------------------------------------------------------------------------
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy and torch (all ranks the same); returns the seed."""
+    import lightning as L
+
+    return int(L.seed_everything(int(seed), workers=True, verbose=False))
+
+
+# --- experiment tracking -----------------------------------------------------------------------
+def _wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def wandb_mode(requested: str | None = "auto") -> str:
+    """The W&B mode to use: ``WANDB_MODE`` if set, else ``requested``; ``auto`` means online
+    with an API key and offline without (no network stalls, nothing lost: ``wandb sync``)."""
+    mode = os.environ.get("WANDB_MODE") or (requested or "auto")
+    mode = str(mode).lower()
+    if mode in ("dryrun",):
+        mode = "offline"
+    if mode == "auto":
+        mode = "online" if _wandb_has_key() else "offline"
+    if mode not in ("online", "offline", "disabled"):
+        raise ValueError(f"unknown W&B mode {mode!r}; available: auto, online, offline, disabled")
+    return mode
+
+
+LOGGERS = ("wandb", "csv", "none")
+
+
+def build_logger(cfg: Any, output_dir: str | os.PathLike) -> Any:
+    """The Lightning logger chosen by ``cfg.logger`` (``wandb``/``csv``/``none``), or None.
+
+    W&B writes under ``<output_dir>/wandb`` and records the resolved config; with mode
+    ``disabled`` no logger is made. Only rank 0 logs (Lightning's loggers are rank-aware).
+    """
+    from omegaconf import OmegaConf
+
+    lcfg = cfg.get("logger") if hasattr(cfg, "get") else None
+    if lcfg is None:
+        return None
+    name = str(lcfg.get("name", "none"))
+    if name not in LOGGERS:
+        raise ValueError(f"unknown logger {name!r}; available: {list(LOGGERS)}")
+    output_dir = Path(output_dir)
+    if name == "none":
+        return None
+    if name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(output_dir), name="csv", version="")
+    mode = wandb_mode(lcfg.get("mode", "auto"))
+    if mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    stage = cfg.get("stage", "run")
+    config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    return WandbLogger(
+        project=str(lcfg.get("project", "npeff")),
+        entity=lcfg.get("entity"),
+        group=lcfg.get("group"),
+        tags=list(lcfg.get("tags") or []) + [str(stage)],
+        name=f"{stage}-{output_dir.parent.name}-{output_dir.name}",
+        save_dir=str(output_dir),
+        offline=(mode == "offline"),
+        log_model=bool(lcfg.get("log_model", False)),
+        config=config,
+        job_type=str(stage),
+    )
+
+
+def finish_tracking() -> None:
+    """End the active W&B run, if any, so each multirun job gets its own run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
