@@ -10,6 +10,7 @@ once; every component is perturbed with both signs. Writes ``perturbation.h5`` (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,7 +29,7 @@ from npeff.perturb.examples import ExampleCache
 from npeff.perturb.flawed import accuracy_changes, select_flawed_components
 from npeff.perturb.metrics import summary_medians
 from npeff.perturb.targeting import KlTargetSettings
-from npeff.run.common import hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,75 @@ def _resolve_split(cfg: DictConfig, pefs) -> str:
     )
 
 
-def _expansion_components(pc: DictConfig, dec) -> list[int]:
+def _source_decomposition(dec):
+    """The decomposition a coefficient file was fitted with (its metadata's source), or None."""
+    from npeff.artifacts.decomposition import load_decomposition
+
+    src = (dec.metadata or {}).get("source")
+    path = src.get("decomposition") if isinstance(src, dict) else None
+    if path and Path(path).is_file():
+        return load_decomposition(path)
+    return None
+
+
+def _with_components(cfg: DictConfig, dec):
+    """``dec`` (coefficients) with its G/H: its own, or those of the decomposition it came from.
+
+    Returns (decomposition with W from the coefficient file, the component file or None).
+    """
+    from npeff.artifacts.decomposition import load_decomposition
+
+    comp = None
+    if cfg.inputs.get("decomposition"):
+        comp = load_decomposition(cfg.inputs.decomposition)
+    elif (dec.kind == "lrm" and dec.G is None) or (dec.kind == "diag" and dec.H is None):
+        comp = _source_decomposition(dec)
+        if comp is None:
+            raise ValueError(
+                f"{cfg.inputs.coeffs} stores no components (fit.write_components=false) and its "
+                "source decomposition is not found; pass inputs.decomposition=<decomposition.h5>"
+            )
+    if comp is None:
+        return dec, None
+    if comp.kind != dec.kind or comp.n_components != dec.n_components:
+        raise ValueError(
+            f"the decomposition ({comp.kind}, r={comp.n_components}) does not match the "
+            f"coefficients ({dec.kind}, r={dec.n_components})"
+        )
+    if comp.n_parameters != dec.n_parameters:
+        raise ValueError("the decomposition and the coefficients come from different models")
+    merged = dataclasses.replace(
+        dec,
+        G=comp.G,
+        H=comp.H,
+        new_to_old_col_indices=comp.new_to_old_col_indices,
+        layout=dec.layout or comp.layout,
+    )
+    return merged, comp
+
+
+def _expansion_components(pc: DictConfig, dec, comp) -> list[int]:
     explicit = pc.flawed.get("expansion_components")
     if explicit is not None:
         return [int(j) for j in explicit]
-    meta = dec.metadata or {}
-    if meta.get("expansion_component_indices") is not None:
-        return [int(j) for j in meta["expansion_component_indices"]]
-    n_frozen = meta.get("n_frozen")
-    if n_frozen is None and isinstance(meta.get("config"), dict):
-        n_frozen = meta["config"].get("n_frozen")
-    if n_frozen is None:
-        raise ValueError(
-            "perturb.select=flawed needs the expansion components: the decomposition's metadata "
-            "has no n_frozen; pass perturb.flawed.expansion_components=[...]"
-        )
-    # expansions put the new (learned) components first and the frozen ones last (§7.2)
-    return list(range(dec.n_components - int(n_frozen)))
+    sources = [dec, comp] if comp is not None else [dec]
+    if comp is None:
+        src = _source_decomposition(dec)
+        if src is not None:
+            sources.append(src)
+    for d in sources:
+        meta = d.metadata or {}
+        if meta.get("expansion_component_indices") is not None:
+            return [int(j) for j in meta["expansion_component_indices"]]
+        for key in ("n_frozen_components", "n_frozen"):
+            if meta.get(key):
+                # expansions put the new (learned) components first, the frozen ones last (§7.2)
+                return list(range(dec.n_components - int(meta[key])))
+    raise ValueError(
+        "perturb.select=flawed needs the expansion components, but neither the coefficients nor "
+        "their decomposition record frozen components; pass "
+        "perturb.flawed.expansion_components=[...]"
+    )
 
 
 def _finite_or_none(x):
@@ -165,7 +218,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     if pc.kind not in ("lrm", "diag"):
         raise ValueError(f"perturb.kind must be 'lrm' or 'diag', got {pc.kind!r}")
 
-    dec = load_decomposition(cfg.inputs.coeffs)
+    dec, comp = _with_components(cfg, load_decomposition(cfg.inputs.coeffs))
     pefs = load_pefs(cfg.inputs.pefs)
     if dec.kind != pc.kind:
         raise ValueError(
@@ -223,7 +276,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     components = None if pc.components is None else [int(j) for j in pc.components]
     flawed_info = None
     if pc.select == "flawed":
-        candidates = _expansion_components(pc, dec)
+        candidates = _expansion_components(pc, dec, comp)
         if components is not None:
             candidates = [j for j in candidates if j in set(components)]
         preds = ev.base_logits.argmax(-1).numpy()
@@ -281,6 +334,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         source={
             "checkpoint": str(cfg.inputs.checkpoint),
             "coeffs": str(cfg.inputs.coeffs),
+            "decomposition": cfg.inputs.get("decomposition"),
             "pefs": str(cfg.inputs.pefs),
             "dataset_fisher": cfg.inputs.get("dataset_fisher"),
         },
@@ -335,7 +389,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="perturb")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="perturb")
 def main(cfg: DictConfig) -> None:
     run(cfg, hydra_output_dir())
 

@@ -84,7 +84,7 @@ def artifacts(tmp_path_factory):
         n_classes=3,
         G=G,
         layout=pefs.layout,
-        metadata={"n_frozen": 2},
+        metadata={"n_frozen_components": 2},
     )
     save_decomposition(lrm, d / "coeffs.h5")
     H = np.abs(G) * (rng.random(G.shape) < 0.5)
@@ -325,6 +325,32 @@ def _full_run(a, out, comps, n_top, n_base):
         out,
     )
     return out / "perturbation.h5"
+
+
+def test_coeffs_without_components_use_the_decomposition(artifacts, tmp_path):
+    import dataclasses
+
+    a = artifacts
+    bare = dataclasses.replace(
+        a["lrm"], G=None, metadata={"source": {"decomposition": "/nonexistent.h5"}}
+    )
+    save_decomposition(bare, tmp_path / "bare.h5")
+    common = [
+        f"inputs.checkpoint={a['ckpt']}",
+        f"inputs.coeffs={tmp_path / 'bare.h5'}",
+        f"inputs.pefs={a['pefs']}",
+        "perturb.n_top=8",
+        "perturb.n_baseline=20",
+        "perturb.components=[2]",
+        "progress=false",
+    ]
+    with pytest.raises(ValueError, match="inputs.decomposition"):
+        run(_cfg(common), tmp_path / "x")
+    run(_cfg(common + [f"inputs.decomposition={a['coeffs']}"]), tmp_path / "y")
+    res = load_perturbation(tmp_path / "y" / "perturbation.h5")
+    ref = load_perturbation(_full_run(a, tmp_path / "z", [2], 8, 20))
+    np.testing.assert_allclose(res.kl_top, ref.kl_top, rtol=1e-6)
+    np.testing.assert_allclose(res.kl_ratio, ref.kl_ratio, rtol=1e-6)
 
 
 def test_stage_errors_are_clear(artifacts, tmp_path):
