@@ -142,7 +142,8 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def bench_model(name, build, n_npeff, n_naive, batch_size, k, chunk_size):
+def bench_model(name, build, n_npeff, n_naive, batch_size, k, chunk_size, rounds=2):
+    """Time both methods in alternating rounds (the machine is shared: load drifts)."""
     model, ds, include = build(max(n_npeff, n_naive))
     named = select_named_parameters(model, include)
     for p in model.parameters():
@@ -151,6 +152,8 @@ def bench_model(name, build, n_npeff, n_naive, batch_size, k, chunk_size):
         p.requires_grad_(True)
     m = sum(p.numel() for _, p in named)
     sub = torch.utils.data.Subset
+    t_npeff = t_naive = 0.0
+    rss_npeff = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         warm = torch.utils.data.DataLoader(sub(ds, range(min(8, len(ds)))), batch_size=8)
         compute_pefs(
@@ -162,31 +165,35 @@ def bench_model(name, build, n_npeff, n_naive, batch_size, k, chunk_size):
             chunk_size=chunk_size,
             progress=False,
         )
-        loader = torch.utils.data.DataLoader(sub(ds, range(n_npeff)), batch_size=batch_size)
-        t0 = time.perf_counter()
-        compute_pefs(
-            model,
-            loader,
-            Path(tmp) / "pefs.h5",
-            n_values=k,
-            params=include,
-            chunk_size=chunk_size,
-            progress=False,
-        )
-        t_npeff = time.perf_counter() - t0
-        rss_npeff = peak_rss_gb()
-    naive_pefs(model, sub(ds, range(2)), named, k)  # warm-up
-    t0 = time.perf_counter()
-    naive_pefs(model, sub(ds, range(n_naive)), named, k)
-    t_naive = time.perf_counter() - t0
+        naive_pefs(model, sub(ds, range(4)), named, k)
+        per_a, per_b = n_npeff // rounds, n_naive // rounds
+        for r in range(rounds):
+            loader = torch.utils.data.DataLoader(
+                sub(ds, range(r * per_a, (r + 1) * per_a)), batch_size=batch_size
+            )
+            t0 = time.perf_counter()
+            compute_pefs(
+                model,
+                loader,
+                Path(tmp) / f"pefs{r}.h5",
+                n_values=k,
+                params=include,
+                chunk_size=chunk_size,
+                progress=False,
+            )
+            t_npeff += time.perf_counter() - t0
+            rss_npeff = max(rss_npeff, peak_rss_gb())
+            t0 = time.perf_counter()
+            naive_pefs(model, sub(ds, range(r * per_b, (r + 1) * per_b)), named, k)
+            t_naive += time.perf_counter() - t0
     r = {
         "n_parameters": m,
         "n_values": k,
-        "npeff_examples_per_s": n_npeff / t_npeff,
-        "naive_examples_per_s": n_naive / t_naive,
-        "n_examples_npeff": n_npeff,
-        "n_examples_naive": n_naive,
-        "peak_rss_gb_after_npeff": rss_npeff,
+        "npeff_examples_per_s": per_a * rounds / t_npeff,
+        "naive_examples_per_s": per_b * rounds / t_naive,
+        "n_examples_npeff": per_a * rounds,
+        "n_examples_naive": per_b * rounds,
+        "peak_rss_gb_so_far": rss_npeff,
     }
     r["ratio"] = r["npeff_examples_per_s"] / r["naive_examples_per_s"]
     print(

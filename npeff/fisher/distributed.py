@@ -18,10 +18,12 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from npeff.artifacts.atomic import atomic_path
 from npeff.artifacts.pefs import (
+    PefsFileError,
     PefsWriter,
     iter_pefs_chunks,
     load_dataset_fisher,
     read_pefs_header,
+    read_pefs_progress,
     save_dataset_fisher,
 )
 from npeff.fisher.compute import compute_pefs
@@ -59,8 +61,14 @@ def compute_pefs_multiprocess(
     if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, SequentialSampler):
         raise ValueError("multi-process PEFs need a DataLoader without shuffling (shuffle=False)")
     path = Path(path)
-    if path.exists():  # complete (or resumable single-process) file: compute_pefs handles it
-        return compute_pefs(model, loader, path, **kwargs)
+    if path.exists():
+        n_written, complete = read_pefs_progress(path)
+        if complete:
+            return path
+        raise PefsFileError(
+            f"{path} is an unfinished single-process PEF file ({n_written} examples); resume it "
+            "with one process (trainer.devices=1) or delete it"
+        )
     fabric = Fabric(
         accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes
     )

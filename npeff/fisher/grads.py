@@ -67,6 +67,8 @@ def output_logits(out) -> torch.Tensor:
         return out["logits"]
     if hasattr(out, "logits"):
         return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
     raise TypeError(f"model output of type {type(out).__name__} has no logits")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.run.common import hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
 
 PEFS_NAME = "pefs.h5"
 
@@ -56,7 +56,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="filter_pefs")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="filter_pefs")
 def main(cfg: DictConfig) -> None:
     run(cfg, hydra_output_dir())
 

@@ -5,23 +5,25 @@
     npeff-pefs inputs.checkpoint=... split=fit fisher.n_values=5000 trainer.devices=2
 
 Writes ``pefs.h5`` (and ``dsf.h5``) and ``metrics.json`` (examples/s, mean fraction of ‖F‖_F²
-captured by the kept entries, accuracy) in the run directory. An interrupted run resumes: rerun
-the same command (with ``resume=true``, the default, the newest unfinished ``pefs.h5`` of an
-earlier run of this stage with the same settings is moved into the new run directory and
-continued), or pass ``hydra.run.dir=<old run dir>``.
+captured by the kept entries, accuracy) in the run directory. An interrupted run resumes after
+its last committed chunk: rerun the same command (with ``resume=true``, the default, the newest
+unfinished ``pefs.h5`` of an earlier single-process run of this stage with the same settings is
+moved into the new run directory and continued), or pass ``hydra.run.dir=<old run dir>`` (this is
+how a multi-process run, whose ranks write shard files in the run dir, is resumed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.run.common import hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
 
 PEFS_NAME = "pefs.h5"
 DSF_NAME = "dsf.h5"
@@ -130,8 +132,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     loader = build_loader(loaded.task, split, int(cfg.batch_size), cfg.get("n_examples"))
     kwargs = fisher_kwargs(cfg.fisher, cfg.get("params"), cfg.get("seed", 0))
 
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    devices = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
     pefs_path = output_dir / PEFS_NAME
-    if cfg.get("resume", True) and not pefs_path.exists():
+    # Single-process runs continue an unfinished file of an earlier run dir; a multi-process run
+    # resumes its shards in its own run dir (rerun with hydra.run.dir=<that dir>).
+    if devices == 1 and cfg.get("resume", True) and not pefs_path.exists():
         old = _find_unfinished(output_dir, cfg)
         if old is not None:
             old.replace(pefs_path)
@@ -149,9 +156,6 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         },
     }
     n_before, _ = read_pefs_progress(pefs_path)
-    trainer = cfg.get("trainer") or {}
-    devices = trainer.get("devices", 1)
-    devices = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
     t0 = time.perf_counter()
     common = dict(
         dataset_fisher_path=output_dir / DSF_NAME,
@@ -175,6 +179,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     else:
         compute_pefs(loaded.model, loader, pefs_path, **common)
     seconds = time.perf_counter() - t0
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        return {}  # strategy=ddp re-runs this command per rank; rank 0 reports
 
     pefs = load_pefs(pefs_path)
     frac = captured_fraction(pefs)
@@ -199,7 +205,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="pefs")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pefs")
 def main(cfg: DictConfig) -> None:
     run(cfg, hydra_output_dir())
 

@@ -1,0 +1,77 @@
+"""`npeff-pefs trainer=ddp` (2 CPU processes, ddp_spawn, launched as a console script) writes the
+same pefs.h5 as the single-process stage."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from npeff.artifacts.pefs import load_pefs
+from npeff.models import build_model, save_checkpoint
+from npeff.run.common import CONFIG_PATH
+from npeff.run.pefs import run
+from npeff.tasks import build_task
+
+TASK = {"name": "toy_nli", "n_train": 40, "n_fit": 12, "n_eval": 10, "max_length": 16}
+MODEL = {
+    "name": "tiny_bert",
+    "hidden_size": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_size": 24,
+    "max_length": 16,
+}
+
+
+def test_cli_two_processes_equal_one(tmp_path):
+    task = build_task(TASK)
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(
+        tmp_path / "model.ckpt",
+        build_model(MODEL, task.model_hints()),
+        {"model": MODEL, "task": TASK},
+    )
+    args = [
+        f"inputs.checkpoint={ckpt}",
+        "n_examples=9",
+        "batch_size=2",
+        "fisher=lvrm",
+        "fisher.n_values=25",
+        "fisher.min_prob_class=0.2",
+        "progress=false",
+    ]
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose("pefs", args)
+    one = run(cfg, tmp_path / "one")
+    exe = Path(sys.executable).parent / "npeff-pefs"
+    cmd = [
+        str(exe) if exe.exists() else shutil.which("npeff-pefs"),
+        *args,
+        "trainer=ddp",
+        f"hydra.run.dir={tmp_path / 'two'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    subprocess.run(cmd, env=env, check=True, timeout=300)
+    a, b = load_pefs(one["pefs"]), load_pefs(tmp_path / "two" / "pefs.h5")
+    assert b.metadata["config"]["trainer"]["devices"] == 2
+    for f in (
+        "values",
+        "indices",
+        "norms",
+        "labels",
+        "logits",
+        "ranks",
+        "col_sizes",
+        "source_indices",
+    ):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert not list((tmp_path / "two").glob(".pefs.h5.shard*")), (
+        "shards are removed after the merge"
+    )
