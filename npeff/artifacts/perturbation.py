@@ -30,8 +30,9 @@ class PerturbationResult:
       pef_norm_ratio: float64 [c] mean PEF norm over top / mean over baseline.
       acc_top_before, acc_baseline_before: float64 [c]; acc_*_after: float64 [c, 2].
       acc_all_before: float; acc_all_after: float64 [c, 2] (NaN when not evaluated).
-      top_indices: int64 [c, n_top] example indices, by descending coefficient.
-      baseline_indices: int64 [n_base] the seeded random baseline, ascending.
+      top_indices: int64 [c, n_top] example rows (rows of W and of the PEF file; map them to
+        split positions with ``Pefs.source_indices``), by descending coefficient.
+      baseline_indices: int64 [n_base] rows of the seeded random baseline, ascending.
       metadata: JSON-serializable dict (kind, settings, per-component extras, sources).
     """
 

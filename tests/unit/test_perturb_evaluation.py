@@ -215,3 +215,24 @@ def test_summary_medians():
     assert s["pef_norm_ratio_median"] == 1.5
     assert s["frac_kl_ratio_above_norm_ratio"] == pytest.approx(2 / 3)
     assert s["n_components_scored"] == 3
+
+
+def test_no_components_gives_an_empty_result_that_saves(tmp_path):
+    from npeff.artifacts.perturbation import load_perturbation, save_perturbation
+    from npeff.perturb.flawed import accuracy_changes
+
+    ev, model, x, y, layout, W, norms = _evaluator()
+    m = layout.n_parameters
+    dec = Decomposition(
+        kind="lrm",
+        W=W,
+        new_to_old_col_indices=np.arange(m),
+        n_parameters=m,
+        G=np.random.default_rng(0).normal(size=(4, m)),
+    )
+    res = perturb_lrm(ev, dec, components=[], progress=False)
+    assert res.n_components == 0 and res.top_indices.shape == (0, 6)
+    back = load_perturbation(save_perturbation(res, tmp_path / "e.h5"))
+    assert back.n_components == 0
+    assert accuracy_changes(back)["n_raising_accuracy"] == 0
+    assert np.isnan(summary_medians(back.kl_ratio, back.pef_norm_ratio)["kl_ratio_median"])
