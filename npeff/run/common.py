@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,51 @@ def finish_tracking() -> None:
     """End the active W&B run, if any, so each multirun job gets its own run."""
     import sys
 
+    if _pipeline_owns_run:
+        return
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+# --- one tracking run for a whole pipeline job -------------------------------------------------
+_pipeline_owns_run = False
+
+
+@contextlib.contextmanager
+def pipeline_tracking(cfg: Any, output_dir: str | os.PathLike) -> Iterator[None]:
+    """Open one W&B run for a pipeline job (when ``cfg.logger`` is wandb and not disabled).
+
+    Inside it, stages' Lightning ``WandbLogger`` attach to the active run and ``finish_tracking``
+    is deferred, so a multirun job is exactly one W&B run; the run is finished on exit.
+    """
+    global _pipeline_owns_run
+    lcfg = cfg.get("logger") if hasattr(cfg, "get") else None
+    if lcfg is None or str(lcfg.get("name", "none")) != "wandb":
+        yield
+        return
+    mode = wandb_mode(lcfg.get("mode", "auto"))
+    if mode == "disabled":
+        yield
+        return
+    import wandb
+    from omegaconf import OmegaConf
+
+    output_dir = Path(output_dir)
+    wandb.init(
+        project=str(lcfg.get("project", "npeff")),
+        entity=lcfg.get("entity"),
+        group=lcfg.get("group"),
+        tags=list(lcfg.get("tags") or []) + ["pipeline"],
+        name=f"npeff-{output_dir.parent.name}-{output_dir.name}",
+        dir=str(output_dir),
+        mode=mode,
+        job_type="pipeline",
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    _pipeline_owns_run = True
+    try:
+        yield
+    finally:
+        _pipeline_owns_run = False
+        finish_tracking()

@@ -1,0 +1,306 @@
+"""Stage ``npeff``: the whole pipeline in one run directory.
+
+train (cached by config) → PEFs on the ``fit`` split → NPEFF decomposition → PEFs on the ``eval``
+split → coefficients on ``eval`` (G frozen) → perturbations → report. With ``flawed.enabled`` (the
+``flawed_heuristics`` experiment, paper §3.5) the fit-split PEFs are filtered to incorrect
+predictions and new components are learned on them with the first decomposition's frozen.
+
+Each stage is the stage module's own ``run(cfg, output_dir)`` on its own primary config
+(``conf/<stage>.yaml``), composed and overlaid with the pipeline's config groups (``model``,
+``task``, ``trainer``, ``logger``, ``fisher``, ``decomp``, ``perturb``) and with the
+pipeline's per-stage section ``stages.<stage>``; each writes into ``<run dir>/<step>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.run import common
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+# Config groups the pipeline shares with every stage config that has them.
+SHARED_GROUPS = ("model", "task", "trainer", "logger", "fisher", "decomp", "perturb", "paths")
+# Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "fisher", "decomp", "perturb")
+
+
+# --- composing stage configs ------------------------------------------------------------------
+def compose_stage_config(name: str) -> DictConfig:
+    """``conf/<name>.yaml`` composed with no overrides (inside or outside a Hydra app)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=name)
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        return compose(config_name=name)
+
+
+def stage_config(
+    pipe: DictConfig, name: str, section: str | None = None, **settings: Any
+) -> DictConfig:
+    """The config of stage ``name``: its own primary config, overlaid with the pipeline's shared
+    groups, then the pipeline section ``stages.<section or name>``, then ``settings``."""
+    cfg = compose_stage_config(name)
+    OmegaConf.set_struct(cfg, False)
+    for key in SHARED_GROUPS:
+        if key in cfg and pipe.get(key) is not None:
+            cfg[key] = _overlay(cfg[key], pipe[key])
+    if name == "train":  # the pipeline root holds the training recipe (task files set it)
+        for key in pipe:
+            if key not in PIPELINE_ONLY and key in cfg and key not in SHARED_GROUPS:
+                cfg[key] = _overlay(cfg[key], pipe[key])
+    extra = (pipe.get("stages") or {}).get(section or name)
+    if extra:
+        cfg = OmegaConf.merge(cfg, extra)
+    if settings:
+        cfg = OmegaConf.merge(cfg, OmegaConf.create(settings))
+    return cfg
+
+
+def _overlay(base: Any, top: Any) -> Any:
+    if OmegaConf.is_dict(base) and OmegaConf.is_dict(top):
+        return OmegaConf.merge(base, top)
+    return top
+
+
+# --- the training cache -----------------------------------------------------------------------
+CACHE_IGNORED = ("logger", "paths", "progress", "hydra", "stage", "enable_model_summary")
+
+
+def train_cache_key(train_cfg: DictConfig) -> str:
+    """A hash of everything that determines the trained model (not logging or paths)."""
+    d = OmegaConf.to_container(train_cfg, resolve=True)
+    for key in CACHE_IGNORED:
+        d.pop(key, None)
+    if isinstance(d.get("trainer"), dict):
+        d["trainer"].pop("enable_model_summary", None)
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_train(train_cfg: DictConfig, step_dir: Path, cache_root: Path) -> tuple[Path, dict]:
+    """Train, or reuse the checkpoint of an identical earlier training run.
+
+    Returns the checkpoint path and the training metrics (with ``cached`` set).
+    """
+    from npeff.run import train
+
+    cache_dir = cache_root / "train" / train_cache_key(train_cfg)
+    ckpt, metrics_path = cache_dir / "model.ckpt", cache_dir / "metrics.json"
+    if ckpt.is_file() and metrics_path.is_file():
+        log.info("reusing the trained model cached at %s", cache_dir)
+        metrics = json.loads(metrics_path.read_text()) | {"cached": True, "checkpoint": str(ckpt)}
+        write_metrics(step_dir, metrics)
+        return ckpt, metrics
+    metrics = dict(train.run(train_cfg, step_dir))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ckpt) as tmp:
+        shutil.copyfile(step_dir / "model.ckpt", tmp)
+    write_json_atomic(metrics_path, metrics)
+    return step_dir / "model.ckpt", metrics | {"cached": False}
+
+
+# --- running ------------------------------------------------------------------------------------
+class StageTimer:
+    """Runs the stages in order, timing each and keeping its metrics."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.seconds: dict[str, float] = {}
+        self.metrics: dict[str, dict] = {}
+
+    def __call__(self, step: str, fn, *args) -> dict:
+        log.info("── npeff: %s ──", step)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds[step] = round(time.perf_counter() - t0, 3)
+        self.metrics[step] = out if isinstance(out, dict) else {}
+        return out
+
+    def dir(self, step: str) -> Path:
+        d = self.run_dir / step
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict:
+    """Run the whole pipeline into ``output_dir``; returns the headline metrics (also written to
+    ``output_dir/metrics.json``)."""
+    from npeff.run import decompose, fit, pefs, perturb, report
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    kind = str(cfg.decomp.kind)
+    if (kind == "diag") != (str(cfg.fisher.kind) == "diag"):
+        raise ValueError(
+            f"fisher={cfg.fisher.kind} PEFs do not match decomp={kind}: use fisher=diag with "
+            "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
+        )
+    stages = StageTimer(output_dir)
+
+    with _tracking(cfg, output_dir):
+        train_cfg = stage_config(cfg, "train")
+        ckpt, train_metrics = stages("train", cached_train, train_cfg, stages.dir("train"),
+                                     Path(str(cfg.cache_dir)))
+
+        fit_pefs_cfg = stage_config(
+            cfg, "pefs", "pefs_fit", split="fit", inputs={"checkpoint": str(ckpt)},
+            **({"fisher": {"dataset_fisher": True}} if kind == "diag" else {}),
+        )
+        stages("pefs_fit", pefs.run, fit_pefs_cfg, stages.dir("pefs_fit"))
+        fit_pefs = stages.dir("pefs_fit") / "pefs.h5"
+
+        dec_cfg = stage_config(cfg, "decompose", inputs={"pefs": str(fit_pefs)})
+        stages("decompose", decompose.run, dec_cfg, stages.dir("decompose"))
+        decomposition = stages.dir("decompose") / "decomposition.h5"
+
+        if cfg.flawed.enabled:
+            decomposition = _flawed_expansion(cfg, stages, fit_pefs, decomposition)
+
+        eval_pefs_cfg = stage_config(
+            cfg, "pefs", "pefs_eval", split="eval", inputs={"checkpoint": str(ckpt)}
+        )
+        stages("pefs_eval", pefs.run, eval_pefs_cfg, stages.dir("pefs_eval"))
+        eval_pefs = stages.dir("pefs_eval") / "pefs.h5"
+
+        fit_cfg = stage_config(
+            cfg, "fit", inputs={"pefs": str(eval_pefs), "decomposition": str(decomposition)}
+        )
+        stages("fit", fit.run, fit_cfg, stages.dir("fit"))
+        coeffs = stages.dir("fit") / "coeffs.h5"
+
+        perturb_inputs = {"checkpoint": str(ckpt), "coeffs": str(coeffs), "pefs": str(eval_pefs)}
+        if kind == "diag":
+            perturb_inputs["dataset_fisher"] = str(stages.dir("pefs_fit") / "dsf.h5")
+        perturb_cfg = stage_config(cfg, "perturb", inputs=perturb_inputs, split="eval")
+        if cfg.flawed.enabled:
+            perturb_cfg = OmegaConf.merge(perturb_cfg, _flawed_perturb_settings(cfg))
+        stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"))
+        perturbation = stages.dir("perturb") / "perturbation.h5"
+
+        report_cfg = stage_config(
+            cfg, "report", split="eval",
+            inputs={"checkpoint": str(ckpt), "decomposition": str(decomposition),
+                    "coeffs": str(coeffs), "pefs": str(eval_pefs),
+                    "perturbation": str(perturbation)},
+        )
+        stages("report", report.run, report_cfg, stages.dir("report"))
+
+    metrics = headline_metrics(stages, train_metrics)
+    metrics["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    metrics["report"] = str(stages.dir("report") / "report.html")
+    write_metrics(output_dir, metrics)
+    print_summary(metrics, output_dir)
+    return metrics
+
+
+def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base: Path) -> Path:
+    """Paper §3.5: learn new components on the incorrectly predicted fit-split examples, the base
+    decomposition's components frozen. Returns the expanded decomposition's path."""
+    from npeff.run import decompose, filter_pefs
+
+    filt_cfg = stage_config(
+        cfg, "filter_pefs", inputs={"pefs": str(fit_pefs)}, filter={"incorrect_only": True}
+    )
+    stages("filter_incorrect", filter_pefs.run, filt_cfg, stages.dir("filter_incorrect"))
+    incorrect = stages.dir("filter_incorrect") / "pefs.h5"
+    exp_cfg = stage_config(
+        cfg, "decompose", "expand", inputs={"pefs": str(incorrect)},
+        decomp={"expand_from": str(base), "n_components": int(cfg.flawed.n_new_components)},
+    )
+    stages("expand", decompose.run, exp_cfg, stages.dir("expand"))
+    return stages.dir("expand") / "decomposition.h5"
+
+
+def _flawed_perturb_settings(cfg: DictConfig) -> DictConfig:
+    return OmegaConf.create(
+        {"perturb": {"select": "flawed", "magnitude": float(cfg.flawed.magnitude),
+                     "flawed": {"expansion_components": list(range(int(cfg.flawed.n_new_components)))}}}
+    )
+
+
+@contextlib.contextmanager
+def _tracking(cfg: DictConfig, output_dir: Path):
+    """One W&B run for the whole pipeline job: stages log into it (Lightning's WandbLogger reuses
+    an active run) and their ``finish_tracking`` calls are deferred to the end of the job."""
+    with common.pipeline_tracking(cfg, output_dir):
+        yield
+
+
+# --- summary ----------------------------------------------------------------------------------
+def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
+    m = stages.metrics
+    dec, rep, pert = m.get("decompose", {}), m.get("report", {}), m.get("perturb", {})
+    out = {
+        "model_accuracy": _first(train_metrics, "eval_accuracy", "eval_acc", "accuracy"),
+        "n_components": _first(rep, "n_components") or _first(dec, "n_components"),
+        "final_loss": _first(m.get("expand", {}), "final_loss") or _first(dec, "final_loss"),
+        "kl_ratio_median": _first(pert, "kl_ratio_median") or _first(rep, "median_kl_ratio"),
+        "pef_norm_ratio_median": _first(pert, "pef_norm_ratio_median")
+        or _first(rep, "median_pef_norm_ratio"),
+        "frac_kl_ratio_above_norm_ratio": _first(pert, "frac_kl_ratio_above_norm_ratio")
+        or _first(rep, "frac_kl_ratio_above_norm_ratio"),
+        "concept_components": _first(rep, "concept_n_all_share"),
+        "concept_components_shuffled": _first(rep, "concept_shuffled_n_all_share_mean"),
+        "train_cached": bool(train_metrics.get("cached", False)),
+        "seconds": dict(stages.seconds),
+    }
+    for key in ("n_flawed_selected", "n_accuracy_raised", "n_components_raising_accuracy"):
+        if key in pert:
+            out[key] = pert[key]
+    return out
+
+
+def _first(d: dict, *keys: str) -> Any:
+    for k in keys:
+        if d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def print_summary(metrics: dict, output_dir: Path) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        "",
+        "npeff: done",
+        f"  report:            {output_dir / 'report' / 'report.html'}",
+        f"  metrics:           {output_dir / 'metrics.json'}",
+        f"  model accuracy:    {fmt(metrics['model_accuracy'])}",
+        f"  components:        {fmt(metrics['n_components'])}   final loss {fmt(metrics['final_loss'])}",
+        f"  KL ratio (median): {fmt(metrics['kl_ratio_median'])}   "
+        f"PEF-norm ratio (median): {fmt(metrics['pef_norm_ratio_median'])}",
+        f"  KL ratio > norm ratio for {fmt(metrics['frac_kl_ratio_above_norm_ratio'])} of components",
+    ]
+    if metrics.get("concept_components") is not None:
+        lines.append(
+            f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
+            f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+        )
+    lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pipeline")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()
