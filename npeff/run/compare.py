@@ -55,11 +55,19 @@ def _job_label(job_dir: Path, fallback: str) -> str:
     return fallback
 
 
+# Where an `npeff` pipeline job keeps each file (its step subdirectories).
+PIPELINE_STEP_DIRS = {"decomposition.h5": ("expand", "decompose"), "coeffs.h5": ("fit",)}
+
+
 def _file_in(directory: Path, prefer: str) -> Path | None:
     order = [FILE_NAMES[prefer]] + [f for k, f in FILE_NAMES.items() if k != prefer]
     for name in order:
         if (directory / name).is_file():
             return directory / name
+    for name in order:  # a pipeline job dir
+        for step in PIPELINE_STEP_DIRS.get(name, ()):
+            if (directory / step / name).is_file():
+                return directory / step / name
     return None
 
 

@@ -31,8 +31,18 @@ from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
 
 log = logging.getLogger(__name__)
 
-# Config groups the pipeline shares with every stage config that has them.
-SHARED_GROUPS = ("model", "task", "trainer", "logger", "fisher", "decomp", "perturb", "paths")
+# Config groups (and settings) the pipeline shares with every stage config that has them.
+SHARED_GROUPS = (
+    "model",
+    "task",
+    "trainer",
+    "logger",
+    "fisher",
+    "decomp",
+    "perturb",
+    "paths",
+    "progress",
+)
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
 PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "fisher", "decomp", "perturb")
 
@@ -155,11 +165,16 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
     with _tracking(cfg, output_dir):
         train_cfg = stage_config(cfg, "train")
-        ckpt, train_metrics = stages("train", cached_train, train_cfg, stages.dir("train"),
-                                     Path(str(cfg.cache_dir)))
+        ckpt, train_metrics = stages(
+            "train", cached_train, train_cfg, stages.dir("train"), Path(str(cfg.cache_dir))
+        )
 
         fit_pefs_cfg = stage_config(
-            cfg, "pefs", "pefs_fit", split="fit", inputs={"checkpoint": str(ckpt)},
+            cfg,
+            "pefs",
+            "pefs_fit",
+            split="fit",
+            inputs={"checkpoint": str(ckpt)},
             **({"fisher": {"dataset_fisher": True}} if kind == "diag" else {}),
         )
         stages("pefs_fit", pefs.run, fit_pefs_cfg, stages.dir("pefs_fit"))
@@ -194,10 +209,16 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
         report_cfg = stage_config(
-            cfg, "report", split="eval",
-            inputs={"checkpoint": str(ckpt), "decomposition": str(decomposition),
-                    "coeffs": str(coeffs), "pefs": str(eval_pefs),
-                    "perturbation": str(perturbation)},
+            cfg,
+            "report",
+            split="eval",
+            inputs={
+                "checkpoint": str(ckpt),
+                "decomposition": str(decomposition),
+                "coeffs": str(coeffs),
+                "pefs": str(eval_pefs),
+                "perturbation": str(perturbation),
+            },
         )
         stages("report", report.run, report_cfg, stages.dir("report"))
 
@@ -220,7 +241,10 @@ def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base:
     stages("filter_incorrect", filter_pefs.run, filt_cfg, stages.dir("filter_incorrect"))
     incorrect = stages.dir("filter_incorrect") / "pefs.h5"
     exp_cfg = stage_config(
-        cfg, "decompose", "expand", inputs={"pefs": str(incorrect)},
+        cfg,
+        "decompose",
+        "expand",
+        inputs={"pefs": str(incorrect)},
         decomp={"expand_from": str(base), "n_components": int(cfg.flawed.n_new_components)},
     )
     stages("expand", decompose.run, exp_cfg, stages.dir("expand"))
@@ -229,8 +253,13 @@ def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base:
 
 def _flawed_perturb_settings(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(
-        {"perturb": {"select": "flawed", "magnitude": float(cfg.flawed.magnitude),
-                     "flawed": {"expansion_components": list(range(int(cfg.flawed.n_new_components)))}}}
+        {
+            "perturb": {
+                "select": "flawed",
+                "magnitude": float(cfg.flawed.magnitude),
+                "flawed": {"expansion_components": list(range(int(cfg.flawed.n_new_components)))},
+            }
+        }
     )
 
 
