@@ -188,29 +188,28 @@ class PefsWriter:
     most the chunk in flight and never duplicates one. ``finalize`` sets ``npeff.complete``.
 
     Opening an existing file requires the same ``fingerprint`` (the options that determine the
-    content); a complete file opens read-only with ``done`` True.
+    content) and takes everything else from the file; a complete file opens with ``done`` True.
+    Creating a file needs ``kind``, ``n_values``, ``n_parameters``, ``n_rows`` (C; LVRM: max
+    rank) and ``n_logits`` (C_model).
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         *,
-        kind: PefKind,
-        n_values: int,
-        n_parameters: int,
-        n_rows: int,
-        n_logits: int,
+        fingerprint: dict | None = None,
+        kind: PefKind | None = None,
+        n_values: int | None = None,
+        n_parameters: int | None = None,
+        n_rows: int | None = None,
+        n_logits: int | None = None,
         min_prob_class: float | None = None,
         layout: ParameterLayout | None = None,
         metadata: dict | None = None,
-        fingerprint: dict | None = None,
         dataset_fisher_mode: str | None = None,
         chunk_rows: int = 64,
     ):
         self.path = Path(path)
-        self.kind = kind
-        self.n_parameters = int(n_parameters)
-        self.dsf_mode = dataset_fisher_mode
         fp = _json_attr(fingerprint or {})
         self.done = False
         if self.path.exists():
@@ -223,10 +222,22 @@ class PefsWriter:
                     f"({attrs.get(keys.ATTR_FINGERPRINT)} ≠ {fp}); delete it or choose another "
                     "output path"
                 )
+            self.kind = str(attrs[keys.ATTR_KIND])
             self.done = bool(attrs.get(keys.ATTR_COMPLETE, False))
             if not self.done:
                 self._truncate(int(attrs.get(keys.ATTR_N_WRITTEN, 0)))
             return
+        needed = dict(
+            kind=kind,
+            n_values=n_values,
+            n_parameters=n_parameters,
+            n_rows=n_rows,
+            n_logits=n_logits,
+        )
+        missing = [k for k, v in needed.items() if v is None]
+        if missing:
+            raise ValueError(f"creating {self.path} needs {missing}")
+        self.kind = kind
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.path, "w")
         f = self.f

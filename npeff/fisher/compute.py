@@ -86,9 +86,9 @@ def compute_pefs(
     named = select_named_parameters(model, params, exclude_params)
     engine = PerExampleGrads(model, named)
     m = engine.n_parameters
-    max_k = m if kind == "diag" else m * (top_k_classes or max_classes or 1)
-    if n_values > max_k and kind != "lrm":
-        raise ValueError(f"n_values={n_values} exceeds the {max_k} entries of a {kind} PEF")
+    if kind in ("diag", "lvrm") and n_values > m:
+        # an LVRM example may have rank 1 (m entries)
+        raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
     n_total = _loader_len(loader)
     fingerprint = {
         "kind": kind,
@@ -102,13 +102,7 @@ def compute_pefs(
         "n_examples": n_total,
     }
     meta = dict(metadata or {})
-    writer = (
-        PefsWriter(
-            path, **_header(kind, n_values, m, 1, 1, sel, engine, meta, fingerprint, dataset_fisher)
-        )
-        if path.exists()
-        else None
-    )
+    writer = PefsWriter(path, fingerprint=fingerprint) if path.exists() else None
     if writer is not None and writer.done:
         writer.close()
         return path
@@ -133,18 +127,16 @@ def compute_pefs(
                     )
                 writer = PefsWriter(
                     path,
-                    **_header(
-                        kind,
-                        n_values,
-                        m,
-                        n_rows,
-                        n_logits,
-                        sel,
-                        engine,
-                        meta,
-                        fingerprint,
-                        dataset_fisher,
-                    ),
+                    fingerprint=fingerprint,
+                    kind=kind,
+                    n_values=n_values,
+                    n_parameters=m,
+                    n_rows=n_rows,
+                    n_logits=n_logits,
+                    min_prob_class=sel.min_prob_class,
+                    layout=engine.layout,
+                    metadata=meta,
+                    dataset_fisher_mode=dataset_fisher,
                 )
             chunk = _process_batch(
                 engine,
@@ -184,21 +176,6 @@ def compute_pefs(
     return path
 
 
-def _header(kind, n_values, m, n_rows, n_logits, sel, engine, meta, fingerprint, dsf) -> dict:
-    return dict(
-        kind=kind,
-        n_values=n_values,
-        n_parameters=m,
-        n_rows=n_rows,
-        n_logits=n_logits,
-        min_prob_class=sel.min_prob_class,
-        layout=engine.layout,
-        metadata=meta,
-        fingerprint=fingerprint,
-        dataset_fisher_mode=dsf,
-    )
-
-
 def _process_batch(
     engine: PerExampleGrads,
     sel: ClassSelection,
@@ -223,9 +200,7 @@ def _process_batch(
     for lo in range(0, b, chunk_size):
         hi = min(lo + chunk_size, b)
         sub = {k: v[lo:hi] for k, v in batch.items()}
-        grads = engine.class_grads(sub, rows.classes[lo:hi], n_logits)
-        a = grads * rows.weights[lo:hi, :, None].to(grads.dtype)
-        del grads
+        a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
         if sel.kind == "diag":
             dense = a.pow(2).sum(dim=1)
             sp = sparsify_diag(dense, n_values)
@@ -268,9 +243,8 @@ def _full_expectation(engine, sub, logits) -> np.ndarray:
     """Σ_examples Σ_c p_c (∇log p_c)² [m] over all classes (float64)."""
     b, c = logits.shape
     classes = torch.arange(c, device=logits.device).expand(b, c)
-    grads = engine.class_grads(sub, classes, c)
-    p = torch.softmax(logits, dim=-1).to(grads.dtype)
-    return (grads.pow(2) * p[:, :, None]).sum(dim=(0, 1)).double().cpu().numpy()
+    rows = engine.class_grads(sub, classes, c, torch.softmax(logits, dim=-1).sqrt())
+    return rows.pow(2).sum(dim=(0, 1)).double().cpu().numpy()
 
 
 def sample_classes(logits: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:

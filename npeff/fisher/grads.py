@@ -135,15 +135,23 @@ class PerExampleGrads:
         return output_logits(out)[0]
 
     def class_grads(
-        self, batch: Mapping[str, torch.Tensor], classes: torch.Tensor, n_logits: int
+        self,
+        batch: Mapping[str, torch.Tensor],
+        classes: torch.Tensor,
+        n_logits: int,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """∇_θ log p_c(x_b) for the classes ``classes`` int [B, k] (of ``n_logits``) → [B, k, m].
+        """w_bc·∇_θ log p_c(x_b) for the classes ``classes`` int [B, k] (of ``n_logits``) → [B, k, m].
 
-        The class is picked with a one-hot dot product (a vmapped index into log-probs fails).
+        ``weights`` [B, k] (default 1) are constants folded into the backward pass, which saves
+        a pass over the [B, k, m] result. The class is picked with a (weighted) one-hot dot
+        product (a vmapped index into log-probs fails).
         """
 
-        def logp(theta, inp, onehot):
-            return onehot @ torch.log_softmax(self._one_logits(theta, inp), dim=-1)
+        def logp(theta, inp, select):
+            return select @ torch.log_softmax(self._one_logits(theta, inp), dim=-1)
 
-        onehot = torch.nn.functional.one_hot(classes, n_logits).to(self.theta.dtype)
-        return vmap(jacrev(logp), in_dims=(None, 0, 0))(self.theta, model_inputs(batch), onehot)
+        select = torch.nn.functional.one_hot(classes, n_logits).to(self.theta.dtype)
+        if weights is not None:
+            select = select * weights[..., None].to(select.dtype)
+        return vmap(jacrev(logp), in_dims=(None, 0, 0))(self.theta, model_inputs(batch), select)
