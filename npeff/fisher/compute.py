@@ -102,6 +102,10 @@ def compute_pefs(
         "n_examples": n_total,
     }
     meta = dict(metadata or {})
+    meta.setdefault(
+        "model_identity",
+        {"model_class": f"{type(model).__module__}.{type(model).__qualname__}"},
+    )
     writer = PefsWriter(path, fingerprint=fingerprint) if path.exists() else None
     if writer is not None and writer.done:
         writer.close()
@@ -115,6 +119,11 @@ def compute_pefs(
     n_done = start
     try:
         for batch in _batches_from(loader, start):
+            if LABELS_KEY not in batch:
+                raise ValueError(
+                    f"a batch must be a dict with {LABELS_KEY!r} [B] plus the model's keyword "
+                    f"inputs; got keys {sorted(batch)}"
+                )
             batch = {k: v.to(engine.theta.device) for k, v in batch.items()}
             logits = engine.logits(batch)
             n_logits = int(logits.shape[-1])

@@ -94,6 +94,7 @@ def test_diag_stage_with_dataset_fisher_and_param_selection(checkpoint, tmp_path
         "fisher.dataset_fisher_mode=sampling",
         "n_examples=5",
         "params.include=[hf.classifier.*]",
+        "logger=csv",
     )
     metrics = run_pefs(cfg, tmp_path)
     pefs = load_pefs(tmp_path / "pefs.h5")
@@ -104,6 +105,8 @@ def test_diag_stage_with_dataset_fisher_and_param_selection(checkpoint, tmp_path
     dsf = load_dataset_fisher(tmp_path / "dsf.h5")
     assert dsf.shape == (pefs.n_parameters,) and (dsf >= 0).all() and dsf.sum() > 0
     assert metrics["dataset_fisher"] == str(tmp_path / "dsf.h5")
+    logged = list(tmp_path.glob("csv/**/metrics.csv"))
+    assert logged and "pefs/examples_per_s" in logged[0].read_text()
 
 
 def test_stage_resumes_interrupted_run(checkpoint, tmp_path, monkeypatch):
