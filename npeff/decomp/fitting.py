@@ -69,7 +69,7 @@ def fit_coefficients(
     seed: int = 32497,
     chunk_size: int | None = None,
     dtype: torch.dtype = torch.float32,
-    block_cols: int = 32768,
+    block_cols: int = 262144,
     W_init: np.ndarray | None = None,
     progress: bool = False,
 ) -> tuple[Decomposition, dict]:

@@ -92,18 +92,18 @@ class LrmFactorization(Factorization):
             self.W = lrm.w_update(self.W, N, S, self.hyper.mu_eps, n_cols=self.n_learned)
         elif phase != "G_only":
             raise ValueError(f"unknown LRM phase {phase!r}")
-        grad = lrm.g_gradient_t(self.blocks, self.Ft, self.W, P, S, self.n, self.C, n_rows=k)
-        if self.hyper.ortho_strength > 0:
-            if self.n_frozen:
-                raise ValueError("orthogonal regularization is not supported with an expansion")
-            grad = grad + lrm.ortho_gradient_t(self.Ft, S, self.hyper.ortho_strength)
         lr = self.hyper.lr_g
         if phase == "G_only" and self.hyper.lr_g_only is not None and self.hyper.lr_g_only > 0:
             lr = self.hyper.lr_g_only
         if k is None:
-            self.Ft.sub_(lr * grad)
-        else:
-            self.Ft[:, :k].sub_(lr * grad)
+            self.Ft = lrm.g_step_t(
+                self.blocks, self.Ft, self.W, P, S, self.n, self.C, lr, self.hyper.ortho_strength
+            )
+            return
+        if self.hyper.ortho_strength > 0:
+            raise ValueError("orthogonal regularization is not supported with an expansion")
+        grad = lrm.g_gradient_t(self.blocks, self.Ft, self.W, P, S, self.n, self.C, n_rows=k)
+        self.Ft[:, :k].sub_(lr * grad)
 
     def loss(self) -> float:
         P, S = lrm.products(self.blocks, self.Ft, self.reduce)
@@ -165,7 +165,7 @@ def build_factorization(
     seed: int,
     hyper: Hyper,
     dtype: torch.dtype = torch.float32,
-    block_cols: int = 32768,
+    block_cols: int = 262144,
     rank: int = 0,
     world: int = 1,
     frozen=None,

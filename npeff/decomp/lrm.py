@@ -75,6 +75,32 @@ def g_gradient_t(
     return 4.0 * (Gt @ M - blocks.rmm(Q))
 
 
+def g_step_t(
+    blocks: ColumnBlocks,
+    Gt: torch.Tensor,
+    W: torch.Tensor,
+    P: torch.Tensor,
+    S: torch.Tensor,
+    n: int,
+    C: int,
+    lr: float,
+    ortho_strength: float = 0.0,
+) -> torch.Tensor:
+    """One gradient step on all of G, fused: returns Gᵀ − η·(∂L/∂G + ortho gradient)ᵀ.
+
+    With R = AᵀQ and M = WᵀW∘S (+ s(S − (2/r)I)): Gᵀ − 4η(GᵀM − R) = Gᵀ(I − 4ηM) + 4ηR, one
+    GEMM accumulated onto R (no [m', r] temporaries besides R).
+    """
+    r = W.shape[1]
+    M = (W.T @ W) * S
+    if ortho_strength > 0:
+        M = M + ortho_strength * (S - (2.0 / r) * torch.eye(r, dtype=S.dtype))
+    Q = (P.view(n, C, r) * W[:, None, :]).reshape(n * C, r)
+    R = blocks.rmm(Q)
+    step = torch.eye(r, dtype=M.dtype) - (4.0 * lr) * M
+    return torch.addmm(R, Gt, step, beta=4.0 * lr, alpha=1.0)
+
+
 def ortho_gradient_t(Gt: torch.Tensor, S: torch.Tensor, strength: float) -> torch.Tensor:
     """Gradient of s·‖GGᵀ − (2/r)I‖²_F, transposed: 4s·Gᵀ(S − (2/r)I), shape [m'_p, r]."""
     r = S.shape[0]

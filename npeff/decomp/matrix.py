@@ -13,6 +13,7 @@ Gᵀ that fits in cache and Aᵀ·Q is a plain CSR product.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,11 +175,27 @@ def _to_torch_csr(M: sp.csr_matrix, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
-class ColumnBlocks:
-    """Columns [lo, hi) of A as cache-sized sub-blocks, each as CSR and transposed CSR.
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
-    ``mm_t(Xt)``: A_p · Xt with Xt [hi−lo, r] → [n·C, r]  (P = A Gᵀ with Xt = Gᵀ).
-    ``rmm(Q)``:  A_pᵀ · Q with Q [n·C, r] → [hi−lo, r]   (the transpose of Qᵀ A).
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npeff-spmm")
+    return _POOLS[workers]
+
+
+class ColumnBlocks:
+    """Columns [lo, hi) of A (one rank's block) with the two sparse products of a step.
+
+    A_p is kept once, as CSC (scipy); the same three arrays are, byte for byte, a CSR of A_pᵀ, which
+    torch wraps without a copy.
+
+    ``mm_t(Xt)``: A_p · Xt with Xt [hi−lo, r] → [n·C, r]  (P = A Gᵀ with Xt = Gᵀ). Computed column
+    by column (CSC × dense): Xt is streamed once in order and the small output stays in cache, where
+    a CSR product would gather rows of Xt at random. Column chunks of at most ``block_cols`` run
+    on ``torch.get_num_threads()`` threads (scipy releases the GIL) and are summed.
+    ``rmm(Q)``:  A_pᵀ · Q with Q [n·C, r] → [hi−lo, r]   (the transpose of Qᵀ A): a torch CSR
+    product whose dense operand is small.
     """
 
     def __init__(
@@ -187,27 +204,30 @@ class ColumnBlocks:
         lo: int,
         hi: int,
         *,
-        block_cols: int = 32768,
+        block_cols: int = 262144,
         dtype: torch.dtype = torch.float32,
     ):
         self.lo, self.hi = int(lo), int(hi)
         self.n_rows = int(A.shape[0])
         self.dtype = dtype
-        csc = A[:, self.lo : self.hi].tocsc() if (lo, hi) != (0, A.shape[1]) else A.tocsc()
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        sub = A[:, self.lo : self.hi] if (lo, hi) != (0, A.shape[1]) else A
+        csc = sp.csc_matrix(sub, dtype=np_dtype)
         csc.sort_indices()
-        self.bounds: list[tuple[int, int]] = []
-        self.blocks: list[torch.Tensor] = []
-        self.blocks_t: list[torch.Tensor] = []
+        idx = np.int32 if csc.nnz < 2**31 - 1 and max(csc.shape) < 2**31 - 1 else np.int64
+        csc.indices = csc.indices.astype(idx, copy=False)
+        csc.indptr = csc.indptr.astype(idx, copy=False)
+        self.csc = csc
         width = self.hi - self.lo
+        self.at = torch.sparse_csr_tensor(
+            torch.from_numpy(csc.indptr),
+            torch.from_numpy(csc.indices),
+            torch.from_numpy(csc.data),
+            size=(width, self.n_rows),
+        )
         step = max(int(block_cols), 1)
-        for a in range(0, width, step):
-            b = min(a + step, width)
-            sub = csc[:, a:b]
-            # A CSC of A_b is, byte for byte, a CSR of A_bᵀ.
-            at = sp.csr_matrix((sub.data, sub.indices, sub.indptr), shape=(b - a, self.n_rows))
-            self.bounds.append((a, b))
-            self.blocks.append(_to_torch_csr(sub.tocsr(), dtype))
-            self.blocks_t.append(_to_torch_csr(at, dtype))
+        self.bounds = [(a, min(a + step, width)) for a in range(0, width, step)]
+        self.chunks = [csc[:, a:b] for a, b in self.bounds]
 
     @property
     def n_cols(self) -> int:
@@ -215,15 +235,41 @@ class ColumnBlocks:
 
     @property
     def nnz(self) -> int:
-        return int(sum(b._nnz() for b in self.blocks))
+        return int(self.csc.nnz)
 
     def mm_t(self, Xt: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(self.n_rows, Xt.shape[1], dtype=Xt.dtype)
-        for (a, b), blk in zip(self.bounds, self.blocks):
-            out += torch.sparse.mm(blk, Xt[a:b])
-        return out
+        X = Xt.detach().contiguous().numpy()
+        if X.dtype != self.csc.dtype:
+            X = X.astype(self.csc.dtype)
+        if not self.chunks:
+            return torch.zeros(self.n_rows, Xt.shape[1], dtype=Xt.dtype)
+
+        def part(i: int) -> np.ndarray:
+            a, b = self.bounds[i]
+            return np.asarray(self.chunks[i] @ X[a:b])
+
+        workers = min(max(torch.get_num_threads(), 1), len(self.chunks))
+        if workers == 1:
+            out = part(0)
+            for i in range(1, len(self.chunks)):
+                out += part(i)
+        else:
+            # One running sum per worker, then a fixed-order total (deterministic).
+            groups = [list(range(w, len(self.chunks), workers)) for w in range(workers)]
+
+            def run(ids: list[int]) -> np.ndarray:
+                acc = part(ids[0])
+                for i in ids[1:]:
+                    acc += part(i)
+                return acc
+
+            sums = list(_pool(workers).map(run, groups))
+            out = sums[0]
+            for x in sums[1:]:
+                out += x
+        return torch.from_numpy(np.ascontiguousarray(out)).to(Xt.dtype)
 
     def rmm(self, Q: torch.Tensor) -> torch.Tensor:
-        if not self.blocks_t:
+        if self.n_cols == 0:
             return torch.zeros(0, Q.shape[1], dtype=Q.dtype)
-        return torch.cat([torch.sparse.mm(bt, Q) for bt in self.blocks_t], dim=0)
+        return torch.sparse.mm(self.at, Q.to(self.dtype).contiguous())

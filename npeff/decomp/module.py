@@ -49,7 +49,7 @@ class DecompSettings:
     log_every: int = 10
     tol: float | None = None
     dtype: str = "float32"
-    block_cols: int = 32768
+    block_cols: int = 262144
     expand_from: str | None = None
     use_W_from_decomposition: bool = False
     h_threshold: float | None = None

@@ -87,7 +87,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="decompose")
+@hydra.main(version_base="1.3", config_path=common.CONFIG_PATH, config_name="decompose")
 def main(cfg: DictConfig) -> None:
     run(cfg, common.hydra_output_dir())
 

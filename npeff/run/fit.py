@@ -48,7 +48,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         seed=int(f.seed),
         chunk_size=f.get("chunk_size"),
         dtype=DTYPES[f.dtype],
-        block_cols=int(f.get("block_cols", 32768)),
+        block_cols=int(f.get("block_cols", 262144)),
         progress=bool(cfg.get("progress", True)),
     )
     seconds = time.perf_counter() - t0
@@ -76,7 +76,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="fit")
+@hydra.main(version_base="1.3", config_path=common.CONFIG_PATH, config_name="fit")
 def main(cfg: DictConfig) -> None:
     run(cfg, common.hydra_output_dir())
 

@@ -190,3 +190,14 @@ def test_wrong_pef_kind_is_an_error(small):
     pefs = small[0]
     with pytest.raises(ValueError, match="decomp=lrm_npeff"):
         build_matrix(pefs, "diag")
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.2])
+def test_fused_g_step_equals_gradient_step(small, strength):
+    _, mat, blocks, W, Gt = small
+    P, S = lrm.products(blocks, Gt)
+    lr = 1e-2
+    grad = lrm.g_gradient_t(blocks, Gt, W, P, S, mat.n_examples, mat.n_classes)
+    grad = grad + lrm.ortho_gradient_t(Gt, S, strength)
+    fused = lrm.g_step_t(blocks, Gt, W, P, S, mat.n_examples, mat.n_classes, lr, strength)
+    torch.testing.assert_close(fused, Gt - lr * grad)
