@@ -49,7 +49,7 @@ def ratio_histograms(kl_ratio: np.ndarray | None, norm_ratio: np.ndarray | None)
                 bins=bins,
                 alpha=0.6,
                 color=color,
-                label=f"{label} (median {np.median(data):.2f})",
+                label=f"{label} (median {np.median(data):.2f}, ratio ×{2 ** np.median(data):.2f})",
             )
             ax.axvline(np.median(data), color=color, linestyle="--", linewidth=1)
     ax.axvline(0.0, color="grey", linewidth=0.8)
