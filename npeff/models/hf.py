@@ -49,6 +49,7 @@ def build_tiny_bert(
     intermediate_size: int = 128,
     dropout: float = 0.0,
     attn_implementation: str = "eager",
+    initializer_range: float = 0.02,
 ) -> HFClassifier:
     """A randomly initialised ``BertForSequenceClassification`` built from a config (no download)."""
     from transformers import BertConfig, BertForSequenceClassification
@@ -64,6 +65,7 @@ def build_tiny_bert(
         num_labels=int(num_classes),
         hidden_dropout_prob=float(dropout),
         attention_probs_dropout_prob=float(dropout),
+        initializer_range=float(initializer_range),
     )
     model = BertForSequenceClassification._from_config(
         config, attn_implementation=attn_implementation

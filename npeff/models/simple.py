@@ -27,7 +27,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1).float())
+        x = x if x.is_floating_point() else x.float()
+        return self.net(x.flatten(1))
 
 
 class SmallCNN(nn.Module):
@@ -65,7 +66,8 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.float()))
+        x = x if x.is_floating_point() else x.float()
+        return self.head(self.features(x))
 
 
 class GroupMLP(nn.Module):

@@ -22,7 +22,7 @@ class TorchvisionClassifier(nn.Module):
         self.net, self.in_channels, self.min_size = net, in_channels, min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = x if x.is_floating_point() else x.float()
         if x.shape[1] == 1 and self.in_channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] < self.min_size:
