@@ -133,7 +133,9 @@ def prepare_report(
       pefs: the ``Pefs`` the coefficients belong to (labels, logits, norms), or None.
       examples: display records of the split (``task.examples(split)``), or None; PEF row i shows
         ``examples[pefs.source_indices[i]]`` (identity unless the PEF file is a filtered subset).
-      concepts: bool [n_split, c] of the same split, or None (indexed like ``examples``). perturbation: a ``PerturbationResult`` or None.
+      concepts: bool [n_split, c] of the same split, or None (indexed like ``examples``).
+      perturbation: a ``PerturbationResult`` (or a mapping with its fields), or None.
+      label_names: class names for labels and predictions, or None (shown as numbers).
       coeffs: a coefficient file (``Decomposition``) or W [n, r] fitted on the report's examples.
     """
     W = _coefficients(decomposition, coeffs)
