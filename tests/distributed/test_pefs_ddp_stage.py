@@ -1,8 +1,10 @@
-"""`npeff-pefs trainer=ddp` (2 CPU processes, ddp_spawn, launched as a console script) writes the
-same pefs.h5 as the single-process stage."""
+"""`npeff-pefs trainer.devices=2 trainer.strategy=ddp` (2 CPU processes: Lightning re-runs the
+console script as rank 1) writes the same pefs.h5 as the single-process stage. (ddp_spawn is
+covered by test_pefs_ddp.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -54,7 +56,8 @@ def test_cli_two_processes_equal_one(tmp_path):
     cmd = [
         str(exe) if exe.exists() else shutil.which("npeff-pefs"),
         *args,
-        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
         f"hydra.run.dir={tmp_path / 'two'}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -75,3 +78,5 @@ def test_cli_two_processes_equal_one(tmp_path):
     assert not list((tmp_path / "two").glob(".pefs.h5.shard*")), (
         "shards are removed after the merge"
     )
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["devices"] == 2 and metrics["n_examples"] == 9
