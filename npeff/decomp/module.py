@@ -233,10 +233,19 @@ class DecompositionModule(L.LightningModule):
 
     # --- result ---------------------------------------------------------------------------------
     def on_train_end(self) -> None:
-        full_t = self._full_components_t()  # a collective: every rank takes part
+        full_t = self._full_components_t()  # collectives: every rank takes part
+        self.records["final_loss"] = self.fac.loss()
         if self.global_rank == 0:
             save_decomposition(self.result(full_t), self.output_path)
         self.trainer.strategy.barrier("npeff-decomposition-written")
+
+    def _losses(self) -> dict[str, np.ndarray]:
+        """Logged losses per phase; LRM files always carry the reference's G_only and joint."""
+        rec = self.records["losses"]
+        names = [p for p, _ in self.plan]
+        if self.settings.kind == "lrm":
+            names = ["G_only", *[p for p in names if p not in ("G_only", "joint")], "joint"]
+        return {p: np.asarray(rec.get(p, []), dtype=np.float32) for p in names}
 
     def result(self, full_t: torch.Tensor | None = None) -> Decomposition:
         if full_t is None:
@@ -266,6 +275,7 @@ class DecompositionModule(L.LightningModule):
         meta["n_frozen_components"] = self.fac.n_frozen
         meta["seconds"] = self.records.get("seconds", 0.0)
         meta["n_steps"] = self.records.get("stopped_at", self.total_steps)
+        meta["final_loss"] = self.records.get("final_loss")
         meta["T_constant" if s.kind == "lrm" else "A_sq_norm"] = float(self.fac.const)
         return Decomposition(
             kind=s.kind,
@@ -275,7 +285,7 @@ class DecompositionModule(L.LightningModule):
             n_classes=info["n_classes"],
             G=G,
             H=H,
-            losses={k: np.asarray(v, dtype=np.float32) for k, v in self.records["losses"].items()},
+            losses=self._losses(),
             log_loss_frequency=int(s.log_every),
             convergence=convergence,
             layout=info["layout"],

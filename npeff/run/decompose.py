@@ -55,13 +55,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         )
     finally:
         finish_tracking()
-    final_phase = list(dec.losses)[-1] if dec.losses else None
     n_steps = int(dec.metadata.get("n_steps", 0))
     seconds = float(dec.metadata.get("seconds", 0.0))
     comps = dec.G if dec.kind == "lrm" else dec.H
     metrics = {
         "kind": dec.kind,
-        "final_loss": float(dec.losses[final_phase][-1]) if final_phase else None,
+        # loss of the final factors (LRM: squared error incl. T; D: ‖A − WH‖_F)
+        "final_loss": dec.metadata.get("final_loss"),
         "final_losses": {k: float(v[-1]) for k, v in dec.losses.items() if len(v)},
         "seconds": seconds,
         "seconds_per_step": seconds / max(n_steps, 1),
