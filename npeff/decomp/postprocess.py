@@ -38,3 +38,24 @@ def sparsify_h(
     out = np.zeros_like(H)
     np.put_along_axis(out, top, np.take_along_axis(H, top, axis=1), axis=1)
     return sp.csr_matrix(out)
+
+
+def sparsify_decomposition(
+    dec, *, threshold: float | None = None, keep_fraction: float | None = None
+):
+    """A D-NPEFF ``Decomposition`` with unit-norm components and a sparse (CSR) H (§6.2).
+
+    Components are normalized first (h ← h/‖h‖, W ← W·‖h‖), then thresholded, as the reference's
+    ``sparsify_d_npeff`` intends.
+    """
+    import dataclasses
+
+    if dec.kind != "diag" or dec.H is None:
+        raise ValueError("only a D-NPEFF decomposition with H can be sparsified")
+    H = dec.H.toarray() if sp.issparse(dec.H) else np.asarray(dec.H)
+    W, Hn = normalize_components(dec.W, H, kind="diag")
+    Hs = sparsify_h(Hn, threshold=threshold, keep_fraction=keep_fraction)
+    meta = {**dec.metadata, "h_threshold": threshold, "h_keep_fraction": keep_fraction}
+    return dataclasses.replace(
+        dec, W=W.astype(np.float32), H=sp.csr_matrix(Hs, dtype=np.float32), metadata=meta
+    )

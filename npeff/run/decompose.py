@@ -13,12 +13,14 @@ from npeff.run import common
 
 
 def stage_logger(cfg: DictConfig, output_dir: Path):
-    """The configured Lightning logger (``common.build_logger``), else a CSV logger in the run dir."""
+    """The configured Lightning logger (``common.build_logger``; None for ``logger=none``).
+
+    Without a ``logger`` config (or without ``build_logger``) a CSV logger in the run dir, so the
+    per-step losses are always recorded somewhere besides the decomposition file.
+    """
     build = getattr(common, "build_logger", None)
     if build is not None and cfg.get("logger") is not None:
-        logger = build(cfg, output_dir)
-        if logger is not None:
-            return logger
+        return build(cfg, output_dir)
     from lightning.pytorch.loggers import CSVLogger
 
     return CSVLogger(str(output_dir), name="logs", version="")

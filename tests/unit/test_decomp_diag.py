@@ -122,3 +122,18 @@ def test_sparsify_h_by_threshold_and_fraction():
         assert kept.min() >= np.sort(H[k])[-10]
     with pytest.raises(ValueError):
         sparsify_h(H, threshold=0.1, keep_fraction=0.2)
+
+
+def test_sparsify_decomposition_keeps_reconstruction_of_kept_entries():
+    from npeff.artifacts.decomposition import Decomposition
+    from npeff.decomp.postprocess import sparsify_decomposition
+
+    rng = np.random.default_rng(2)
+    W, H = rng.random((6, 3)), rng.random((3, 20)) * 5
+    dec = Decomposition(
+        kind="diag", W=W, H=H, new_to_old_col_indices=np.arange(20), n_parameters=20
+    )
+    out = sparsify_decomposition(dec, threshold=0.0)
+    np.testing.assert_allclose(out.W @ out.H.toarray(), W @ H, rtol=1e-5)
+    np.testing.assert_allclose(sp.linalg.norm(out.H, axis=1), 1.0, rtol=1e-5)
+    assert sparsify_decomposition(dec, keep_fraction=0.25).H.nnz == 15
