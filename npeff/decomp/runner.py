@@ -96,6 +96,7 @@ def build_trainer(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=1,
         use_distributed_sampler=False,
         default_root_dir=str(output_dir),
         **kw,
