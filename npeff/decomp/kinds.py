@@ -60,6 +60,16 @@ class Factorization:
         self.Ft = Ft
         self.n_frozen = n_frozen
         self.reduce = reduce
+        self._cache: tuple | None = None  # products of the current Ft from loss(), for step()
+
+    def _products(self, fn):
+        """``fn(blocks, Ft, reduce)`` for the current Ft, reusing what ``loss()`` just computed."""
+        if self._cache is not None and self._cache[0] is self.Ft:
+            out = self._cache[1]
+        else:
+            out = fn(self.blocks, self.Ft, self.reduce)
+        self._cache = None
+        return out
 
     @property
     def r(self) -> int:
@@ -83,7 +93,7 @@ class LrmFactorization(Factorization):
     phases = LRM_PHASES
 
     def step(self, phase: str) -> None:
-        P, S = lrm.products(self.blocks, self.Ft, self.reduce)
+        P, S = self._products(lrm.products)
         k = None if self.n_frozen == 0 else self.n_learned
         if phase == "joint":
             self.W = lrm.w_update(self.W, lrm.numerator(P, self.n, self.C), S, self.hyper.mu_eps)
@@ -107,6 +117,7 @@ class LrmFactorization(Factorization):
 
     def loss(self) -> float:
         P, S = lrm.products(self.blocks, self.Ft, self.reduce)
+        self._cache = (self.Ft, (P, S))
         return lrm.loss(self.const, self.W, lrm.numerator(P, self.n, self.C), S)
 
 
@@ -119,12 +130,13 @@ class DiagFactorization(Factorization):
     def step(self, phase: str) -> None:
         if phase != "joint":
             raise ValueError(f"D-NPEFF has only the 'joint' phase, got {phase!r}")
-        AHt, HHt = diag.products(self.blocks, self.Ft, self.reduce)
+        AHt, HHt = self._products(diag.products)
         self.W = diag.w_update(self.W, AHt, HHt, self.hyper.mu_eps)
         self.Ft = diag.h_update(self.blocks, self.Ft, self.W, self.hyper.mu_eps)
 
     def loss(self) -> float:
         AHt, HHt = diag.products(self.blocks, self.Ft, self.reduce)
+        self._cache = (self.Ft, (AHt, HHt))
         return diag.loss(self.const, self.W, AHt, HHt)
 
 

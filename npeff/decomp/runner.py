@@ -49,6 +49,8 @@ def validate_inputs(pefs, s: DecompSettings, frozen: Decomposition | None) -> di
             raise ValueError(
                 "decomp.expand_from needs an LRM decomposition with G, and decomp=lrm_npeff"
             )
+        if s.ortho_strength and s.ortho_strength > 0:
+            raise ValueError("decomp.ortho_strength is not supported with decomp.expand_from")
         if frozen.n_parameters != h["m"]:
             raise ValueError(
                 f"the base decomposition has {frozen.n_parameters} parameters but the PEFs have "
