@@ -7,6 +7,7 @@ match the PEFs).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -73,7 +74,13 @@ def build_trainer(
     extra_callbacks: list | None = None,
 ) -> L.Trainer:
     kw = {k: v for k, v in (trainer_cfg or {}).items() if k in TRAINER_KEYS and v is not None}
-    kw.setdefault("accelerator", "cpu")
+    if kw.get("accelerator", "cpu") not in ("cpu", "auto"):
+        warnings.warn(
+            f"trainer.accelerator={kw['accelerator']!r}: the decomposition kernels run on CPU "
+            "(scipy/torch sparse); using accelerator=cpu",
+            stacklevel=2,
+        )
+    kw["accelerator"] = "cpu"
     kw.setdefault("devices", 1)
     callbacks = [StepTimer(log_every), Progress(total_steps, progress)]
     if convergence_every and convergence_every > 0:
