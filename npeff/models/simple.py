@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -91,9 +89,10 @@ class GroupMLP(nn.Module):
         self.embed_right = nn.Parameter(torch.empty(n, d))
         self.hidden = nn.Linear(2 * d, h)
         self.unembed = nn.Linear(h, int(num_classes), bias=bool(unembed_bias))
-        # kaiming-uniform on every weight, as in the Wu et al. code
+        # Unit-scale embeddings (nn.Embedding's default): with small (fan-in scaled) ones the
+        # S4 network memorised the train half and stalled near 95 % held-out accuracy here.
         for w in (self.embed_left, self.embed_right):
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+            nn.init.normal_(w)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         e = torch.cat([self.embed_left[x], self.embed_right[y]], dim=-1)
