@@ -76,6 +76,7 @@ class ConceptAnalysis:
             "n_shuffles": self.n_shuffles,
             "seed": self.seed,
             "p_value": self.p_value,
+            **self.extra,
         }
 
     def to_dict(self) -> dict:
@@ -115,6 +116,20 @@ def count_all_share(W: np.ndarray, concepts: np.ndarray, k: int) -> int:
     return int((shares.max(axis=1) >= 1.0).sum())
 
 
+def permutation(rng: np.random.Generator, n: int, strata: np.ndarray | None = None) -> np.ndarray:
+    """A random permutation of range(n); with ``strata`` [n], one that maps each stratum to itself."""
+    if strata is None:
+        return rng.permutation(n)
+    strata = np.asarray(strata)
+    if strata.shape != (n,):
+        raise ValueError(f"strata must have shape ({n},), got {strata.shape}")
+    perm = np.arange(n)
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        perm[members] = members[rng.permutation(members.size)]
+    return perm
+
+
 def analyze_concepts(
     W: np.ndarray,
     concepts: np.ndarray,
@@ -122,12 +137,16 @@ def analyze_concepts(
     k: int = 16,
     n_shuffles: int = 20,
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> ConceptAnalysis:
     """Concept statistic of W with its shuffled control.
 
     Args:
       W: [n, r] non-negative coefficients. concepts: bool [≥n, c] (the first n rows are used).
       k: top examples per component (clipped to n). n_shuffles: permutations of W's rows.
+      strata: int [n] or None. When given (e.g. the labels), rows are permuted only within each
+        stratum: a stricter null that keeps any concept–label correlation, so a component tuned
+        to a label alone does not beat it.
     """
     W = np.asarray(W)
     concepts = _check_concepts(concepts, W.shape[0])
@@ -163,7 +182,7 @@ def analyze_concepts(
     for s in range(n_shuffles):
         # Top-k of W[perm] are the positions inv[t] for the top-k t of W, holding concepts[inv[t]]
         # (identical to recomputing on W[perm] up to the order of exact ties), without copying W.
-        perm = rng.permutation(W.shape[0])
+        perm = permutation(rng, W.shape[0], strata)
         inv = np.empty_like(perm)
         inv[perm] = np.arange(perm.size)
         sh = concepts[inv[top]].mean(axis=1)  # [r, c]
@@ -182,4 +201,5 @@ def analyze_concepts(
         n_shuffles=n_shuffles,
         seed=seed,
         p_value=p_value,
+        extra={"null": "rows permuted" if strata is None else "rows permuted within strata"},
     )

@@ -253,6 +253,20 @@ def prepare_report(
             W, concepts, concept_names, k=top_k, n_shuffles=n_shuffles, seed=seed
         )
         summary["concepts"] = analysis.summary()
+        if labels is not None:
+            # Stricter control: shuffle only within each true label, keeping concept–label links.
+            strat = analyze_concepts(
+                W, concepts, concept_names, k=top_k, n_shuffles=n_shuffles, seed=seed, strata=labels
+            )
+            summary["concepts"].update(
+                within_label_shuffled_n_all_share_mean=float(strat.shuffled_n_all_share.mean())
+                if strat.n_shuffles
+                else None,
+                within_label_shuffled_mean_purity=float(strat.shuffled_mean_purity.mean())
+                if strat.n_shuffles
+                else None,
+                within_label_p_value=strat.p_value,
+            )
         concept_names = analysis.concept_names
         concepts = np.asarray(concepts, dtype=bool)
 

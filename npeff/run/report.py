@@ -156,6 +156,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             concept_shuffled_mean_purity=c["shuffled_mean_purity"],
             concept_p_value=c["p_value"],
         )
+        if "within_label_p_value" in c:
+            metrics.update(
+                concept_within_label_shuffled_n_all_share_mean=c[
+                    "within_label_shuffled_n_all_share_mean"
+                ],
+                concept_within_label_p_value=c["within_label_p_value"],
+            )
     metrics.update(report=str(path), figures=sorted(content.figures), wandb_logged=bool(logged))
     write_metrics(output_dir, metrics)
     return metrics

@@ -107,3 +107,27 @@ def test_bad_inputs_raise_clear_errors():
         analyze_concepts(W, np.ones((10, 0), bool))
     with pytest.raises(ValueError, match="concept names"):
         analyze_concepts(W, np.ones((10, 2), bool), concept_names=["a"])
+
+
+def test_within_strata_permutation_keeps_strata_and_is_the_null_used():
+    from npeff.analysis.concepts import permutation
+
+    rng = np.random.default_rng(0)
+    strata = rng.integers(0, 3, size=50)
+    perm = permutation(np.random.default_rng(1), 50, strata)
+    assert sorted(perm.tolist()) == list(range(50)) and (strata[perm] == strata).all()
+    W, concepts = planted(seed=8)
+    labels = rng.integers(0, 3, size=W.shape[0])
+    res = analyze_concepts(W, concepts, k=8, n_shuffles=3, seed=5, strata=labels)
+    gen = np.random.default_rng(5)
+    for s in range(3):
+        p = permutation(gen, W.shape[0], labels)
+        assert res.shuffled_n_all_share[s] == brute_all_share_count(W[p], concepts, 8)
+    assert res.summary()["null"] == "rows permuted within strata"
+    # A label-only component: its top-k share a concept that every example of that label holds.
+    concepts2 = np.stack([labels == 0, rng.random(W.shape[0]) < 0.3], axis=1)
+    W2 = rng.random((W.shape[0], 1)) + 5.0 * (labels == 0)[:, None]
+    plain = analyze_concepts(W2, concepts2, k=8, n_shuffles=10, seed=0)
+    strat = analyze_concepts(W2, concepts2, k=8, n_shuffles=10, seed=0, strata=labels)
+    assert plain.n_all_share == 1 and plain.shuffled_n_all_share.mean() < 0.5
+    assert strat.shuffled_n_all_share.mean() == 1.0  # the stricter null explains it by the label
