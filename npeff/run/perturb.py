@@ -374,9 +374,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     metrics["runtime_s"] = time.perf_counter() - t0
     if pc.kind == "diag":
         metrics["n_skipped_components"] = len(res.metadata.get("skipped_components", []))
-    if flawed_info is not None and "n_raising_accuracy" in summary["flawed"]:
-        metrics["n_flawed_components"] = len(flawed_info["selected"])
-        metrics["n_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
+    if flawed_info is not None:
+        metrics["n_flawed_selected"] = len(flawed_info["selected"])
+        if "n_raising_accuracy" in summary["flawed"]:
+            metrics["n_components_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
     metrics = _finite_or_none(metrics)
     write_metrics(output_dir, metrics)
     _log_metrics(cfg, output_dir, metrics)

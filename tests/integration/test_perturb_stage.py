@@ -257,7 +257,8 @@ def test_flawed_selection_in_stage(artifacts, tmp_path):
     assert res.magnitude == pytest.approx(0.3)
     assert res.component_indices.tolist() == expect.tolist()
     change = np.nanmax(res.acc_all_after - res.acc_all_before, axis=1)
-    assert metrics["n_raising_accuracy"] == int(np.sum(change >= 0.005))
+    assert metrics["n_components_raising_accuracy"] == int(np.sum(change >= 0.005))
+    assert metrics["n_flawed_selected"] == len(expect)
 
 
 def test_stage_on_a_filtered_pef_subset(artifacts, tmp_path):
