@@ -14,7 +14,8 @@ added_colour        the hypothesis names a colour the premise does not         n
 added_size          the hypothesis names a size the premise does not           neutral
 dropped_detail      the premise names a colour or size the hypothesis drops    (entailment)
 paraphrase          the hypothesis is phrased "there is a ... <place>"         (entailment)
-full_overlap        the hypothesis is word for word the premise                entailment
+full_overlap        every hypothesis word occurs in the premise (lexical        entailment
+                    overlap, the HANS heuristic)
 ==================  =========================================================  =============
 
 Label rule: contradiction if any contradiction concept holds; otherwise neutral if any neutral
@@ -87,7 +88,7 @@ def sentence_concepts(p: Sentence, h: Sentence) -> dict[str, bool]:
         "dropped_detail": (p.colour is not None and h.colour is None)
         or (p.size is not None and h.size is None),
         "paraphrase": h.paraphrase,
-        "full_overlap": p.text() == h.text(),
+        "full_overlap": set(h.text().split()) <= set(p.text().split()),
     }
 
 
@@ -117,8 +118,15 @@ def _drop_one(rng: np.random.Generator, h: Sentence) -> Sentence:
     return replace(h, **{str(rng.choice(present)): None})
 
 
-def generate_pair(rng: np.random.Generator) -> tuple[Sentence, Sentence]:
-    """Draw a label uniformly, then a strategy for it, then optional label-preserving edits."""
+def generate_pair(
+    rng: np.random.Generator, drop_with_conflict: float = 0.0
+) -> tuple[Sentence, Sentence]:
+    """Draw a label uniformly, then a strategy for it, then optional label-preserving edits.
+
+    ``drop_with_conflict``: probability that an object/location/negation contradiction also drops
+    a detail. Above 0 the task needs cross-sentence word matching, which a tiny BERT learns
+    slowly (about 93 % eval accuracy at 0.3 within the default budget, measured here).
+    """
     p = Sentence(
         obj=str(rng.choice(OBJECTS)),
         place=str(rng.choice(PLACES)),
@@ -127,10 +135,9 @@ def generate_pair(rng: np.random.Generator) -> tuple[Sentence, Sentence]:
     )
     label = int(rng.integers(3))
     if label == ENTAILMENT:
-        strategy = rng.choice(["identical", "drop", "paraphrase"])
-        if strategy == "identical":
-            h = p
-        elif strategy == "drop":
+        # No identical pairs: there are too few distinct ones (one per premise) to learn from.
+        strategy = rng.choice(["drop", "paraphrase"])
+        if strategy == "drop":
             if p.colour is None and p.size is None:
                 p = replace(p, colour=str(rng.choice(COLOURS)))
             h = _drop_one(rng, p)
@@ -153,7 +160,9 @@ def generate_pair(rng: np.random.Generator) -> tuple[Sentence, Sentence]:
             h = replace(h, place=_other(rng, PLACES, p.place))
         else:
             h = replace(h, negated=True)
-        if strategy != "colour" and rng.random() < 0.3:
+        # A dropped detail keeps the label but makes word-by-word matching necessary:
+        # "the ball is on the table" vs "the box is on the table" after "the red ball ...".
+        if strategy != "colour" and rng.random() < drop_with_conflict:
             h = _drop_one(rng, h)
     else:
         strategy = rng.choice(["colour", "size"])
@@ -177,6 +186,7 @@ class ToyNliTask(NpeffTask):
     Args:
         n_train, n_fit, n_eval: split sizes (all pairs distinct across splits).
         max_length: padded token length of ``[CLS] premise [SEP] hypothesis [SEP]``.
+        drop_with_conflict: see :func:`generate_pair` (0 = contradictions keep every detail).
     """
 
     name = "toy_nli"
@@ -187,12 +197,14 @@ class ToyNliTask(NpeffTask):
         n_fit: int = 1000,
         n_eval: int = 1000,
         max_length: int = 24,
+        drop_with_conflict: float = 0.0,
         seed: int = 0,
         batch_size: int | None = 64,
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         self.sizes = {"train": int(n_train), "fit": int(n_fit), "eval": int(n_eval)}
         self.max_length = int(max_length)
+        self.drop_with_conflict = float(drop_with_conflict)
         self.tokenizer = WordTokenizer(vocabulary())
 
     def _build(self) -> tuple[TaskInfo, dict[str, SplitData]]:
@@ -207,11 +219,15 @@ class ToyNliTask(NpeffTask):
                 raise ValueError(
                     f"toy_nli cannot make {total} distinct pairs; lower n_train/n_fit/n_eval"
                 )
-            p, h = generate_pair(rng)
+            p, h = generate_pair(rng, self.drop_with_conflict)
             key = (p.text(), h.text())
             if key not in seen:
                 seen.add(key)
                 pairs.append((p, h))
+        # Shuffle before cutting: rare pair types run out while drawing, so the stream's order
+        # is not exchangeable; a permutation gives the three splits one distribution.
+        order = rng.permutation(len(pairs))
+        pairs = [pairs[i] for i in order]
         splits, start = {}, 0
         for split, size in self.sizes.items():
             chunk = pairs[start : start + size]

@@ -42,7 +42,7 @@ def _recompute_nli(premise: str, hypothesis: str) -> tuple[dict, int]:
         "added_size": bool(h["size"] and not p["size"]),
         "dropped_detail": bool((p["colour"] and not h["colour"]) or (p["size"] and not h["size"])),
         "paraphrase": h["paraphrase"],
-        "full_overlap": premise == hypothesis,
+        "full_overlap": set(hypothesis.split()) <= set(premise.split()),
     }
     contradiction = any(
         c[k] for k in ("colour_conflict", "object_conflict", "location_conflict", "negation")
@@ -53,6 +53,7 @@ def _recompute_nli(premise: str, hypothesis: str) -> tuple[dict, int]:
 
 
 SMALL_NLI = {"name": "toy_nli", "n_train": 300, "n_fit": 100, "n_eval": 100, "seed": 3}
+HARD_NLI = {**SMALL_NLI, "drop_with_conflict": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,9 @@ def nli():
     return build_task(SMALL_NLI)
 
 
-def test_toy_nli_concepts_and_labels_match_recomputation(nli):
+@pytest.mark.parametrize("cfg", [SMALL_NLI, HARD_NLI], ids=["default", "drop_with_conflict"])
+def test_toy_nli_concepts_and_labels_match_recomputation(cfg):
+    nli = build_task(cfg)
     assert nli.label_names == ["entailment", "neutral", "contradiction"]
     assert len(nli.concept_names) >= 6
     for split in ("train", "fit", "eval"):
