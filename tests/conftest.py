@@ -25,7 +25,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 # Small enough to train in a couple of seconds, big enough to learn something.
 TOY_TASK = {
     "name": "toy_nli",
-    "n_train": 400,
+    "n_train": 800,
     "n_fit": 64,
     "n_eval": 64,
     "max_length": 24,
@@ -40,7 +40,7 @@ TOY_MODEL = {
 }
 
 
-def make_toy_checkpoint(directory: str | os.PathLike, epochs: int = 8, seed: int = 0) -> Path:
+def make_toy_checkpoint(directory: str | os.PathLike, epochs: int = 12, seed: int = 0) -> Path:
     """Train a tiny BERT on a small toy_nli for a few epochs (plain loop) and save ``model.ckpt``.
 
     Returns the checkpoint path. The saved config has ``model``, ``task``, ``seed`` and ``optim``
