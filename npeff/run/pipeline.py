@@ -48,31 +48,32 @@ PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "fisher", "d
 
 
 # --- composing stage configs ------------------------------------------------------------------
-def compose_stage_config(name: str) -> DictConfig:
-    """``conf/<name>.yaml`` composed with no overrides (inside or outside a Hydra app)."""
+def compose_stage_config(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """``conf/<name>.yaml`` composed with ``overrides`` (inside or outside a Hydra app)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
-        return compose(config_name=name)
+        return compose(config_name=name, overrides=overrides or [])
     with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(config_name=name)
+        return compose(config_name=name, overrides=overrides or [])
 
 
 def stage_config(
     pipe: DictConfig, name: str, section: str | None = None, **settings: Any
 ) -> DictConfig:
-    """The config of stage ``name``: its own primary config, overlaid with the pipeline's shared
-    groups, then the pipeline section ``stages.<section or name>``, then ``settings``."""
-    cfg = compose_stage_config(name)
+    """The config of stage ``name``: its own primary config with the pipeline's shared groups in
+    place of its own, then the pipeline section ``stages.<section or name>``, then ``settings``."""
+    cfg = compose_stage_config(name, _same_choices(pipe) if name == "train" else None)
     OmegaConf.set_struct(cfg, False)
     for key in SHARED_GROUPS:
         if key in cfg and pipe.get(key) is not None:
-            cfg[key] = _overlay(cfg[key], pipe[key])
+            cfg[key] = pipe[key]
     if name == "train":  # the pipeline root holds the training recipe (task files set it)
         for key in pipe:
             if key not in PIPELINE_ONLY and key in cfg and key not in SHARED_GROUPS:
-                cfg[key] = _overlay(cfg[key], pipe[key])
+                top = pipe[key]
+                cfg[key] = OmegaConf.merge(cfg[key], top) if OmegaConf.is_dict(top) else top
     extra = (pipe.get("stages") or {}).get(section or name)
     if extra:
         cfg = OmegaConf.merge(cfg, extra)
@@ -81,10 +82,15 @@ def stage_config(
     return cfg
 
 
-def _overlay(base: Any, top: Any) -> Any:
-    if OmegaConf.is_dict(base) and OmegaConf.is_dict(top):
-        return OmegaConf.merge(base, top)
-    return top
+def _same_choices(pipe: DictConfig) -> list[str]:
+    """Overrides that select the pipeline's task and model files, so the training recipe a task
+    file sets globally (optimiser, batch size, epochs) is that task's and no other's."""
+    out = []
+    for group in ("model", "task"):
+        name = (pipe.get(group) or {}).get("name")
+        if name and (Path(CONFIG_PATH) / group / f"{name}.yaml").is_file():
+            out.append(f"{group}={name}")
+    return out
 
 
 # --- the training cache -----------------------------------------------------------------------
@@ -233,6 +239,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base: Path) -> Path:
     """Paper §3.5: learn new components on the incorrectly predicted fit-split examples, the base
     decomposition's components frozen. Returns the expanded decomposition's path."""
+    from npeff.artifacts.pefs import load_pefs
     from npeff.run import decompose, filter_pefs
 
     filt_cfg = stage_config(
@@ -240,6 +247,13 @@ def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base:
     )
     stages("filter_incorrect", filter_pefs.run, filt_cfg, stages.dir("filter_incorrect"))
     incorrect = stages.dir("filter_incorrect") / "pefs.h5"
+    n_incorrect = load_pefs(incorrect).n_examples
+    if n_incorrect < int(cfg.flawed.n_new_components):
+        raise ValueError(
+            f"the model predicts only {n_incorrect} fit-split examples incorrectly, fewer than "
+            f"flawed.n_new_components={cfg.flawed.n_new_components}: use a harder task (e.g. "
+            "task.drop_with_conflict=0.3), more fit examples (task.n_fit) or fewer new components"
+        )
     exp_cfg = stage_config(
         cfg,
         "decompose",

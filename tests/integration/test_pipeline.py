@@ -153,3 +153,15 @@ def test_experiment_names_cover_the_documented_recipes():
         "components_ablation",
     }
     assert expected <= set(EXPERIMENTS)
+
+
+def test_train_config_of_another_task_has_only_that_tasks_options():
+    cfg = compose_pipeline(["experiment=group_s4"])
+    train = pipeline.stage_config(cfg, "train")
+    assert train.task == cfg.task and train.model == cfg.model
+    assert (
+        train.optim.name == "adam" and train.batch_size is None
+    )  # the group recipe, not toy_nli's
+    from npeff.tasks import build_task
+
+    build_task(train.task)  # no options left over from the default task
