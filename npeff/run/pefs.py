@@ -62,7 +62,7 @@ def _find_unfinished(output_dir: Path, cfg: DictConfig) -> Path | None:
             if complete:
                 continue
             conf = json.loads(_stored_config(path))
-        except (PefsFileError, OSError, ValueError):
+        except (PefsFileError, OSError, ValueError, KeyError):  # foreign or unreadable: not ours
             continue
         if _resume_key(conf) == want:
             return path
