@@ -24,6 +24,26 @@ from npeff.fisher.grads import LABELS_KEY, PerExampleGrads, select_named_paramet
 from npeff.fisher.sparsify import sparsify_diag, sparsify_rows
 
 DSF_MODES = ("expectation", "sampling")
+_GLIBC_M_TRIM_THRESHOLD, _GLIBC_M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_large_allocations(limit_bytes: int = 1 << 30) -> None:
+    """Let glibc reuse freed blocks of up to ``limit_bytes`` instead of unmapping them.
+
+    Every chunk allocates and frees the same few [chunk, C, m] tensors (tens of MB). By default
+    glibc serves such blocks with mmap and returns them to the OS on free, so the next chunk
+    page-faults all of it in again; measured here that doubled the time of the per-example
+    gradients and of the sparsification. Process-wide and idempotent; a no-op without glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_GLIBC_M_MMAP_THRESHOLD, int(limit_bytes))
+        libc.mallopt(_GLIBC_M_TRIM_THRESHOLD, int(limit_bytes))
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): keep the default
+        pass
 
 
 def compute_pefs(
@@ -86,6 +106,7 @@ def compute_pefs(
     named = select_named_parameters(model, params, exclude_params)
     engine = PerExampleGrads(model, named)
     m = engine.n_parameters
+    keep_large_allocations()
     if kind in ("diag", "lvrm") and n_values > m:
         # an LVRM example may have rank 1 (m entries)
         raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
