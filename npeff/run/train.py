@@ -75,6 +75,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     train_loader = task.dataloader("train", batch_size, shuffle=True, seed=int(cfg.get("seed", 0)))
     eval_loader = task.dataloader("eval", eval_bs)
 
+    if "spawn" in str(cfg.trainer.get("strategy", "")):
+        # ddp_spawn pickles the module and loaders to the new processes; torch's default
+        # file-descriptor sharing fails there for some storages ("unable to resize file")
+        torch.multiprocessing.set_sharing_strategy("file_system")
     logger = build_logger(cfg, output_dir)
     trainer = L.Trainer(
         logger=logger if logger is not None else False,
