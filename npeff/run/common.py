@@ -155,3 +155,23 @@ def pipeline_tracking(cfg: Any, output_dir: str | os.PathLike) -> Iterator[None]
     finally:
         _pipeline_owns_run = False
         finish_tracking()
+
+
+def log_stage_metrics(cfg: Any, output_dir: str | os.PathLike, metrics: dict, prefix: str) -> None:
+    """Send a stage's numeric metrics (as ``<prefix>/<name>``) to the tracker chosen by
+    ``cfg.logger``, if any, then end its run (deferred inside a pipeline job)."""
+    if cfg.get("logger") is None:
+        return
+    try:
+        logger = build_logger(cfg, output_dir)
+        if logger is not None:
+            logger.log_metrics(
+                {
+                    f"{prefix}/{k}": float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)
+                }
+            )
+            logger.finalize("success")
+    finally:
+        finish_tracking()

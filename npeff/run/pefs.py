@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
 
 PEFS_NAME = "pefs.h5"
 DSF_NAME = "dsf.h5"
@@ -202,29 +202,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "accuracy": float((pefs.predictions == pefs.labels).mean()) if pefs.n_examples else None,
     }
     write_metrics(output_dir, metrics)
-    _log_metrics(cfg, output_dir, metrics)
+    log_stage_metrics(cfg, output_dir, metrics, "pefs")
     return metrics
-
-
-def _log_metrics(cfg: DictConfig, output_dir: Path, metrics: dict) -> None:
-    """Send the numeric metrics to the configured tracker (``cfg.logger``), then end its run."""
-    from npeff.run.common import build_logger, finish_tracking
-
-    if cfg.get("logger") is None:
-        return
-    try:
-        logger = build_logger(cfg, output_dir)
-        if logger is not None:
-            logger.log_metrics(
-                {
-                    f"pefs/{k}": float(v)
-                    for k, v in metrics.items()
-                    if isinstance(v, int | float) and not isinstance(v, bool)
-                }
-            )
-            logger.finalize("success")
-    finally:
-        finish_tracking()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pefs")

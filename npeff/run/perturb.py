@@ -29,7 +29,7 @@ from npeff.perturb.examples import ExampleCache
 from npeff.perturb.flawed import accuracy_changes, select_flawed_components
 from npeff.perturb.metrics import summary_medians
 from npeff.perturb.targeting import KlTargetSettings
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -183,26 +183,6 @@ def summarize(res: PerturbationResult) -> dict:
         "components": comps,
     }
     return out
-
-
-def _log_metrics(cfg: DictConfig, output_dir: Path, metrics: dict) -> None:
-    """Send the numeric metrics to the configured tracker (if any), then end its run."""
-    from npeff.run.common import build_logger, finish_tracking
-
-    if cfg.get("logger") is None:
-        return
-    try:
-        logger = build_logger(cfg, output_dir)
-        if logger is not None:
-            numeric = {
-                f"perturb/{k}": float(v)
-                for k, v in metrics.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            logger.log_metrics(numeric)
-            logger.finalize("success")
-    finally:
-        finish_tracking()
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
@@ -380,7 +360,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             metrics["n_components_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
     metrics = _finite_or_none(metrics)
     write_metrics(output_dir, metrics)
-    _log_metrics(cfg, output_dir, metrics)
+    log_stage_metrics(cfg, output_dir, metrics, "perturb")
     log.info(
         "perturbed %d components: median KL ratio %s, median PEF-norm ratio %s",
         metrics["n_components"],
