@@ -13,7 +13,6 @@ pipeline's per-stage section ``stages.<stage>``; each writes into ``<run dir>/<s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -44,7 +43,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "fisher", "decomp", "perturb")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -169,7 +168,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         )
     stages = StageTimer(output_dir)
 
-    with _tracking(cfg, output_dir):
+    # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
+    with common.pipeline_tracking(cfg, output_dir):
         train_cfg = stage_config(cfg, "train")
         ckpt, train_metrics = stages(
             "train", cached_train, train_cfg, stages.dir("train"), Path(str(cfg.cache_dir))
@@ -277,42 +277,37 @@ def _flawed_perturb_settings(cfg: DictConfig) -> DictConfig:
     )
 
 
-@contextlib.contextmanager
-def _tracking(cfg: DictConfig, output_dir: Path):
-    """One W&B run for the whole pipeline job: stages log into it (Lightning's WandbLogger reuses
-    an active run) and their ``finish_tracking`` calls are deferred to the end of the job."""
-    with common.pipeline_tracking(cfg, output_dir):
-        yield
-
-
 # --- summary ----------------------------------------------------------------------------------
 def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     m = stages.metrics
     dec, rep, pert = m.get("decompose", {}), m.get("report", {}), m.get("perturb", {})
     out = {
-        "model_accuracy": _first(train_metrics, "eval_accuracy", "eval_acc", "accuracy"),
-        "n_components": _first(rep, "n_components") or _first(dec, "n_components"),
-        "final_loss": _first(m.get("expand", {}), "final_loss") or _first(dec, "final_loss"),
-        "kl_ratio_median": _first(pert, "kl_ratio_median") or _first(rep, "median_kl_ratio"),
-        "pef_norm_ratio_median": _first(pert, "pef_norm_ratio_median")
-        or _first(rep, "median_pef_norm_ratio"),
-        "frac_kl_ratio_above_norm_ratio": _first(pert, "frac_kl_ratio_above_norm_ratio")
-        or _first(rep, "frac_kl_ratio_above_norm_ratio"),
-        "concept_components": _first(rep, "concept_n_all_share"),
-        "concept_components_shuffled": _first(rep, "concept_shuffled_n_all_share_mean"),
+        "model_accuracy": train_metrics.get("eval_accuracy"),
+        "n_components": _first((rep, "n_components"), (dec, "n_components")),
+        "final_loss": _first((m.get("expand", {}), "final_loss"), (dec, "final_loss")),
+        "kl_ratio_median": _first((pert, "kl_ratio_median"), (rep, "median_kl_ratio")),
+        "pef_norm_ratio_median": _first(
+            (pert, "pef_norm_ratio_median"), (rep, "median_pef_norm_ratio")
+        ),
+        "frac_kl_ratio_above_norm_ratio": _first(
+            (pert, "frac_kl_ratio_above_norm_ratio"), (rep, "frac_kl_ratio_above_norm_ratio")
+        ),
+        "concept_components": rep.get("concept_n_all_share"),
+        "concept_components_shuffled": rep.get("concept_shuffled_n_all_share_mean"),
         "train_cached": bool(train_metrics.get("cached", False)),
         "seconds": dict(stages.seconds),
     }
-    for key in ("n_flawed_selected", "n_accuracy_raised", "n_components_raising_accuracy"):
+    for key in ("n_flawed_selected", "n_components_raising_accuracy"):
         if key in pert:
             out[key] = pert[key]
     return out
 
 
-def _first(d: dict, *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
+def _first(*sources: tuple[dict, str]) -> Any:
+    """The first value that is not None among ``(metrics, key)`` pairs (0 counts as a value)."""
+    for d, key in sources:
+        if d.get(key) is not None:
+            return d[key]
     return None
 
 
