@@ -19,6 +19,7 @@ import json
 import time
 
 import torch
+from threads import add_threads_argument, apply_threads
 
 from npeff.decomp.kinds import Hyper, build_factorization
 from npeff.decomp.matrix import _to_torch_csr, build_matrix
@@ -44,19 +45,9 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--block-cols", type=int, default=262144)
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads and BLAS threads for every library in the run "
-        "(default: torch's default); 1 is faster on a shared, overloaded machine",
-    )
+    add_threads_argument(ap)
     args = ap.parse_args()
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)  # numpy/scipy BLAS (sklearn) gets the same budget
+    apply_threads(args.threads)
     n, K, C, r = args.n, args.K, args.C, args.r
     print(f"threads={torch.get_num_threads()}  n={n} K={K} C={C} r={r} m={args.m}", flush=True)
 

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 import torch
+from threads import add_threads_argument, apply_threads
 
 from npeff.decomp.kinds import Hyper, build_factorization
 from npeff.decomp.matrix import build_matrix
@@ -33,19 +34,9 @@ def main() -> None:
     ap.add_argument("--r", type=int, default=32)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch intra-op threads and BLAS threads for every library in the run "
-        "(default: torch's default); 1 is faster on a shared, overloaded machine",
-    )
+    add_threads_argument(ap)
     args = ap.parse_args()
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)  # numpy/scipy BLAS (sklearn) gets the same budget
+    apply_threads(args.threads)
     from sklearn.decomposition import NMF
 
     print(
