@@ -487,11 +487,37 @@ def _check_sparse_structure(p: Pefs, path) -> None:
                 "counts are not supported)"
             )
     if p.kind == "lvrm":
+        if (p.ranks < 0).any() or (p.col_sizes < 0).any():
+            raise PefsFileError(f"{path}: LVRM ranks and col_sizes must be ≥ 0")
         if int(p.ranks.sum()) != p.col_sizes.shape[0]:
             raise PefsFileError(
                 f"{path}: col_sizes has {p.col_sizes.shape[0]} rows, Σ ranks "
                 f"is {int(p.ranks.sum())}"
             )
+        row_example, _ = lvrm_row_layout(p.ranks, p.col_sizes)
+        per_example = np.bincount(row_example, weights=p.col_sizes, minlength=p.n_examples)
+        if (per_example > k).any():
+            i = int(np.argmax(per_example > k))
+            raise PefsFileError(
+                f"{path}: the col_sizes of example {i} sum to {int(per_example[i])}, more than "
+                f"the {k} values stored per example"
+            )
+
+
+def lvrm_row_layout(ranks: np.ndarray, col_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the Σ R_i stored rows of an LVRM set live (algorithm.md §1.4, §5.2).
+
+    ranks: int [n] rows per example (R_i ≥ 0); col_sizes: int [Σ R_i] entries per row (not
+    cumulative). Returns (row_example int64 [Σ R_i]: the example of each row, row_start int64
+    [Σ R_i]: the position of the row's first value among its example's K values). An example's
+    rows hold its first Σ col_sizes values; any values after them are explicit-zero padding.
+    """
+    ranks = np.asarray(ranks, dtype=np.int64)
+    sizes = np.asarray(col_sizes, dtype=np.int64)
+    row_example = np.repeat(np.arange(ranks.shape[0], dtype=np.int64), ranks)
+    before = np.cumsum(sizes) - sizes  # entries in all earlier rows
+    first_row = (np.cumsum(ranks) - ranks)[row_example]
+    return row_example, before - before[first_row]
 
 
 def _chunk_of(p: Pefs, lo: int, hi: int) -> dict[str, np.ndarray]:

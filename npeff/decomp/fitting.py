@@ -40,6 +40,14 @@ def check_compatible(pefs: Pefs, dec: Decomposition) -> None:
             raise ValueError(
                 "the decomposition file stores no G (data/G); it cannot be used to fit"
             )
+        # as the reference, PEFs and decomposition agree on n_classes (−1: LVRM on both sides)
+        if (pefs.kind == "lvrm") != (dec.n_classes == -1):
+            raise ValueError(
+                f"the PEFs are {pefs.kind.upper()} PEFs but the decomposition was learned on "
+                f"{'LVRM' if dec.n_classes == -1 else 'LRM'} PEFs (n_classes={dec.n_classes}); "
+                "fit with PEFs of the kind the decomposition was learned on (fisher=lrm or "
+                "fisher=lvrm)"
+            )
         if dec.n_classes > 0 and pefs.n_classes != dec.n_classes:
             raise ValueError(
                 f"the PEFs have {pefs.n_classes} class rows per example, the decomposition "
@@ -50,13 +58,19 @@ def check_compatible(pefs: Pefs, dec: Decomposition) -> None:
 
 
 def _slice_pefs(p: Pefs, lo: int, hi: int) -> Pefs:
-    """Examples [lo, hi) of an LRM or D ``Pefs`` (every per-example array field is sliced)."""
+    """Examples [lo, hi) of a ``Pefs`` (every per-example array field is sliced; LVRM also the
+    rows' ``col_sizes`` of those examples — not the reference's offset bug, §11.2 item 4)."""
     n = p.n_examples
     changes = {
         f.name: getattr(p, f.name)[lo:hi]
         for f in dataclasses.fields(p)
-        if isinstance(getattr(p, f.name), np.ndarray) and getattr(p, f.name).shape[:1] == (n,)
+        if f.name != "col_sizes"
+        and isinstance(getattr(p, f.name), np.ndarray)
+        and getattr(p, f.name).shape[:1] == (n,)
     }
+    if p.kind == "lvrm":
+        first = np.concatenate([[0], np.cumsum(p.ranks, dtype=np.int64)])
+        changes["col_sizes"] = p.col_sizes[first[lo] : first[hi]]
     return dataclasses.replace(p, **changes)
 
 
@@ -102,7 +116,7 @@ def fit_coefficients(
         mat = build_matrix(_slice_pefs(pefs, a, b), kind, col_map=dec.new_to_old_col_indices)
         if kind == "lrm":
             blocks = ColumnBlocks(mat.A, 0, mat.n_cols, block_cols=block_cols, dtype=dtype)
-            N = lrm.numerator(blocks.mm_t(Ct), b - a, mat.n_classes)
+            N = lrm.numerator(blocks.mm_t(Ct), b - a, mat.rows)
         elif sparse_h:
             N = torch.from_numpy(np.asarray((mat.A @ H.T).todense())).to(dtype)
         else:

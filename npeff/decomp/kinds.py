@@ -1,7 +1,8 @@
 """The two decomposition kinds behind one interface, used by the LightningModule and the benches.
 
 A ``Factorization`` holds one rank's state: W [n, r] (replicated) and Ft [m'_p, r] (its column
-block of G or H, transposed). ``step(phase)`` applies one update of that phase; ``loss()``
+block of G or H, transposed); ``C`` is the rows of each example (``lrm.Rows``: a fixed count, or
+the example of each row for LVRM). ``step(phase)`` applies one update of that phase; ``loss()``
 computes the logged loss from fresh products. With an expansion, the last ``n_frozen`` rows of
 G are frozen and the first r − n_frozen are learned (new components first, algorithm.md §7.2).
 """
@@ -42,7 +43,7 @@ class Factorization:
         blocks: ColumnBlocks,
         *,
         n_examples: int,
-        n_classes: int,
+        n_classes: lrm.Rows,
         n_cols_total: int,
         const: float,
         hyper: Hyper,
@@ -225,7 +226,7 @@ def build_factorization(
     return cls(
         blocks,
         n_examples=mat.n_examples,
-        n_classes=mat.n_classes,
+        n_classes=mat.rows,
         n_cols_total=mat.n_cols,
         const=mat.const,
         hyper=hyper,

@@ -4,6 +4,8 @@ All functions work on one rank's column block and take G *transposed*: ``Gt`` [m
 A·Gᵀ reads contiguous rows. ``reduce`` sums a tensor over ranks (identity with one process).
 Shapes: n examples, C class rows each, r components; P = A Gᵀ [n·C, r]; S = G Gᵀ [r, r];
 N [n, r] with N_ik = Σ_c P²_(i,c)k = g_kᵀ F̃_i g_k; W [n, r] ≥ 0.
+LVRM (variable rank R_i, §5.2): ``C`` is instead the example of each of the Σ_i R_i rows
+(``Rows``), and the per-example sums run over those rows (segmented sums, ``index_add_``).
 
 Loss (never forming an m×m matrix): L = T − 2⟨W, N⟩ + ⟨WᵀW, S∘S⟩.
 Gradients: ∂L/∂W = −2N + 2W(S∘S);  ∂L/∂G = 4[(WᵀW∘S)G − QᵀA], Q = W broadcast ∘ P.
@@ -18,6 +20,9 @@ import torch
 from npeff.decomp.matrix import ColumnBlocks
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+Rows = int | torch.Tensor
+"""Rows of each example: C (a fixed count, rows i·C … i·C + C − 1) or, for variable ranks, the
+example of each row, int64 [n_rows] (non-decreasing; ``PefMatrix.rows``)."""
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -33,9 +38,19 @@ def products(
     return P, S
 
 
-def numerator(P: torch.Tensor, n: int, C: int) -> torch.Tensor:
-    """N [n, r]: the sum of P² over each example's C contiguous rows."""
-    return P.view(n, C, -1).square().sum(1)
+def numerator(P: torch.Tensor, n: int, C: Rows) -> torch.Tensor:
+    """N [n, r]: the sum of P² over each example's rows (C contiguous ones, or per ``C`` ids)."""
+    if isinstance(C, int):
+        return P.view(n, C, -1).square().sum(1)
+    return torch.zeros(n, P.shape[1], dtype=P.dtype).index_add_(0, C, P.square())
+
+
+def broadcast_rows(P: torch.Tensor, W: torch.Tensor, n: int, C: Rows) -> torch.Tensor:
+    """Q = P ∘ (W broadcast over each example's rows) [n_rows, k] for P [n_rows, k], W [n, k]."""
+    k = P.shape[1]
+    if isinstance(C, int):
+        return (P.view(n, C, k) * W[:, None, :]).reshape(n * C, k)
+    return P * W.index_select(0, C)
 
 
 def w_update(
@@ -60,7 +75,7 @@ def g_gradient_t(
     P: torch.Tensor,
     S: torch.Tensor,
     n: int,
-    C: int,
+    C: Rows,
     n_rows: int | None = None,
 ) -> torch.Tensor:
     """The exact gradient ∂L/∂G for the first ``n_rows`` rows of G (all by default), transposed:
@@ -71,7 +86,7 @@ def g_gradient_t(
     r = W.shape[1]
     k = r if n_rows is None else n_rows
     M = (W.T @ W[:, :k]) * S[:, :k]  # [r, k]
-    Q = (P[:, :k].view(n, C, k) * W[:, None, :k]).reshape(n * C, k)
+    Q = broadcast_rows(P[:, :k], W[:, :k], n, C)
     return 4.0 * (Gt @ M - blocks.rmm(Q))
 
 
@@ -82,7 +97,7 @@ def g_step_t(
     P: torch.Tensor,
     S: torch.Tensor,
     n: int,
-    C: int,
+    C: Rows,
     lr: float,
     ortho_strength: float = 0.0,
 ) -> torch.Tensor:
@@ -95,8 +110,7 @@ def g_step_t(
     M = (W.T @ W) * S
     if ortho_strength > 0:
         M = M + ortho_strength * (S - (2.0 / r) * torch.eye(r, dtype=S.dtype))
-    Q = (P.view(n, C, r) * W[:, None, :]).reshape(n * C, r)
-    R = blocks.rmm(Q)
+    R = blocks.rmm(broadcast_rows(P, W, n, C))
     step = torch.eye(r, dtype=M.dtype) - (4.0 * lr) * M
     return torch.addmm(R, Gt, step, beta=4.0 * lr, alpha=1.0)
 

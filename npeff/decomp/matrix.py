@@ -1,10 +1,13 @@
 """Preprocessing: the sparse PEF matrix A (algorithm.md §3, §6.1) and its column blocks.
 
 A is stacked class rows as CSR: row i·C + c is class row c of example i (LRM), or row i is the
-diagonal PEF of example i (D, C = 1). Steps: build → prune columns with fewer than
-``min_nonzero_per_col`` stored entries (counting class rows) or map them through an existing
-index map → normalize each example (LRM: by sqrt(max(‖F_i‖_F, 1e-12)); D: by ‖f_i‖ + 1e-9) →
-sort within rows → the constant term in float64 (LRM: T = Σ_i ‖Ã_iÃ_iᵀ‖²_F; D: ‖A‖²_F).
+diagonal PEF of example i (D, C = 1). LVRM PEFs (variable rank R_i, §5.2) stack their Σ_i R_i
+rows example after example (an example of rank 0 has no rows and contributes nothing); the
+decomposition is LRM-NPEFF's with per-example row counts (``PefMatrix.rows``).
+Steps: build → prune columns with fewer than ``min_nonzero_per_col`` stored entries (counting
+class rows) or map them through an existing index map → normalize each example (LRM: by
+sqrt(max(‖F_i‖_F, 1e-12)); LVRM: eps 1e-6; D: by ‖f_i‖ + 1e-9) → sort within rows → the
+constant term in float64 (LRM/LVRM: T = Σ_i ‖Ã_iÃ_iᵀ‖²_F; D: ‖A‖²_F).
 
 The factorization works on ``ColumnBlocks``: the columns of one rank's range, cut further into
 cache-sized sub-blocks (a CSR of each block and of its transpose), so that A·Gᵀ reads a slice of
@@ -20,20 +23,23 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from npeff.artifacts.pefs import Pefs
+from npeff.artifacts.pefs import Pefs, lvrm_row_layout
 
 LRM_NORM_EPS = 1e-12
+LVRM_NORM_EPS = 1e-6
 DIAG_NORM_EPS = 1e-9
-DECOMP_FOR_PEF = {"lrm": "lrm", "diag": "diag"}
+DECOMP_FOR_PEF = {"lrm": "lrm", "lvrm": "lrm", "diag": "diag"}
 
 
 @dataclass
 class PefMatrix:
     """The preprocessed PEF matrix.
 
-    kind: "lrm" or "diag". A: scipy CSR float64 [n·C, m'] (sorted column indices).
-    n_examples: n. n_classes: C (1 for D). new_to_old_col_indices: int64 [m'] ascending.
-    n_parameters: m. const: T (LRM) or ‖A‖²_F (D), float64.
+    kind: "lrm" (also for LVRM PEFs) or "diag". A: scipy CSR float64 [n_rows, m'] (sorted
+    column indices); n_rows = n·C, or Σ_i R_i for LVRM.
+    n_examples: n. n_classes: C (1 for D, −1 for LVRM). new_to_old_col_indices: int64 [m']
+    ascending. n_parameters: m. const: T (LRM) or ‖A‖²_F (D), float64.
+    row_example: LVRM only, int64 [n_rows] the example of each row (non-decreasing), else None.
     """
 
     kind: str
@@ -43,32 +49,51 @@ class PefMatrix:
     new_to_old_col_indices: np.ndarray
     n_parameters: int
     const: float
+    row_example: np.ndarray | None = None
 
     @property
     def n_cols(self) -> int:
         return int(self.A.shape[1])
 
+    @property
+    def rows(self) -> int | torch.Tensor:
+        """The rows of each example as the LRM update rules take them (``lrm.Rows``): the fixed
+        count C, or for LVRM the example of each row, int64 tensor [n_rows]."""
+        if self.row_example is None:
+            return self.n_classes
+        return torch.from_numpy(self.row_example)
+
 
 def check_pef_kind(pefs: Pefs, kind: str) -> None:
-    """Raise a clear error if ``pefs`` cannot be decomposed by decomposition ``kind``."""
-    if pefs.kind == "lvrm":
-        raise ValueError(
-            "LVRM PEF files are not supported by npeff's decompositions; compute LRM PEFs "
-            "(fisher=lrm) or diagonal PEFs (fisher=diag)."
-        )
+    """Raise a clear error if ``pefs`` cannot be decomposed by decomposition ``kind``
+    (LRM and LVRM PEFs go to kind "lrm", D-PEFs to "diag")."""
     if DECOMP_FOR_PEF.get(pefs.kind) != kind:
-        want = {"lrm": "decomp=lrm_npeff", "diag": "decomp=d_npeff"}[pefs.kind]
+        want = {"lrm": "decomp=lrm_npeff", "lvrm": "decomp=lrm_npeff", "diag": "decomp=d_npeff"}[
+            pefs.kind
+        ]
         raise ValueError(
             f"the PEF file holds {pefs.kind!r} PEFs but the decomposition kind is {kind!r}; "
             f"use {want} for this file (or compute PEFs of the other kind)."
         )
 
 
-def _stacked_csr(pefs: Pefs, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(values, indices, indptr, C) of the stacked CSR before pruning, first n examples."""
+def _stacked_csr(
+    pefs: Pefs, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """(values, indices, indptr, C, row_example) of the stacked CSR before pruning, first n
+    examples; C = −1 and row_example int64 [Σ R_i] for LVRM (its padding values are dropped)."""
     values = np.asarray(pefs.values[:n])
     indices = np.asarray(pefs.indices[:n]).astype(np.int64)
     K = values.shape[1]
+    if pefs.kind == "lvrm":
+        ranks = np.asarray(pefs.ranks[:n], dtype=np.int64)
+        sizes = np.asarray(pefs.col_sizes[: int(ranks.sum())], dtype=np.int64)
+        row_example, row_start = lvrm_row_layout(ranks, sizes)
+        indptr = np.concatenate([[0], np.cumsum(sizes)])
+        # position of each row entry among the n·K stored values
+        within = np.arange(indptr[-1], dtype=np.int64) - np.repeat(indptr[:-1], sizes)
+        pos = np.repeat(row_example * K + row_start, sizes) + within
+        return values.reshape(-1)[pos], indices.reshape(-1)[pos], indptr, -1, row_example
     if pefs.kind == "lrm":
         offsets = np.asarray(pefs.col_offsets[:n]).astype(np.int64)
         C = offsets.shape[1] - 1
@@ -86,7 +111,7 @@ def _stacked_csr(pefs: Pefs, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     else:
         C = 1
         indptr = np.arange(n + 1, dtype=np.int64) * K
-    return values.reshape(-1), indices.reshape(-1), indptr, C
+    return values.reshape(-1), indices.reshape(-1), indptr, C, None
 
 
 def build_matrix(
@@ -105,7 +130,8 @@ def build_matrix(
     check_pef_kind(pefs, kind)
     n = pefs.n_examples if n_examples in (None, -1) else min(int(n_examples), pefs.n_examples)
     m = int(pefs.n_parameters)
-    values, indices, indptr, C = _stacked_csr(pefs, n)
+    values, indices, indptr, C, row_example = _stacked_csr(pefs, n)
+    n_rows = len(indptr) - 1
     if indices.size and (indices.min() < 0 or indices.max() >= m):
         raise ValueError(f"PEF parameter indices fall outside [0, {m}); the file is corrupt.")
 
@@ -124,30 +150,50 @@ def build_matrix(
     new_cols = lut[indices]
     keep = new_cols >= 0
     if not keep.all():
-        row_of = np.repeat(np.arange(n * C), np.diff(indptr))
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of[keep], minlength=n * C))])
+        row_of = np.repeat(np.arange(n_rows), np.diff(indptr))
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(row_of[keep], minlength=n_rows))])
         values, new_cols = values[keep], new_cols[keep]
 
     norms = np.asarray(pefs.norms[:n], dtype=np.float64)
-    if kind == "lrm":
+    if pefs.kind == "lrm":
         scale = 1.0 / np.sqrt(np.maximum(norms, LRM_NORM_EPS))
+    elif pefs.kind == "lvrm":
+        scale = 1.0 / np.sqrt(np.maximum(norms, LVRM_NORM_EPS))
     else:
         scale = 1.0 / (norms + DIAG_NORM_EPS)
-    row_scale = np.repeat(scale, C)
+    row_scale = np.repeat(scale, C) if row_example is None else scale[row_example]
     data = values.astype(np.float64) * np.repeat(row_scale, np.diff(indptr))
-    A = sp.csr_matrix((data, new_cols, indptr), shape=(n * C, new_to_old.size))
+    A = sp.csr_matrix((data, new_cols, indptr), shape=(n_rows, new_to_old.size))
     A.sum_duplicates()  # also sorts the column indices within rows
     A.sort_indices()
 
     if kind == "lrm":
-        const = lrm_constant(A, n, C)
+        const = lrm_constant(A, n, C if row_example is None else row_example)
     else:
         const = float(np.dot(A.data, A.data))
-    return PefMatrix(kind, A, n, C, new_to_old, m, const)
+    return PefMatrix(kind, A, n, C, new_to_old, m, const, row_example)
 
 
-def lrm_constant(A: sp.csr_matrix, n: int, C: int) -> float:
-    """T = Σ_i Σ_{c,c'} (Ã_iÃ_iᵀ)²_{cc'} in float64 (each unordered pair counted correctly)."""
+def padded_rows(A: sp.csr_matrix, n: int, row_example: np.ndarray) -> tuple[sp.csr_matrix, int]:
+    """Variable-rank rows [Σ R_i, m'] laid out as fixed-rank ones: (A_pad [n·R_max, m'], R_max),
+    row c of example i at i·R_max + c, empty rows where c ≥ R_i."""
+    ranks = np.bincount(row_example, minlength=n)
+    r_max = max(int(ranks.max()) if n else 0, 1)
+    first = np.cumsum(ranks) - ranks
+    target = row_example * r_max + (np.arange(row_example.size) - first[row_example])
+    move = sp.csr_matrix(
+        (np.ones(row_example.size), (target, np.arange(row_example.size))),
+        shape=(n * r_max, row_example.size),
+    )
+    return sp.csr_matrix(move @ A), r_max
+
+
+def lrm_constant(A: sp.csr_matrix, n: int, C: int | np.ndarray) -> float:
+    """T = Σ_i Σ_{c,c'} (Ã_iÃ_iᵀ)²_{cc'} in float64 (each unordered pair counted correctly).
+
+    C: rows per example, or (LVRM) the example of each row, int [n_rows]."""
+    if not isinstance(C, int | np.integer):
+        A, C = padded_rows(A, n, np.asarray(C, dtype=np.int64))
     rows = [A[c::C] for c in range(C)]
     total = 0.0
     for c in range(C):

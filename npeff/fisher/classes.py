@@ -64,7 +64,8 @@ class Rows:
 
     classes: int [B, k] class ids (descending probability when sorted selection is on).
     weights: [B, k] the factor of ∇log p_c in each row: sqrt(p_c) (LRM/LVRM); 0 for unused rows.
-    ranks: int [B] rows in use per example (LVRM), else None.
+    ranks: int [B] rows in use per example (LVRM, 0 ≤ rank ≤ k; the kept rows come first since
+      they are sorted by probability), else None.
     """
 
     classes: torch.Tensor
@@ -86,10 +87,9 @@ def select_rows(sel: ClassSelection, logits: torch.Tensor) -> Rows:
         return Rows(order[:, :k], p_sorted[:, :k].sqrt(), None)
     if sel.kind == "lvrm":
         k = sel.n_rows(c)
+        # Rank R_i = the number of the top max_classes with p ≥ min_prob_class, 0 ≤ R_i ≤ k
+        # (§1.4): an example whose top class misses the threshold has rank 0 and no rows.
         keep = p_sorted[:, :k] >= sel.min_prob_class
-        # The top class has p ≥ 1/C; an example whose top class misses the threshold keeps it
-        # anyway so that every PEF has at least one row (rank 0 has no valid layout).
-        keep[:, 0] = True
         ranks = keep.sum(dim=1)
         weights = p_sorted[:, :k].sqrt() * keep
         return Rows(order[:, :k], weights, ranks)

@@ -107,8 +107,7 @@ def compute_pefs(
     engine = PerExampleGrads(model, named)
     m = engine.n_parameters
     keep_large_allocations()
-    if kind in ("diag", "lvrm") and n_values > m:
-        # an LVRM example may have rank 1 (m entries)
+    if kind == "diag" and n_values > m:
         raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
     n_total = _loader_len(loader)
     fingerprint = {
@@ -150,9 +149,10 @@ def compute_pefs(
             n_logits = int(logits.shape[-1])
             if writer is None:
                 n_rows = sel.n_rows(n_logits)
-                if kind == "lrm" and n_values > n_rows * m:
+                if kind in ("lrm", "lvrm") and n_values > n_rows * m:
+                    # LVRM examples of lower rank pad with explicit zeros (sparsify_rows)
                     raise ValueError(
-                        f"n_values={n_values} exceeds the {n_rows * m} entries of an LRM PEF "
+                        f"n_values={n_values} exceeds the {n_rows * m} entries of an {kind} PEF "
                         f"({n_rows} classes × {m} parameters)"
                     )
                 writer = PefsWriter(

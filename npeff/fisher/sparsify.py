@@ -33,7 +33,8 @@ class SparseRows:
     """Sparsified class rows of a batch (B examples, K values each).
 
     values: [B, K] signed, grouped by row, ascending parameter index within a row.
-    row_indices: int [B, K] parameter indices. counts: int [B, C] kept entries per class row.
+    row_indices: int [B, K] parameter indices. counts: int [B, C] kept entries per class row
+      (LVRM: Σ_c counts ≤ K, the remaining values are explicit-zero padding).
     norms: [B] dense Frobenius norms of the PEFs.
     """
 
@@ -49,25 +50,35 @@ def sparsify_rows(rows: torch.Tensor, k: int, ranks: torch.Tensor | None = None)
     rows: [B, C, m], row c of example b is sqrt(p_c)·∇log p_c (zero rows past the rank).
     ranks: int [B] or None. With ranks, only the first ``ranks[b]`` rows of example b compete
     (LVRM); entries of later rows are never chosen. Flat index = c·m + j, sorted ascending.
+
+    Every example stores exactly K values. An LVRM example with fewer than K entries in its rows
+    (ranks[b]·m < K, e.g. rank 0) stores all of them, then K − ranks[b]·m explicit zeros
+    (value 0, parameter index 0) that belong to no row: ``counts`` covers only the row entries,
+    so the first counts[b].sum() values are the rows' and the rest is padding.
     """
     b, c, m = rows.shape
+    if k > c * m:
+        raise ValueError(f"cannot keep {k} values out of {c * m} entries")
     flat = rows.reshape(b, c * m)
     scores = flat.abs()
+    inside = None
     if ranks is not None:
         row_id = torch.arange(c, device=rows.device).repeat_interleave(m)
-        outside = row_id[None, :] >= ranks[:, None]
-        scores = scores.masked_fill(outside, -1.0)
-        if int(ranks.min()) * m < k:
-            raise ValueError(
-                f"an example of rank {int(ranks.min())} has only {int(ranks.min()) * m} entries, "
-                f"fewer than n_values={k}: lower fisher.n_values"
-            )
+        inside = row_id[None, :] < ranks[:, None]
+        scores = scores.masked_fill(~inside, -1.0)
     idx = top_k_indices(scores, k).sort(dim=1).values
     values = torch.gather(flat, 1, idx)
     row_indices = idx % m
     cls = idx // m
+    ones = torch.ones_like(cls)
+    if inside is not None:
+        pad = ~torch.gather(inside, 1, idx)  # chosen only when the rows hold fewer than K entries
+        values = values.masked_fill(pad, 0.0)
+        row_indices = row_indices.masked_fill(pad, 0)
+        cls = cls.masked_fill(pad, 0)
+        ones = ones.masked_fill(pad, 0)
     counts = torch.zeros(b, c, dtype=torch.long, device=rows.device)
-    counts.scatter_add_(1, cls, torch.ones_like(cls))
+    counts.scatter_add_(1, cls, ones)
     return SparseRows(values, row_indices, counts, gram_frobenius_norms(rows))
 
 

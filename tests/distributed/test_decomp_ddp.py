@@ -1,5 +1,5 @@
 """Two CPU processes (ddp_spawn, gloo) by parameter-column blocks give the same W, G/H and losses
-as one process, for both kinds; a checkpoint written by 2 processes resumes on 1.
+as one process, for both kinds and for LVRM PEFs; a checkpoint written by 2 processes resumes on 1.
 
 Each ddp_spawn start costs several seconds on a loaded 2-core machine, hence one spawn per kind.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from npeff.decomp.module import DecompSettings
 from npeff.decomp.runner import decompose
-from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs
+from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs, planted_lvrm_pefs
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -25,7 +25,7 @@ def _run(pefs, s, out, trainer_cfg=None, **kw):
 
 def _assert_same(a, b, kind):
     np.testing.assert_allclose(a.W, b.W, rtol=1e-6, atol=1e-9)
-    ca, cb = (a.G, b.G) if kind == "lrm" else (a.H, b.H)
+    ca, cb = (a.H, b.H) if kind == "diag" else (a.G, b.G)
     assert ca.shape == cb.shape
     np.testing.assert_allclose(ca, cb, rtol=1e-6, atol=1e-9)
     assert a.losses.keys() == b.losses.keys()
@@ -33,11 +33,15 @@ def _assert_same(a, b, kind):
         np.testing.assert_allclose(a.losses[k], b.losses[k], rtol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["lrm", "diag"])
+@pytest.mark.parametrize("kind", ["lrm", "lvrm", "diag"])
 def test_two_processes_equal_one_and_resume_on_one(tmp_path, kind):
     # m = 37 parameters: uneven column blocks (18 + 19), several sub-blocks each.
     if kind == "lrm":
         pefs, _ = planted_lrm_pefs(n=24, m=37, C=2, r=3, K=40, seed=5)
+        s = DecompSettings(kind="lrm", n_iters_g_only=4, n_iters_joint=16, lr_g=3e-3, **COMMON)
+    elif kind == "lvrm":  # variable ranks 0..3: per-example row counts, DDP by columns
+        pefs, _ = planted_lvrm_pefs(n=24, m=37, max_rank=3, r=3, K=40, p_rank0=0.2, seed=5)
+        assert (pefs.ranks == 0).any() and len(set(pefs.ranks.tolist())) == 4
         s = DecompSettings(kind="lrm", n_iters_g_only=4, n_iters_joint=16, lr_g=3e-3, **COMMON)
     else:
         pefs, _, _ = planted_diag_pefs(n=24, m=37, r=3, K=20, seed=5)

@@ -39,9 +39,7 @@ def reference_rows(model, example, kind, top_k_classes=None, min_prob_class=None
         classes = order[:top_k_classes] if top_k_classes else torch.arange(len(p))
     elif kind == "lvrm":
         top = order[:max_classes]
-        classes = top[p[top] >= min_prob_class]
-        if len(classes) == 0:
-            classes = top[:1]
+        classes = top[p[top] >= min_prob_class]  # may be empty: rank 0 (algorithm.md §1.4)
     else:
         classes = (
             torch.arange(len(p))
@@ -71,13 +69,16 @@ CASES = [
     ("embedding", "lrm", {"top_k_classes": 3}),
     ("mlp", "lvrm", {"min_prob_class": 0.2, "max_classes": 3}),
     ("embedding", "lvrm", {"min_prob_class": 0.15, "max_classes": 4}),
+    # a high threshold leaves some examples with rank 0; K > m pads low-rank examples with zeros
+    ("mlp", "lvrm", {"min_prob_class": 0.3, "max_classes": 3, "n_values": 100, "n": 12}),
 ]
 
 
 @pytest.mark.parametrize("name,kind,sel", CASES)
 def test_row_pefs_match_dense(tmp_path, name, kind, sel):
-    k = 17
-    model, ds, pefs = run(tmp_path, name, kind, k, **sel)
+    sel = dict(sel)
+    k, n = sel.pop("n_values", 17), sel.pop("n", 6)
+    model, ds, pefs = run(tmp_path, name, kind, k, n=n, **sel)
     m = pefs.n_parameters
     assert m == sum(p.numel() for p in model.parameters())
     assert pefs.kind == kind and pefs.values.shape == (len(ds), k)
@@ -95,20 +96,27 @@ def test_row_pefs_match_dense(tmp_path, name, kind, sel):
             assert pefs.ranks[i] == r
             counts = pefs.col_sizes[cs_start : cs_start + r]
             cs_start += r
-            assert counts.sum() == k
+            assert counts.sum() == min(k, r * m)
+        kept = int(counts.sum())
         rows = np.repeat(np.arange(r), counts)
-        idx = pefs.indices[i]
+        idx = pefs.indices[i][:kept]
         flat = rows * m + idx
         assert (np.diff(flat) > 0).all(), "flat indices must be sorted ascending"
         dense = a.numpy()
-        np.testing.assert_allclose(pefs.values[i], dense[rows, idx], rtol=1e-5, atol=ATOL)
-        check_topk(np.abs(dense).reshape(-1), flat, k)
-        np.testing.assert_allclose(pefs.norms[i], torch.linalg.norm(a.T @ a).item(), rtol=1e-5)
+        np.testing.assert_allclose(pefs.values[i][:kept], dense[rows, idx], rtol=1e-5, atol=ATOL)
+        if kept:
+            check_topk(np.abs(dense).reshape(-1), flat, kept)
+        # fewer than K entries in the kept rows: explicit zeros after them (no row of their own)
+        assert (pefs.values[i][kept:] == 0).all() and (pefs.indices[i][kept:] == 0).all()
+        dense_norm = torch.linalg.norm(a.T @ a).item() if r else 0.0
+        np.testing.assert_allclose(pefs.norms[i], dense_norm, rtol=1e-5)
         # labels and logits stored alongside
         assert pefs.labels[i] == int(ex["labels"])
         out = model(**{kk: v[None] for kk, v in ex.items() if kk != "labels"})
         logits = out.logits if hasattr(out, "logits") else out
         np.testing.assert_allclose(pefs.logits[i], logits[0].detach().numpy(), rtol=1e-5, atol=1e-6)
+    if k > m:  # the padded case must really hold rank-0 and padded low-rank examples
+        assert (pefs.ranks == 0).any() and ((pefs.ranks > 0) & (pefs.ranks * m < k)).any()
 
 
 DIAG_CASES = [

@@ -38,6 +38,17 @@ def test_sparsify_rows_respects_ranks():
     np.testing.assert_array_equal(sp.counts[1].numpy(), [0, 5, 0])
 
 
+def test_sparsify_rows_pads_low_ranks_with_explicit_zeros():
+    rows = torch.arange(1.0, 31.0).reshape(1, 3, 10).repeat(2, 1, 1)
+    sp = sparsify_rows(rows, 15, ranks=torch.tensor([0, 1]))
+    # rank 0: no rows, K explicit zeros; rank 1: row 0's 10 entries, then 5 explicit zeros
+    np.testing.assert_array_equal(sp.values[0].numpy(), np.zeros(15))
+    np.testing.assert_array_equal(sp.counts[0].numpy(), [0, 0, 0])
+    np.testing.assert_array_equal(sp.values[1].numpy(), [*range(1, 11), 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(sp.row_indices[1].numpy(), [*range(10), 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(sp.counts[1].numpy(), [10, 0, 0])
+
+
 def test_sparsify_diag_and_gram_norm():
     f = torch.rand(4, 50, dtype=torch.float64)
     sp = sparsify_diag(f, 6)
