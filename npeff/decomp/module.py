@@ -11,7 +11,8 @@ At the end rank 0 writes the decomposition file.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import lightning as L
@@ -29,34 +30,92 @@ from npeff.decomp.postprocess import normalize_components, sparsify_h
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+# The config file of each decomposition kind: the one source of that kind's defaults, for Hydra
+# (``decomp=<file>``) and for ``DecompSettings(kind=...)`` alike.
+KIND_CONFIGS = {"lrm": "lrm_npeff", "diag": "d_npeff"}
+# Settings a kind's file does not mention (they do not apply to it), kind-independent.
+NOT_IN_KIND_FILE = {
+    "n_iters_joint_expansion_only": 0,
+    "lr_g_only": None,
+    "ortho_strength": 0.0,
+    "expand_from": None,
+    "use_W_from_decomposition": False,
+    "h_threshold": None,
+    "h_keep_fraction": None,
+}
+
+
+class _KindDefault:
+    """Marks a ``DecompSettings`` field not given explicitly: filled from the kind's file."""
+
+    def __repr__(self) -> str:
+        return "<default of the kind>"
+
+
+KIND_DEFAULT = _KindDefault()
+
+
+@functools.cache
+def kind_defaults(kind: str) -> dict:
+    """The defaults of decomposition ``kind``: ``conf/decomp/<KIND_CONFIGS[kind]>.yaml``."""
+    from omegaconf import OmegaConf
+
+    from npeff.run.common import CONFIG_PATH
+
+    if kind not in KIND_CONFIGS:
+        raise ValueError(
+            f"decomp.kind must be one of {sorted(KIND_CONFIGS)} (LVRM PEFs use 'lrm'), got {kind!r}"
+        )
+    path = Path(CONFIG_PATH) / "decomp" / f"{KIND_CONFIGS[kind]}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
 
 @dataclass
 class DecompSettings:
-    """Everything ``conf/decomp/*.yaml`` sets (see there for meanings and defaults)."""
+    """Everything ``conf/decomp/*.yaml`` sets (see there for meanings).
+
+    Fields left out take the defaults of ``kind`` from its config file (``kind_defaults``), so
+    ``DecompSettings(kind="diag")`` equals what ``decomp=d_npeff`` gives; settings that file does
+    not mention take ``NOT_IN_KIND_FILE``.
+    """
 
     kind: str = "lrm"
-    n_components: int = 32
-    n_examples: int | None = None
-    n_iters_g_only: int = 0
-    n_iters_joint: int = 100
-    n_iters_joint_expansion_only: int = 0
-    lr_g: float = 1e-3
-    lr_g_only: float | None = None
-    mu_eps: float = 1e-9
-    ortho_strength: float = 0.0
-    min_nonzero_per_col: int = 1
-    seed: int = 32497
-    log_every: int = 10
-    tol: float | None = None
-    dtype: str = "float32"
-    block_cols: int = 262144
-    expand_from: str | None = None
-    use_W_from_decomposition: bool = False
-    h_threshold: float | None = None
-    h_keep_fraction: float | None = None
-    normalize_components: bool = False
-    num_threads: int | None = None
+    n_components: int = KIND_DEFAULT
+    n_examples: int | None = KIND_DEFAULT
+    n_iters_g_only: int = KIND_DEFAULT
+    n_iters_joint: int = KIND_DEFAULT
+    n_iters_joint_expansion_only: int = KIND_DEFAULT
+    lr_g: float = KIND_DEFAULT
+    lr_g_only: float | None = KIND_DEFAULT
+    mu_eps: float = KIND_DEFAULT
+    ortho_strength: float = KIND_DEFAULT
+    min_nonzero_per_col: int = KIND_DEFAULT
+    seed: int = KIND_DEFAULT
+    log_every: int = KIND_DEFAULT
+    tol: float | None = KIND_DEFAULT
+    dtype: str = KIND_DEFAULT
+    block_cols: int = KIND_DEFAULT
+    expand_from: str | None = KIND_DEFAULT
+    use_W_from_decomposition: bool = KIND_DEFAULT
+    h_threshold: float | None = KIND_DEFAULT
+    h_keep_fraction: float | None = KIND_DEFAULT
+    normalize_components: bool = KIND_DEFAULT
+    num_threads: int | None = KIND_DEFAULT
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        defaults = kind_defaults(self.kind)
+        for f in fields(self):
+            if getattr(self, f.name) is KIND_DEFAULT:
+                if f.name in defaults:
+                    setattr(self, f.name, defaults[f.name])
+                elif f.name in NOT_IN_KIND_FILE:
+                    setattr(self, f.name, NOT_IN_KIND_FILE[f.name])
+                else:
+                    raise ValueError(
+                        f"conf/decomp/{KIND_CONFIGS[self.kind]}.yaml sets no default for "
+                        f"decomp.{f.name}; add it there"
+                    )
 
     @classmethod
     def from_dict(cls, d: dict) -> DecompSettings:
