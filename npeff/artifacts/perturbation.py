@@ -25,8 +25,9 @@ class PerturbationResult:
       magnitude: float L2 norm of δ (LRM); NaN for D-NPEFF (δ is set by KL targeting, see metadata).
       kl_top, kl_baseline: float64 [c, 2] mean KL(p_θ ‖ p_θ+δ) over the top / baseline examples.
       kl_top_reverse, kl_baseline_reverse: float64 [c, 2] the same for KL(p_θ+δ ‖ p_θ).
-      kl_ratio: float64 [c] kl_top / kl_baseline for the better sign.
-      best_sign: int8 [c] +1 or −1, the sign with the larger KL ratio.
+      kl_ratio: float64 [c] kl_top / kl_baseline for the reported sign (best_sign).
+      best_sign: int8 [c] +1 or −1: the sign with the larger KL ratio (LRM), or the KL-targeted
+        sign +1 (D-NPEFF; metadata["kl_ratio_untargeted"] holds the other sign's ratio).
       pef_norm_ratio: float64 [c] mean PEF norm over top / mean over baseline.
       acc_top_before, acc_baseline_before: float64 [c]; acc_*_after: float64 [c, 2].
       acc_all_before: float; acc_all_after: float64 [c, 2] (NaN when not evaluated).

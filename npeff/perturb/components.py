@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from npeff.artifacts.decomposition import Decomposition
 from npeff.artifacts.perturbation import PerturbationResult
 from npeff.perturb.directions import (
+    ZeroDirection,
     d_merge_delta,
     h_row,
     loss_gradient_sign,
@@ -46,7 +47,10 @@ def perturb_lrm(
     tau: float | None = 0.35,
     progress: bool = True,
 ) -> PerturbationResult:
-    """LRM perturbations (algorithm.md §8.1): θ ± magnitude·v_j for each component j."""
+    """LRM perturbations (algorithm.md §8.1): θ ± magnitude·v_j for each component j.
+
+    A component without a direction (an all-zero G row, or nothing left after the rejection) is
+    skipped and listed with the reason in ``metadata["skipped_components"]``."""
     if dec.kind != "lrm" or dec.G is None:
         raise ValueError(
             f"LRM perturbations need an LRM decomposition with G (got kind={dec.kind!r}); "
@@ -54,11 +58,16 @@ def perturb_lrm(
         )
     comps = check_components(dec, components)
     G_unit = normalize_rows(dec.G)
-    records = []
+    records, skipped = [], []
     for j in tqdm(comps, desc="perturb (lrm)", disable=not progress):
-        v = lrm_direction(dec.G, dec.new_to_old_col_indices, evaluator.layout, j, tau, G_unit)
+        try:
+            v = lrm_direction(dec.G, dec.new_to_old_col_indices, evaluator.layout, j, tau, G_unit)
+        except ZeroDirection as e:
+            log.warning("component %d skipped: %s", j, e)
+            skipped.append({"component": j, "reason": str(e)})
+            continue
         records.append(evaluator.evaluate(j, v, magnitude))
-    meta = {"kind": "lrm", "tau": tau, "magnitude": magnitude}
+    meta = {"kind": "lrm", "tau": tau, "magnitude": magnitude, "skipped_components": skipped}
     return evaluator.result(records, magnitude, meta)
 
 
@@ -81,7 +90,7 @@ def diag_direction(
     h[np.asarray(dec.new_to_old_col_indices, dtype=np.int64)] = h_row(dec.H, j)
     h_norm = np.linalg.norm(h)
     if not h_norm > 0:
-        raise ValueError(f"D-NPEFF component {j} is all zeros")
+        raise ZeroDirection(f"component {j} has an all-zero H row (pseudo-Fisher diagonal)")
     h /= h_norm
     top = evaluator.top(j)
     sign = loss_gradient_sign(
@@ -124,11 +133,13 @@ def perturb_diag(
     seed: int = 0,
     progress: bool = True,
 ) -> PerturbationResult:
-    """D-NPEFF perturbations: Fisher-merge directions with KL targeting, scored with both signs.
+    """D-NPEFF perturbations: Fisher-merge directions with KL targeting, scored with both signs;
+    the reported KL ratio is the targeted sign's (+, the loss-gradient sign the targeting tuned),
+    the other sign's is kept in ``metadata["kl_ratio_untargeted"]`` (§8.3).
 
     ``dataset_fisher`` [m] is the dataset-level diagonal Fisher (normalized to unit norm here and
-    floored at ``fisher_floor``). A component whose targeting fails gets no result; it is listed
-    in ``metadata["skipped_components"]``.
+    floored at ``fisher_floor``). A component with an all-zero H row, or whose targeting fails,
+    gets no result; it is listed with the reason in ``metadata["skipped_components"]``.
     """
     if dec.kind != "diag" or dec.H is None:
         raise ValueError(
@@ -147,10 +158,16 @@ def perturb_diag(
     rng = np.random.default_rng(seed)
     records, skipped = [], []
     for j in tqdm(comps, desc="perturb (diag)", disable=not progress):
-        v, info = diag_direction(evaluator, dec, j, fisher_unit, kl_settings, fisher_floor, rng)
+        try:
+            v, info = diag_direction(evaluator, dec, j, fisher_unit, kl_settings, fisher_floor, rng)
+        except ZeroDirection as e:
+            log.warning("component %d skipped: %s", j, e)
+            skipped.append({"component": j, "reason": str(e)})
+            continue
         if v is None:
-            log.warning("component %d: KL targeting found no (delta, lambda) in range", j)
-            skipped.append({"component": j, **info})
+            reason = "KL targeting found no (delta, lambda) in range"
+            log.warning("component %d skipped: %s", j, reason)
+            skipped.append({"component": j, "reason": reason, **info})
             continue
         records.append(evaluator.evaluate(j, v, 1.0, extra=info))
     meta = {
@@ -160,4 +177,4 @@ def perturb_diag(
         "targeting_seed": seed,
         "skipped_components": skipped,
     }
-    return evaluator.result(records, float("nan"), meta)
+    return evaluator.result(records, float("nan"), meta, targeted_sign=1)

@@ -10,14 +10,17 @@ from npeff.artifacts.layout import ParameterLayout
 from npeff.perturb.vector import ParameterVector
 
 
+class ZeroDirection(ValueError):
+    """A component gives no perturbation direction (an all-zero G/H row, or nothing left after
+    the rejection); the caller skips that component and records why."""
+
+
 def normalize_rows(G: np.ndarray) -> np.ndarray:
-    """Rows of ``G`` [r, m'] scaled to unit L2 norm (float64); a zero row is an error."""
+    """Rows of ``G`` [r, m'] scaled to unit L2 norm (float64); all-zero rows stay zero (their
+    component has no direction, see ``lrm_reduced_direction``; they reject nothing)."""
     G = np.asarray(G, dtype=np.float64)
     norms = np.linalg.norm(G, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        bad = np.flatnonzero(norms[:, 0] == 0).tolist()
-        raise ValueError(f"components {bad[:10]} have zero pseudo-Fisher vectors")
-    return G / norms
+    return G / np.where(norms > 0, norms, 1.0)
 
 
 def lrm_reduced_direction(G_unit: np.ndarray, j: int, tau: float | None = 0.35) -> np.ndarray:
@@ -30,6 +33,8 @@ def lrm_reduced_direction(G_unit: np.ndarray, j: int, tau: float | None = 0.35) 
     r = G_unit.shape[0]
     if not 0 <= j < r:
         raise IndexError(f"component {j} out of range for {r} components")
+    if not np.any(G_unit[j]):
+        raise ZeroDirection(f"component {j} has an all-zero G row (pseudo-Fisher vector)")
     v = G_unit[j].astype(np.float64, copy=True)
     if tau is not None:
         cos = np.abs(G_unit @ G_unit[j])
@@ -39,7 +44,7 @@ def lrm_reduced_direction(G_unit: np.ndarray, j: int, tau: float | None = 0.35) 
             v -= (v @ G_unit[i]) * G_unit[i]
     n = np.linalg.norm(v)
     if not n > 0:
-        raise ValueError(f"the rejected direction of component {j} is zero")
+        raise ZeroDirection(f"the rejected direction of component {j} is zero")
     return v / n
 
 

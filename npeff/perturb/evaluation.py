@@ -170,9 +170,18 @@ class PerturbationEvaluator:
         )
 
     def result(
-        self, records: list[ComponentRecord], magnitude: float, metadata: dict | None = None
+        self,
+        records: list[ComponentRecord],
+        magnitude: float,
+        metadata: dict | None = None,
+        targeted_sign: int | None = None,
     ) -> PerturbationResult:
-        """Collect records into a :class:`PerturbationResult`."""
+        """Collect records into a :class:`PerturbationResult`.
+
+        targeted_sign: None reports the sign with the larger KL ratio (LRM, paper §2.3); +1 or −1
+        reports that sign's ratio (D-NPEFF: the KL-targeted direction, §8.3) and keeps the other
+        sign's ratio as the diagnostic ``metadata["kl_ratio_untargeted"]``.
+        """
         c = len(records)
         n_top = min(self.settings.n_top, self.n)
 
@@ -181,7 +190,10 @@ class PerturbationEvaluator:
 
         kl_top, kl_base = stack("kl_top"), stack("kl_baseline")
         ratios = safe_ratio(kl_top, kl_base).reshape(c, 2)
-        best = best_sign_index(ratios)
+        if targeted_sign is None:
+            best = best_sign_index(ratios)
+        else:
+            best = np.full(c, SIGNS.index(int(targeted_sign)), dtype=np.int64)
         tops = np.array([r.top for r in records], dtype=np.int64).reshape(c, n_top)
         base = self.baseline
         norm_base = self.pef_norms[base].mean() if len(base) else np.nan
@@ -199,6 +211,9 @@ class PerturbationEvaluator:
         )
         meta["n_examples"] = self.n
         meta["kl_ratio_both_signs"] = ratios.tolist()
+        meta["sign_policy"] = "best" if targeted_sign is None else "targeted"
+        if targeted_sign is not None:
+            meta["kl_ratio_untargeted"] = ratios[np.arange(c), 1 - best].tolist()
         meta["component_extra"] = [r.extra for r in records]
         return PerturbationResult(
             component_indices=np.array([r.component for r in records], dtype=np.int64),

@@ -220,8 +220,16 @@ def prepare_report(
 
     # Perturbation: per evaluated component.
     pert_row: dict[int, int] = {}
+    skipped: dict[int, str] = {}  # components the perturbation stage skipped → why
     kl_ratio = norm_ratio = None
     if perturbation is not None:
+        pert_meta = _attr(perturbation, "metadata") or {}
+        for item in pert_meta.get("skipped_components", []) or []:
+            skipped[int(item["component"])] = str(item.get("reason", "skipped"))
+        if skipped:
+            summary["skipped_components"] = [f"{j}: {why}" for j, why in skipped.items()]
+        if pert_meta.get("sign_policy"):
+            summary["sign_policy"] = pert_meta["sign_policy"]
         comp_idx = np.asarray(_attr(perturbation, "component_indices"), dtype=np.int64)
         pert_row = {int(c): i for i, c in enumerate(comp_idx)}
         kl_ratio = np.asarray(_attr(perturbation, "kl_ratio"), dtype=np.float64)
@@ -323,6 +331,8 @@ def prepare_report(
             v = _attr(perturbation, "acc_top_before")
             if v is not None:
                 stats["acc_top_before"] = float(np.asarray(v)[p])
+        elif j in skipped:
+            stats["perturbation_skipped"] = skipped[j]
         elif perturbation is None and norm_ratio is not None:
             stats["pef_norm_ratio"] = float(norm_ratio[j])
         cards.append(ComponentCard(component=j, examples=exs, stats=stats))

@@ -77,6 +77,8 @@ _PERTURBATION_KEYS = (
     "frac_kl_ratio_above_norm_ratio",
     "acc_all_before",
     "norm_ratio_source",
+    "sign_policy",
+    "skipped_components",
 )
 
 
@@ -146,6 +148,9 @@ def _card_html(card: ComponentCard) -> str:
         badges.append(f'<span class="badge {cls}">KL ratio {s["kl_ratio"]:.3g} ({sign})</span>')
     if "pef_norm_ratio" in s:
         badges.append(f'<span class="badge">PEF-norm ratio {s["pef_norm_ratio"]:.3g}</span>')
+    if "perturbation_skipped" in s:
+        why = escape(s["perturbation_skipped"])
+        badges.append(f'<span class="badge warn">not perturbed: {why}</span>')
     if "acc_top_before" in s and "acc_top_after" in s:
         badges.append(
             f'<span class="badge">top acc {s["acc_top_before"]:.2f} → {s["acc_top_after"]:.2f}</span>'

@@ -151,6 +151,7 @@ def summarize(res: PerturbationResult) -> dict:
     """The ``perturbation.json`` content: medians and one entry per component (NaN → null)."""
     comps = []
     extras = res.metadata.get("component_extra", [{}] * res.n_components)
+    untargeted = res.metadata.get("kl_ratio_untargeted")
     for c in range(res.n_components):
         kl = float(res.kl_ratio[c])
         comps.append(
@@ -159,6 +160,7 @@ def summarize(res: PerturbationResult) -> dict:
                 "kl_ratio": kl,
                 "log2_kl_ratio": math.log2(kl) if kl > 0 and math.isfinite(kl) else None,
                 "best_sign": int(res.best_sign[c]),
+                **({"kl_ratio_untargeted": float(untargeted[c])} if untargeted else {}),
                 "pef_norm_ratio": float(res.pef_norm_ratio[c]),
                 "kl_top": res.kl_top[c].tolist(),
                 "kl_baseline": res.kl_baseline[c].tolist(),
@@ -179,8 +181,10 @@ def summarize(res: PerturbationResult) -> dict:
         "n_top": int(res.top_indices.shape[1]),
         "n_baseline": int(len(res.baseline_indices)),
         "acc_all_before": res.acc_all_before,
+        "sign_policy": res.metadata.get("sign_policy", "best"),
         **summary_medians(res.kl_ratio, res.pef_norm_ratio),
         "components": comps,
+        "skipped_components": list(res.metadata.get("skipped_components", [])),
     }
     return out
 
@@ -352,8 +356,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     }
     metrics["n_examples"] = cache.n
     metrics["runtime_s"] = time.perf_counter() - t0
-    if pc.kind == "diag":
-        metrics["n_skipped_components"] = len(res.metadata.get("skipped_components", []))
+    metrics["n_skipped_components"] = len(res.metadata.get("skipped_components", []))
     if flawed_info is not None:
         metrics["n_flawed_selected"] = len(flawed_info["selected"])
         if "n_raising_accuracy" in summary["flawed"]:
