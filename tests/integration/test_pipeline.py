@@ -147,6 +147,7 @@ def test_experiment_names_cover_the_documented_recipes():
         "toy_nli",
         "group_s4",
         "digits_d",
+        "digits_lvrm",
         "tweets_minilm",
         "flawed_heuristics",
         "sparsity_ablation",
