@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.run import common
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +334,7 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pipeline")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = common.stage_main("pipeline", run)
 
 
 if __name__ == "__main__":
