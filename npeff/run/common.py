@@ -132,7 +132,7 @@ def pipeline_tracking(cfg: Any, output_dir: str | os.PathLike) -> Iterator[None]
         yield
         return
     mode = wandb_mode(lcfg.get("mode", "auto"))
-    if mode == "disabled":
+    if mode == "disabled" or not is_global_zero():  # one W&B run per job: global rank 0's
         yield
         return
     import wandb

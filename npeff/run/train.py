@@ -119,6 +119,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 metrics["seconds"],
                 ckpt,
             )
+        trainer.strategy.barrier("npeff-train-checkpoint-written")  # later stages read it
     finally:
         finish_tracking()
     return metrics
