@@ -112,21 +112,3 @@ def test_submitit_local_sweep_equals_basic_launcher(tmp_path):
     for k in ca:
         if isinstance(ca[k], float):
             np.testing.assert_allclose(ca[k], cb[k], rtol=1e-5, err_msg=k)
-
-
-def test_missing_launcher_plugin_is_one_clear_error(monkeypatch, capsys):
-    """Without the plugin, hydra/launcher=submitit_slurm stops before Hydra with what to install."""
-    from npeff.run import common
-
-    real = importlib.util.find_spec
-
-    def find_spec(name, *a, **k):
-        return None if name.startswith("hydra_plugins.hydra_submitit") else real(name, *a, **k)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    monkeypatch.setattr(sys, "argv", ["npeff-decompose", "-m", "hydra/launcher=submitit_slurm"])
-    with pytest.raises(SystemExit) as e:
-        common.stage_main("decompose", lambda cfg, out: None)()
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert 'pip install -e ".[cluster]"' in err and "hydra/launcher=submitit_slurm" in err
