@@ -225,8 +225,10 @@ def launch_env() -> dict | None:
 
 def global_rank() -> int:
     """This process's global rank: from the process group once it exists, else from the launcher's
-    environment (``RANK``/``SLURM_PROCID`` — never ``LOCAL_RANK``, which is 0 on every node),
-    else Lightning's rank-zero rank (a Lightning-started child), else 0."""
+    environment (``RANK``/``SLURM_PROCID`` — never ``LOCAL_RANK`` alone, which is 0 on every
+    node), else Lightning's rank-zero rank (a Lightning-started child), else 0. Before the group
+    exists, a process of Lightning's own multi-node launch (``NODE_RANK`` > 0) counts as
+    ``NODE_RANK × LOCAL_WORLD_SIZE + LOCAL_RANK`` (not 0, whatever the per-node count)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -236,6 +238,10 @@ def global_rank() -> int:
         return env["rank"]
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
+    node = int(os.environ.get("NODE_RANK", 0) or 0)
+    if node > 0:
+        local = int(os.environ.get("LOCAL_RANK", 0) or 0)
+        return node * int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1) + local
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     return int(getattr(rank_zero_only, "rank", 0) or 0)

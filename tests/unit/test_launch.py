@@ -93,3 +93,12 @@ def test_missing_launcher_plugin_is_one_clear_error(monkeypatch, capsys):
     assert e.value.code == 2 and not ran
     err = capsys.readouterr().err
     assert 'pip install -e ".[cluster]"' in err and "hydra/launcher=submitit_slurm" in err
+
+
+def test_lightning_multinode_node_rank_is_not_zero(clean_env):
+    # Lightning's own launch on node 1: NODE_RANK=1, LOCAL_RANK=0 (before the process group)
+    clean_env.setenv("NODE_RANK", "1")
+    clean_env.setenv("LOCAL_RANK", "0")
+    clean_env.setenv("MASTER_ADDR", "10.0.0.1")
+    assert not common.is_global_zero()
+    common.check_launch(cfg(num_nodes=2))  # a launch Lightning handles: accepted
