@@ -79,7 +79,8 @@ def compute_pefs_multiprocess(
 def _worker(fabric, model, loader, path: Path, threads: int | None, kwargs: dict) -> None:
     rank, world = fabric.global_rank, fabric.world_size
     # Each rank is its own process: share the cores instead of oversubscribing them.
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // world))
+    local_world = max(1, world // max(int(getattr(fabric.strategy, "num_nodes", 1) or 1), 1))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
     n = len(loader.dataset)
     lo, hi = shard_bounds(n, world, rank)
     dsf_mode = kwargs.get("dataset_fisher")

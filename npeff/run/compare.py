@@ -23,14 +23,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.analysis.matching import match_runs, shuffled_average_max_cosine
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.report import figures
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -273,9 +272,7 @@ def translate_argv(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="compare")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+_hydra_main = stage_main("compare", run, single_process=True)
 
 
 def main() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,6 +56,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         )
     finally:
         finish_tracking()
+    rank, world = rank_and_world()  # the process group Lightning set up (global ranks)
+    if world == 1 and trainer_cfg:  # ddp_spawn: this is the parent, the group was the children's
+        world = (common._as_int(trainer_cfg.get("devices", 1)) or 1) * (
+            common._as_int(trainer_cfg.get("num_nodes", 1)) or 1
+        )
     n_steps = int(dec.metadata.get("n_steps", 0))
     seconds = float(dec.metadata.get("seconds", 0.0))
     comps = dec.G if dec.kind == "lrm" else dec.H
@@ -79,19 +83,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "n_components": dec.n_components,
         "n_parameters": dec.n_parameters,
         "n_columns_kept": int(np.size(dec.new_to_old_col_indices)),
-        "world_size": int(trainer_cfg.get("devices", 1) or 1) if trainer_cfg else 1,
+        "world_size": world,
+        "num_nodes": int(trainer_cfg.get("num_nodes", 1) or 1) if trainer_cfg else 1,
         "decomposition": str(output_dir / "decomposition.h5"),
     }
     if dec.kind == "diag" and comps is not None and hasattr(comps, "nnz"):
         metrics["H_density"] = comps.nnz / max(np.prod(comps.shape), 1)
-    if rank_and_world()[0] == 0:
+    if rank == 0:
         common.write_metrics(output_dir, metrics)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=common.CONFIG_PATH, config_name="decompose")
-def main(cfg: DictConfig) -> None:
-    run(cfg, common.hydra_output_dir())
+main = common.stage_main("decompose", run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import dataclasses
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.run import common
@@ -76,9 +75,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=common.CONFIG_PATH, config_name="fit")
-def main(cfg: DictConfig) -> None:
-    run(cfg, common.hydra_output_dir())
+main = common.stage_main("fit", run, single_process=True)
 
 
 if __name__ == "__main__":

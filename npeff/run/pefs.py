@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
+from npeff.run.common import (
+    is_global_zero,
+    launch_env,
+    log_stage_metrics,
+    stage_main,
+    write_metrics,
+)
 
 PEFS_NAME = "pefs.h5"
 DSF_NAME = "dsf.h5"
@@ -135,10 +139,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     trainer = cfg.get("trainer") or {}
     devices = trainer.get("devices", 1)
     devices = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
+    num_nodes = int(trainer.get("num_nodes", 1) or 1)
+    launched = launch_env()  # torchrun / srun started this as one of several processes
+    world = devices * num_nodes
     pefs_path = output_dir / PEFS_NAME
     # Single-process runs continue an unfinished file of an earlier run dir; a multi-process run
     # resumes its shards in its own run dir (rerun with hydra.run.dir=<that dir>).
-    if devices == 1 and cfg.get("resume", True) and not pefs_path.exists():
+    if world == 1 and cfg.get("resume", True) and not pefs_path.exists():
         old = _find_unfinished(output_dir, cfg)
         if old is not None:
             old.replace(pefs_path)
@@ -163,15 +170,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         progress=bool(cfg.get("progress", True)),
         **kwargs,
     )
-    if devices > 1:
+    if world > 1:
         strategy = str(trainer.get("strategy", "ddp_spawn"))
-        if strategy not in ("ddp", "ddp_spawn"):
+        if launched is not None:
+            strategy = "ddp"  # the launcher made the processes; Fabric only joins them
+        elif strategy not in ("ddp", "ddp_spawn"):
             strategy = "ddp_spawn"
         compute_pefs_multiprocess(
             loaded.model,
             loader,
             pefs_path,
             devices=devices,
+            num_nodes=num_nodes,
             strategy=strategy,
             accelerator=str(trainer.get("accelerator", "cpu")),
             **common,
@@ -179,8 +189,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     else:
         compute_pefs(loaded.model, loader, pefs_path, **common)
     seconds = time.perf_counter() - t0
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
-        return {}  # strategy=ddp re-runs this command per rank; rank 0 reports
+    if not is_global_zero():
+        return {}  # every rank runs this stage under ddp / torchrun / srun; global rank 0 reports
 
     pefs = load_pefs(pefs_path)
     frac = captured_fraction(pefs)
@@ -196,6 +206,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "n_values": pefs.n_values_per_example,
         "n_classes": pefs.n_classes,
         "devices": devices,
+        "num_nodes": num_nodes,
+        "world_size": world,
         "seconds": seconds,
         "examples_per_s": n_new / seconds if seconds > 0 else None,
         "mean_captured_fraction": float(frac.mean()) if frac.size else None,
@@ -206,9 +218,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pefs")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("pefs", run)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import math
 import time
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,7 +28,11 @@ from npeff.perturb.examples import ExampleCache
 from npeff.perturb.flawed import accuracy_changes, select_flawed_components
 from npeff.perturb.metrics import summary_medians
 from npeff.perturb.targeting import KlTargetSettings
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
+from npeff.run.common import (
+    log_stage_metrics,
+    stage_main,
+    write_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -373,9 +376,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="perturb")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("perturb", run, single_process=True)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.run import common
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import CONFIG_PATH, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,29 +118,35 @@ def cached_train(train_cfg: DictConfig, step_dir: Path, cache_root: Path) -> tup
     if ckpt.is_file() and metrics_path.is_file():
         log.info("reusing the trained model cached at %s", cache_dir)
         metrics = json.loads(metrics_path.read_text()) | {"cached": True, "checkpoint": str(ckpt)}
-        write_metrics(step_dir, metrics)
+        common.on_rank_zero(write_metrics, step_dir, metrics)
         return ckpt, metrics
-    metrics = dict(train.run(train_cfg, step_dir))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(ckpt) as tmp:
-        shutil.copyfile(step_dir / "model.ckpt", tmp)
-    write_json_atomic(metrics_path, metrics)
+    metrics = dict(train.run(train_cfg, step_dir))  # every rank trains (DDP); rank 0 saved it
+    common.on_rank_zero(_fill_cache, step_dir, cache_dir, metrics)
     return step_dir / "model.ckpt", metrics | {"cached": False}
+
+
+def _fill_cache(step_dir: Path, cache_dir: Path, metrics: dict) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache_dir / "model.ckpt") as tmp:
+        shutil.copyfile(step_dir / "model.ckpt", tmp)
+    write_json_atomic(cache_dir / "metrics.json", metrics)
 
 
 # --- running ------------------------------------------------------------------------------------
 class StageTimer:
-    """Runs the stages in order, timing each and keeping its metrics."""
+    """Runs the stages in order, timing each and keeping its metrics. Started as several
+    processes (torchrun, srun, ``strategy=ddp``) every rank runs the Lightning stages together;
+    ``single`` steps run on global rank 0 only while the others wait."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.seconds: dict[str, float] = {}
         self.metrics: dict[str, dict] = {}
 
-    def __call__(self, step: str, fn, *args) -> dict:
+    def __call__(self, step: str, fn, *args, single: bool = False) -> dict:
         log.info("── npeff: %s ──", step)
         t0 = time.perf_counter()
-        out = fn(*args)
+        out = common.on_rank_zero(fn, *args) if single else fn(*args)
         self.seconds[step] = round(time.perf_counter() - t0, 3)
         self.metrics[step] = out if isinstance(out, dict) else {}
         return out
@@ -202,7 +207,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         fit_cfg = stage_config(
             cfg, "fit", inputs={"pefs": str(eval_pefs), "decomposition": str(decomposition)}
         )
-        stages("fit", fit.run, fit_cfg, stages.dir("fit"))
+        stages("fit", fit.run, fit_cfg, stages.dir("fit"), single=True)
         coeffs = stages.dir("fit") / "coeffs.h5"
 
         perturb_inputs = {"checkpoint": str(ckpt), "coeffs": str(coeffs), "pefs": str(eval_pefs)}
@@ -211,7 +216,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         perturb_cfg = stage_config(cfg, "perturb", inputs=perturb_inputs, split="eval")
         if cfg.flawed.enabled:
             perturb_cfg = OmegaConf.merge(perturb_cfg, _flawed_perturb_settings(cfg))
-        stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"))
+        stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"), single=True)
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
         report_cfg = stage_config(
@@ -226,8 +231,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "perturbation": str(perturbation),
             },
         )
-        stages("report", report.run, report_cfg, stages.dir("report"))
+        stages("report", report.run, report_cfg, stages.dir("report"), single=True)
 
+    if not common.is_global_zero():
+        return {}  # rank 0 writes the job's metrics.json and summary
     metrics = headline_metrics(stages, train_metrics)
     metrics["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     metrics["report"] = str(stages.dir("report") / "report.html")
@@ -245,7 +252,9 @@ def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base:
     filt_cfg = stage_config(
         cfg, "filter_pefs", inputs={"pefs": str(fit_pefs)}, filter={"incorrect_only": True}
     )
-    stages("filter_incorrect", filter_pefs.run, filt_cfg, stages.dir("filter_incorrect"))
+    stages(
+        "filter_incorrect", filter_pefs.run, filt_cfg, stages.dir("filter_incorrect"), single=True
+    )
     incorrect = stages.dir("filter_incorrect") / "pefs.h5"
     n_incorrect = load_pefs(incorrect).n_examples
     if n_incorrect < int(cfg.flawed.n_new_components):
@@ -335,9 +344,7 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="pipeline")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = common.stage_main("pipeline", run)
 
 
 if __name__ == "__main__":

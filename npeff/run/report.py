@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.report import build_report, wandb_log
 from npeff.report.build import write_report
 from npeff.report.content import prepare_report
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +167,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="report")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("report", run, single_process=True)
 
 
 # Keep ``build_report`` importable from the stage module for callers chaining stages in Python.

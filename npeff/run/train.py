@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.run.common import (
-    CONFIG_PATH,
     build_logger,
     finish_tracking,
-    hydra_output_dir,
     seed_everything,
+    stage_main,
     write_metrics,
 )
 
@@ -121,14 +119,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 metrics["seconds"],
                 ckpt,
             )
+        trainer.strategy.barrier("npeff-train-checkpoint-written")  # later stages read it
     finally:
         finish_tracking()
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("train", run)
 
 
 if __name__ == "__main__":
