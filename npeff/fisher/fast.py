@@ -1,0 +1,379 @@
+"""Per-example class gradients by one forward and one batched backward (the per-layer fast path).
+
+``FisherEngine`` has the interface of :class:`PerExampleGrads` (``logits``, ``class_grads``) plus
+``diag_fisher``. Parameters owned only by layers that :mod:`npeff.fisher.layers` covers are done
+the fast way: forward hooks capture each call's input and output, the k objectives
+Σ_b w_bj log p_{c_bj}(x_b) (j < k) are backpropagated to those outputs in one batched backward
+(``is_grads_batched``, gradients seeded at the logits as w_bj (e_c − p_b)), and the layer rules turn
+(input, output gradient) into per-example weight gradients. Every other parameter goes through
+torch.func (:class:`PerExampleGrads`). The choice is automatic per parameter — structural (owner
+layers covered, all their calls seen with the batch first) and then checked once against the
+torch.func path on the first examples — or forced with ``mode="fast"`` / ``mode="func"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from npeff.artifacts.layout import ParameterLayout
+from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
+from npeff.fisher.layers import DIAG_RULES, RULES, once_per_example, rule_name
+
+ENGINES = ("auto", "fast", "func")
+
+
+@dataclass
+class _Owner:
+    module: nn.Module
+    rule: str
+    attr: str  # "weight" | "bias"
+
+
+class FisherEngine:
+    """Per-example, per-class gradients of the selected parameters, fast path where it applies.
+
+    ``mode``: "auto" (fast where covered and verified, torch.func elsewhere), "fast" (error if a
+    parameter is not covered) or "func" (torch.func for all, the previous behaviour).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        named_params: Sequence[tuple[str, nn.Parameter]],
+        mode: str = "auto",
+    ):
+        if mode not in ENGINES:
+            raise ValueError(f"fisher engine must be one of {ENGINES}, got {mode!r}")
+        if model.training:
+            raise ValueError(
+                "the model is in training mode; call model.eval() first (dropout and BatchNorm "
+                "batch statistics make per-example Fishers ill-defined and break vmap)"
+            )
+        self.model = model
+        self.mode = mode
+        self.named = list(named_params)
+        self.layout = ParameterLayout.from_named_tensors(self.named)
+        self._owners = _owners(model, self.named) if mode != "func" else {}
+        self.fast_names: list[str] = [n for n, _ in self.named if self._owners.get(n)]
+        if mode == "fast":
+            missing = [n for n, _ in self.named if not self._owners.get(n)]
+            if missing:
+                raise ValueError(
+                    f"fisher.engine=fast, but {len(missing)} selected parameters belong to layers "
+                    f"the fast path does not cover (e.g. {missing[:3]}); use fisher.engine=auto"
+                )
+        self._prepared = mode == "func" or not self.fast_names
+        self._func: PerExampleGrads | None = None
+        self._rebuild_func()
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def n_parameters(self) -> int:
+        return self.layout.n_parameters
+
+    @property
+    def device(self) -> torch.device:
+        return self.named[0][1].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.named[0][1].dtype
+
+    @property
+    def func_names(self) -> list[str]:
+        fast = set(self.fast_names)
+        return [n for n, _ in self.named if n not in fast]
+
+    def assignment(self) -> dict:
+        """Which path each parameter takes (stored in the PEF file's metadata)."""
+        return {"requested": self.mode, "fast": list(self.fast_names), "func": self.func_names}
+
+    def _rebuild_func(self) -> None:
+        func = set(self.func_names)
+        named = [(n, p) for n, p in self.named if n in func]
+        self._func = PerExampleGrads(self.model, named) if named else None
+        idx = {n: i for i, n in enumerate(self.layout.names)}
+        self._slots = {
+            n: (self.layout.offsets[idx[n]], self.layout.numel(idx[n]), self.layout.shapes[idx[n]])
+            for n in self.layout.names
+        }
+
+    def logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Batched forward without gradients → logits [B, C_model]."""
+        with torch.no_grad():
+            return output_logits(self.model(**model_inputs(batch)))
+
+    # ------------------------------------------------------------------ the automatic choice
+    def prepare(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Settle the per-parameter choice on a first batch (a no-op after the first call).
+
+        Structural: a parameter stays on the fast path only if each of its owner layers was
+        called with the batch as the first dim. Numerical: per-example gradients of up to 3
+        examples (all classes) must match the torch.func path (relative error ≤ 1e-4 float32,
+        1e-8 float64); a mismatch moves the parameter to torch.func (mode "auto") or raises
+        (mode "fast").
+        """
+        if self._prepared:
+            return
+        self._prepared = True
+        sub = {k: v[: min(3, len(v))] for k, v in batch.items()}
+        b = len(next(iter(sub.values())))
+        calls, logits = self._forward(sub)
+        seen = {id(m) for m, _, _ in calls}
+        bad_modules = {id(m) for m, a, out in calls if a.shape[0] != b or out.shape[0] != b}
+        bad = [
+            n
+            for n in self.fast_names
+            if any(id(o.module) not in seen or id(o.module) in bad_modules for o in self._owners[n])
+        ]
+        del calls
+        self._demote(bad, "its layer is not called with the batch as the first dim")
+        if not self.fast_names:
+            return
+        c = int(logits.shape[-1])
+        classes = torch.arange(c, device=logits.device).expand(b, c)
+        fast = self._fast_rows(sub, logits.detach(), classes, None)
+        ref_named = [(n, p) for n, p in self.named if n in set(self.fast_names)]
+        try:
+            ref = PerExampleGrads(self.model, ref_named).class_grads(sub, classes, c)
+        except Exception as err:  # noqa: BLE001 — torch.func cannot run this model: trust hooks
+            warnings.warn(
+                f"the torch.func check of the fast path failed ({err}); keeping the fast path",
+                stacklevel=2,
+            )
+            return
+        tol = 1e-8 if ref.dtype == torch.float64 else 1e-4
+        off = 0
+        wrong = []
+        for n, _ in ref_named:
+            o, size, _ = self._slots[n]
+            r = ref[..., off : off + size]
+            f = fast[n]
+            off += size
+            scale = float(r.norm()) + 1e-30
+            if float((f.reshape(r.shape) - r).norm()) > tol * max(scale, float(ref.norm()) * 1e-3):
+                wrong.append(n)
+        self._demote(wrong, "its fast-path gradients differ from torch.func's")
+
+    def _demote(self, names: list[str], why: str) -> None:
+        if not names:
+            return
+        if self.mode == "fast":
+            raise ValueError(
+                f"fisher.engine=fast, but {len(names)} parameters cannot use it ({why}), e.g. "
+                f"{names[:3]}; use fisher.engine=auto"
+            )
+        drop = set(names)
+        self.fast_names = [n for n in self.fast_names if n not in drop]
+        self._rebuild_func()
+
+    # ------------------------------------------------------------------ the fast path
+    @contextlib.contextmanager
+    def _grad_on_fast(self):
+        """Only the fast-path parameters require grad while the hooked forward runs."""
+        fast = {id(p) for n, p in self.named if n in set(self.fast_names)}
+        saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        try:
+            for p, _ in saved:
+                p.requires_grad_(id(p) in fast)
+            yield
+        finally:
+            for p, rg in saved:
+                p.requires_grad_(rg)
+
+    def _forward(self, batch):
+        """Forward with hooks on the owner layers → (calls [(module, input, output)], logits)."""
+        modules = {id(o.module): o.module for n in self.fast_names for o in self._owners[n]}
+        calls: list = []
+        b = len(next(iter(batch.values())))
+
+        def hook(module, args, out):
+            a = args[0].detach()
+            if b > 1 and a.shape[0] == 1 and out.shape[0] == 1 and isinstance(module, nn.Embedding):
+                # an input shared by the batch (BERT's position ids [1, L]): give each example
+                # its own copy of the output so that its gradient is per example
+                a = a.expand(b, *a.shape[1:])
+                out = out.expand(b, *out.shape[1:])
+            calls.append((module, a, out))
+            return out
+
+        handles = [m.register_forward_hook(hook) for m in modules.values()]
+        try:
+            with self._grad_on_fast(), torch.enable_grad():
+                logits = output_logits(self.model(**model_inputs(batch)))
+        finally:
+            for h in handles:
+                h.remove()
+        return calls, logits
+
+    def _output_grads(self, calls, logits, classes, weights):
+        """Gradients of the k objectives w.r.t. each call's output → list of [k, B, *out]."""
+        b, c = logits.shape
+        probs = torch.softmax(logits.detach(), dim=-1)
+        onehot = nn.functional.one_hot(classes, c).to(probs.dtype)  # [B, k, C]
+        seed = onehot - probs[:, None, :]
+        if weights is not None:
+            seed = seed * weights[..., None].to(seed.dtype)
+        seed = seed.transpose(0, 1).contiguous()  # [k, B, C]
+        outs = [out for _, _, out in calls]
+        k = seed.shape[0]
+        if k == 1:
+            grads = torch.autograd.grad(logits, outs, seed[0], allow_unused=True)
+            grads = [None if g is None else g[None] for g in grads]
+        else:
+            try:
+                grads = torch.autograd.grad(
+                    logits, outs, seed, is_grads_batched=True, allow_unused=True, retain_graph=True
+                )
+            except RuntimeError:  # an op without a batching rule: one backward per objective
+                per = [
+                    torch.autograd.grad(logits, outs, seed[j], allow_unused=True, retain_graph=True)
+                    for j in range(k)
+                ]
+                grads = [
+                    None if per[0][i] is None else torch.stack([p[i] for p in per])
+                    for i in range(len(outs))
+                ]
+        return [
+            torch.zeros((k, *out.shape), dtype=out.dtype, device=out.device) if g is None else g
+            for g, out in zip(grads, outs)
+        ]
+
+    def _fast_rows(self, batch, logits, classes, weights) -> dict[str, torch.Tensor]:
+        """Per-example class gradients of the fast parameters → {name: [B, k, *shape]}."""
+        calls, lg = self._forward(batch)
+        grads = self._output_grads(calls, lg, classes, weights)
+        b, k = classes.shape
+        out = {}
+        for n in self.fast_names:
+            shape = self._slots[n][2]
+            out[n] = torch.zeros((b, k, *shape), dtype=lg.dtype, device=lg.device)
+        self._accumulate(calls, grads, out, diag=False)
+        return out
+
+    def _accumulate(self, calls, grads, dests, diag: bool) -> None:
+        by_module: dict[int, list[tuple[str, str]]] = {}
+        for n in dests:
+            for o in self._owners[n]:
+                by_module.setdefault(id(o.module), []).append((o.attr, n))
+        for (module, a, _), g in zip(calls, grads):
+            targets = by_module.get(id(module), [])
+            if not targets:
+                continue
+            rule = rule_name(module)
+            sub = {attr: dests[n] for attr, n in targets}
+            (DIAG_RULES if diag else RULES)[rule](module, a, g, sub)
+
+    # ------------------------------------------------------------------ public API
+    def class_grads(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        classes: torch.Tensor,
+        n_logits: int,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """w_bc·∇_θ log p_c(x_b) for classes int [B, k] (of ``n_logits``) → [B, k, m]."""
+        self.prepare(batch)
+        b, k = classes.shape
+        if not self.fast_names:
+            return self._func.class_grads(batch, classes, n_logits, weights)
+        rows = torch.empty((b, k, self.n_parameters), dtype=self.dtype, device=self.device)
+        calls, lg = self._forward(batch)
+        grads = self._output_grads(calls, lg, classes, weights)
+        dests = {}
+        for n in self.fast_names:
+            off, size, shape = self._slots[n]
+            view = rows[:, :, off : off + size]
+            view.zero_()
+            dests[n] = view.view(b, k, *shape)
+        self._accumulate(calls, grads, dests, diag=False)
+        del calls, grads
+        if self._func is not None:
+            self._fill_func(rows, self._func.class_grads(batch, classes, n_logits, weights))
+        return rows
+
+    def diag_fisher(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        classes: torch.Tensor,
+        n_logits: int,
+        weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Σ_j (w_bj ∇_θ log p_{c_bj}(x_b))² → [B, m] (the D-PEF when w = sqrt(p)).
+
+        Layers applied once per example use Σ_j (g_j∘g_j) ⊗ (a∘a) directly; the others (and
+        shared weights) form their per-class gradients and square them.
+        """
+        self.prepare(batch)
+        b, k = classes.shape
+        if not self.fast_names:
+            return self._func.class_grads(batch, classes, n_logits, weights).square().sum(1)
+        dtype, device = self.dtype, self.device
+        diag = torch.zeros((b, self.n_parameters), dtype=dtype, device=device)
+        calls, lg = self._forward(batch)
+        grads = self._output_grads(calls, lg, classes, weights)
+        n_calls: dict[int, int] = {}
+        for m, _, _ in calls:
+            n_calls[id(m)] = n_calls.get(id(m), 0) + 1
+        direct, dense = {}, {}
+        for n in self.fast_names:
+            off, size, shape = self._slots[n]
+            owners = self._owners[n]
+            o = owners[0]
+            call = next((c for c in calls if c[0] is o.module), None)
+            if (
+                len(owners) == 1
+                and n_calls.get(id(o.module), 0) == 1
+                and call is not None
+                and once_per_example(o.rule, o.module, call[1])
+            ):
+                direct[n] = diag[:, off : off + size].view(b, *shape)
+            else:
+                dense[n] = torch.zeros((b, k, *shape), dtype=dtype, device=device)
+        self._accumulate(calls, grads, direct, diag=True)
+        self._accumulate(calls, grads, dense, diag=False)
+        del calls, grads
+        for n, t in dense.items():
+            off, size, _ = self._slots[n]
+            diag[:, off : off + size] = t.reshape(b, k, size).square().sum(1)
+        if self._func is not None:
+            self._fill_func(
+                diag, self._func.class_grads(batch, classes, n_logits, weights).square().sum(1)
+            )
+        return diag
+
+    def _fill_func(self, out: torch.Tensor, func: torch.Tensor) -> None:
+        """Copy the torch.func parameters' columns (in layout order) into ``out`` [..., m]."""
+        pos = 0
+        for n in self.func_names:
+            off, size, _ = self._slots[n]
+            out[..., off : off + size] = func[..., pos : pos + size]
+            pos += size
+
+
+def _owners(model: nn.Module, named) -> dict[str, list[_Owner]]:
+    """For each selected parameter, its owner layers if every one is covered, else []."""
+    by_id: dict[int, list[_Owner | None]] = {}
+    for module in model.modules():
+        rule = rule_name(module)
+        for attr, p in module._parameters.items():
+            if p is None:
+                continue
+            ok = rule is not None and attr in ("weight", "bias")
+            by_id.setdefault(id(p), []).append(_Owner(module, rule, attr) if ok else None)
+    out = {}
+    for n, p in named:
+        owners = by_id.get(id(p), [])
+        out[n] = owners if owners and all(o is not None for o in owners) else []
+    return out
+
+
+def build_engine(model: nn.Module, named_params, mode: str = "auto"):
+    """The gradient engine for ``compute_pefs``: :class:`FisherEngine` (any mode)."""
+    return FisherEngine(model, named_params, mode)
