@@ -155,7 +155,7 @@ def compute_pefs(
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             engine.prepare(batch)
             meta["fisher_engine"] = engine.assignment()
-            logits = engine.logits(batch)
+            logits = engine.logits(batch, keep=chunk_size >= len(batch[LABELS_KEY]))
             n_logits = int(logits.shape[-1])
             if writer is None:
                 n_rows = sel.n_rows(n_logits)
@@ -259,7 +259,9 @@ def _process_batch(
         if dsf_mode == "expectation":
             if rows_are_full:  # a: rows [b, C, m], or the D-PEFs [b, m]
                 dims = (0,) if sel.kind == "diag" else (0, 1)
-                dsf_sum += (a if sel.kind == "diag" else a.pow(2)).sum(dim=dims).double().cpu().numpy()
+                dsf_sum += (
+                    (a if sel.kind == "diag" else a.pow(2)).sum(dim=dims).double().cpu().numpy()
+                )
             else:
                 dsf_sum += _full_expectation(engine, sub, logits[lo:hi])
         elif dsf_mode == "sampling":
