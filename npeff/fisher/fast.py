@@ -14,6 +14,7 @@ torch.func path on the first examples — or forced with ``mode="fast"`` / ``mod
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
 from npeff.fisher.layers import DIAG_RULES, RULES, once_per_example, rule_name
 
 ENGINES = ("auto", "fast", "func")
+# model → {(fast candidates, mode): parameters that passed prepare()'s check}
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -138,6 +141,11 @@ class FisherEngine:
         if self._prepared:
             return
         self._prepared = True
+        key = (tuple(self.fast_names), self.mode)
+        checked = _CHECKED.get(self.model, {})
+        if key in checked:  # this model and parameter set were checked in this process
+            self._demote([n for n in self.fast_names if n not in checked[key]], "see above")
+            return
         sub = {k: v[: min(2, len(v))] for k, v in batch.items()}
         b = len(next(iter(sub.values())))
         calls, logits = self._forward(sub)
@@ -168,7 +176,8 @@ class FisherEngine:
             scale = float(r.norm()) + 1e-30
             if float((f.reshape(r.shape) - r).norm()) > tol * max(scale, float(ref.norm()) * 1e-3):
                 wrong.append(n)
-        self._demote(wrong, "its fast-path gradients differ from torch.func's")
+        self._demote(wrong, "its fast-path gradients differ from an autograd loop's")
+        _CHECKED.setdefault(self.model, {})[key] = set(self.fast_names)
 
     def _demote(self, names: list[str], why: str) -> None:
         if not names:
