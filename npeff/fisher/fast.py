@@ -23,7 +23,7 @@ from torch import nn
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
-from npeff.fisher.layers import DIAG_RULES, RULES, once_per_example, rule_name
+from npeff.fisher.layers import DIAG_RULES, FRESH, RULES, once_per_example, rule_name
 
 ENGINES = ("auto", "fast", "func")
 # model → {(fast candidates, mode): parameters that passed prepare()'s check}
@@ -271,22 +271,29 @@ class FisherEngine:
         out = {}
         for n in self.fast_names:
             shape = self._slots[n][2]
-            out[n] = torch.zeros((b, k, *shape), dtype=lg.dtype, device=lg.device)
+            out[n] = torch.empty((b, k, *shape), dtype=lg.dtype, device=lg.device)
         self._accumulate(calls, grads, out, diag=False)
         return out
 
     def _accumulate(self, calls, grads, dests, diag: bool) -> None:
+        """Add every call's contribution to ``dests`` {name: tensor}, whose contents are garbage
+        on entry: the first write to each overwrites it, a parameter never reached is zeroed."""
         by_module: dict[int, list[tuple[str, str]]] = {}
         for n in dests:
             for o in self._owners[n]:
                 by_module.setdefault(id(o.module), []).append((o.attr, n))
+        fresh = set(dests)
         for (module, a, _), g in zip(calls, grads):
             targets = by_module.get(id(module), [])
             if not targets:
                 continue
             rule = rule_name(module)
             sub = {attr: dests[n] for attr, n in targets}
+            sub[FRESH] = {attr for attr, n in targets if n in fresh}
             (DIAG_RULES if diag else RULES)[rule](module, a, g, sub)
+            fresh -= {n for _, n in targets}
+        for n in fresh:
+            dests[n].zero_()
 
     # ------------------------------------------------------------------ public API
     def class_grads(
@@ -307,9 +314,7 @@ class FisherEngine:
         dests = {}
         for n in self.fast_names:
             off, size, shape = self._slots[n]
-            view = rows[:, :, off : off + size]
-            view.zero_()
-            dests[n] = view.view(b, k, *shape)
+            dests[n] = rows[:, :, off : off + size].view(b, k, *shape)
         self._accumulate(calls, grads, dests, diag=False)
         del calls, grads
         if self._func is not None:
@@ -333,7 +338,7 @@ class FisherEngine:
         if not self.fast_names:
             return self._func.class_grads(batch, classes, n_logits, weights).square().sum(1)
         dtype, device = self.dtype, self.device
-        diag = torch.zeros((b, self.n_parameters), dtype=dtype, device=device)
+        diag = torch.empty((b, self.n_parameters), dtype=dtype, device=device)
         calls, lg = self._forward_once(batch)
         grads = self._output_grads(calls, lg, classes, weights)
         n_calls: dict[int, int] = {}
@@ -353,7 +358,7 @@ class FisherEngine:
             ):
                 direct[n] = diag[:, off : off + size].view(b, *shape)
             else:
-                dense[n] = torch.zeros((b, k, *shape), dtype=dtype, device=device)
+                dense[n] = torch.empty((b, k, *shape), dtype=dtype, device=device)
         self._accumulate(calls, grads, direct, diag=True)
         self._accumulate(calls, grads, dense, diag=False)
         del calls, grads

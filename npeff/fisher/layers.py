@@ -62,9 +62,29 @@ def _positions(a: torch.Tensor, features: int) -> torch.Tensor:
     return a.reshape(a.shape[0], -1, features)
 
 
-def _outer_into(dest, u, v):
-    """dest [B, k, p, q] += u [B, k, p] ⊗ v [B, q] in one pass (no temporary)."""
-    dest.addcmul_(u[..., None], v[:, None, None, :])
+FRESH = "fresh"  # dests[FRESH]: the attributes whose destination holds garbage, to overwrite
+
+
+def _write(dests, attr, value):
+    """dests[attr] += value, or = value where the destination is fresh (saves zeroing it)."""
+    fresh = dests.get(FRESH, ())
+    if attr in fresh:
+        dests[attr].copy_(value)
+    else:
+        dests[attr].add_(value)
+
+
+def _write_product(dests, attr, u, v):
+    """dests[attr] (+)= u ∘ v (broadcast) in one pass, without a temporary."""
+    if attr in dests.get(FRESH, ()):
+        torch.mul(u, v, out=dests[attr])
+    else:
+        dests[attr].addcmul_(u, v)
+
+
+def _outer_into(dests, attr, u, v):
+    """dest [B, k, p, q] (+)= u [B, k, p] ⊗ v [B, q]."""
+    _write_product(dests, attr, u[..., None], v[:, None, None, :])
 
 
 def _linear(module, a, g, dests):
@@ -73,20 +93,20 @@ def _linear(module, a, g, dests):
     o, i = module.weight.shape
     g4 = g.reshape(k, b, -1, o)
     if "weight" in dests and a.ndim == 2:  # once per example: an outer product
-        _outer_into(dests["weight"], g4[:, :, 0].transpose(0, 1), a)
+        _outer_into(dests, "weight", g4[:, :, 0].transpose(0, 1), a)
     elif "weight" in dests:
-        dests["weight"].add_(torch.einsum("kbso,bsi->bkoi", g4, _positions(a, i)))
+        _write(dests, "weight", torch.einsum("kbso,bsi->bkoi", g4, _positions(a, i)))
     if "bias" in dests:
-        dests["bias"].add_(g4.sum(2).transpose(0, 1))
+        _write(dests, "bias", g4.sum(2).transpose(0, 1))
 
 
 def _linear_diag(module, a, g, dests):
     o, i = module.weight.shape
     g2 = g.reshape(g.shape[0], g.shape[1], o).square()
     if "weight" in dests:  # Σ_k (g_k∘g_k) ⊗ (a∘a)
-        dests["weight"].addcmul_(g2.sum(0)[:, :, None], a.reshape(a.shape[0], 1, i).square())
+        _write_product(dests, "weight", g2.sum(0)[:, :, None], a.reshape(a.shape[0], 1, i).square())
     if "bias" in dests:
-        dests["bias"].add_(g2.sum(0))
+        _write(dests, "bias", g2.sum(0))
 
 
 def _hf_conv1d(module, a, g, dests):
@@ -95,18 +115,18 @@ def _hf_conv1d(module, a, g, dests):
     i, o = module.weight.shape
     g4 = g.reshape(k, b, -1, o)
     if "weight" in dests:
-        dests["weight"].add_(torch.einsum("kbso,bsi->bkio", g4, _positions(a, i)))
+        _write(dests, "weight", torch.einsum("kbso,bsi->bkio", g4, _positions(a, i)))
     if "bias" in dests:
-        dests["bias"].add_(g4.sum(2).transpose(0, 1))
+        _write(dests, "bias", g4.sum(2).transpose(0, 1))
 
 
 def _hf_conv1d_diag(module, a, g, dests):
     i, o = module.weight.shape
     g2 = g.reshape(g.shape[0], g.shape[1], o).square()
     if "weight" in dests:
-        dests["weight"].addcmul_(a.reshape(a.shape[0], i, 1).square(), g2.sum(0)[:, None, :])
+        _write_product(dests, "weight", a.reshape(a.shape[0], i, 1).square(), g2.sum(0)[:, None, :])
     if "bias" in dests:
-        dests["bias"].add_(g2.sum(0))
+        _write(dests, "bias", g2.sum(0))
 
 
 def unfold(a: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tensor:
@@ -135,9 +155,9 @@ def _conv(module, a, g, dests):
         else:
             cols = unfold(a, module.kernel_size, module.stride, module.padding, module.dilation)
         gw = torch.einsum("kbol,bil->bkoi", g.reshape(k, b, c_out, -1), cols)
-        dests["weight"].add_(gw.reshape(dests["weight"].shape))
+        _write(dests, "weight", gw.reshape(dests["weight"].shape))
     if "bias" in dests:
-        dests["bias"].add_(g.reshape(k, b, c_out, -1).sum(3).transpose(0, 1))
+        _write(dests, "bias", g.reshape(k, b, c_out, -1).sum(3).transpose(0, 1))
 
 
 def _embedding(module, ids, g, dests):
@@ -151,6 +171,8 @@ def _embedding(module, ids, g, dests):
     if module.padding_idx is not None:
         g4 = g4 * (ids != module.padding_idx)[None, :, :, None].to(g4.dtype)
     dest = dests["weight"]  # [B, k, V, D]
+    if "weight" in dests.get(FRESH, ()):
+        dest.zero_()
     index = ids[:, None, :, None].expand(b, k, ids.shape[1], d)
     dest.scatter_add_(2, index, g4.transpose(0, 1))
 
@@ -166,11 +188,11 @@ def _layernorm(module, a, g, dests):
     g4 = g.reshape(k, b, -1, n)
     if "weight" in dests:
         xhat = _layernorm_hat(module, a).reshape(b, -1, n)
-        dests["weight"].add_(
-            (g4 * xhat[None]).sum(2).transpose(0, 1).reshape(dests["weight"].shape)
+        _write(
+            dests, "weight", (g4 * xhat[None]).sum(2).transpose(0, 1).reshape(dests["weight"].shape)
         )
     if "bias" in dests:
-        dests["bias"].add_(g4.sum(2).transpose(0, 1).reshape(dests["bias"].shape))
+        _write(dests, "bias", g4.sum(2).transpose(0, 1).reshape(dests["bias"].shape))
 
 
 def _layernorm_diag(module, a, g, dests):
@@ -178,9 +200,9 @@ def _layernorm_diag(module, a, g, dests):
     g2 = g.reshape(g.shape[0], b, -1).square()
     if "weight" in dests:
         xhat2 = _layernorm_hat(module, a).reshape(b, -1).square()
-        dests["weight"].add_((g2.sum(0) * xhat2).reshape(dests["weight"].shape))
+        _write(dests, "weight", (g2.sum(0) * xhat2).reshape(dests["weight"].shape))
     if "bias" in dests:
-        dests["bias"].add_(g2.sum(0).reshape(dests["bias"].shape))
+        _write(dests, "bias", g2.sum(0).reshape(dests["bias"].shape))
 
 
 Rule = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]], None]
