@@ -17,7 +17,6 @@ from torch import nn
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.perturbation import PerturbationResult
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
-from npeff.perturb.prefix_cache import PrefixCache
 from npeff.perturb.metrics import (
     best_sign_index,
     per_example_kl,
@@ -25,6 +24,7 @@ from npeff.perturb.metrics import (
     safe_ratio,
     top_indices,
 )
+from npeff.perturb.prefix_cache import PrefixCache
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 
 SIGNS = (1, -1)  # sign axis 0 = +, 1 = −
@@ -99,7 +99,9 @@ class PerturbationEvaluator:
             model, None, settings.batch_size, self.forward, progress=progress
         )
         self.prefix = (
-            PrefixCache.build(model, cache, layout.names, settings.batch_size, self.forward, progress)
+            PrefixCache.build(
+                model, cache, layout.names, settings.batch_size, self.forward, progress
+            )
             if settings.cache_prefix
             else None
         )
