@@ -177,3 +177,15 @@ def test_compute_pefs_same_file_with_either_engine(tmp_path, kind):
     assert (fast.indices == func.indices).all()
     if kind == "lrm":
         assert (fast.col_offsets == func.col_offsets).all()
+
+
+def test_stage_device_follows_trainer_accelerator():
+    from npeff.run.pefs import stage_device
+
+    assert stage_device("cpu").type == "cpu"
+    assert stage_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert stage_device("gpu").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA device"):
+            stage_device("gpu")
