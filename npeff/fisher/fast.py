@@ -150,7 +150,9 @@ class FisherEngine:
         b = len(next(iter(sub.values())))
         calls, logits = self._forward(sub)
         seen = {id(m) for m, _, _ in calls}
-        bad_modules = {id(m) for m, a, out in calls if a.shape[0] != b or out.shape[0] != b}
+        bad_modules = {
+            id(m) for m, a, out in calls if a is None or a.shape[0] != b or out.shape[0] != b
+        }
         bad = [
             n
             for n in self.fast_names
@@ -212,6 +214,9 @@ class FisherEngine:
         b = len(next(iter(batch.values())))
 
         def hook(module, args, out):
+            if not args or not torch.is_tensor(args[0]) or not torch.is_tensor(out):
+                calls.append((module, None, out))  # called with keywords: not covered
+                return out
             a = args[0].detach()
             if b > 1 and a.shape[0] == 1 and out.shape[0] == 1 and isinstance(module, nn.Embedding):
                 # an input shared by the batch (BERT's position ids [1, L]): give each example
