@@ -1,5 +1,5 @@
-"""Benchmark: npeff's per-example Fisher (torch.func, vectorised, sparsified in-batch, streamed
-to HDF5) vs a naive loop of per-example, per-class backward passes, on the same model and data.
+"""Benchmark: npeff's per-example Fisher (per-layer fast path, torch.func elsewhere, sparsified
+in-batch, streamed to HDF5) vs a naive loop of per-example, per-class backward passes, on the same model and data.
 
 Both produce the same LRM-PEFs (rows sqrt(p_c)·∇log p_c, Gram Frobenius norm, top-K over all
 class rows with sorted indices); the naive loop keeps them in memory (no file). Models:

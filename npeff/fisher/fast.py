@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.func import vjp, vmap
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
@@ -72,6 +73,7 @@ class FisherEngine:
                 )
         self._prepared = mode == "func" or not self.fast_names
         self._kept = None
+        self._shapes: dict = {}
         self._func: PerExampleGrads | None = None
         self._rebuild_func()
 
@@ -115,9 +117,9 @@ class FisherEngine:
         """
         self._kept = None
         if keep and self._prepared and self.fast_names:
-            calls, lg = self._forward(batch)
-            self._kept = (_batch_key(batch), calls, lg)
-            return lg.detach()
+            fwd = self._forward_vjp(batch)
+            self._kept = (_batch_key(batch), fwd)
+            return fwd[1].detach()
         with torch.no_grad():
             return output_logits(self.model(**model_inputs(batch)))
 
@@ -125,8 +127,67 @@ class FisherEngine:
         """The hooked forward of ``batch``: the one kept by ``logits(keep=True)`` or a new one."""
         kept, self._kept = self._kept, None
         if kept is not None and kept[0] == _batch_key(batch):
-            return kept[1], kept[2]
-        return self._forward(batch)
+            return kept[1]
+        return self._forward_vjp(batch)
+
+    def _forward_vjp(self, batch):
+        """The hooked forward under ``torch.func.vjp`` → (calls [(module, input, None)], logits,
+        vjp_fn of the logits w.r.t. the outputs of the calls).
+
+        ``vmap(vjp_fn)`` backpropagates the k seeds with torch.func's batching rules, which fold
+        them into the batch (convolution and pooling backward included; 2-3x faster on a CNN
+        than ``is_grads_batched``, the fallback with ``vjp_fn`` None). The zero offsets added to
+        the outputs (the primals) need the outputs' shapes: taken once per input shape.
+        """
+        key = tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
+        try:
+            shapes = self._shapes.get(key)
+            if shapes is None:
+                calls, _ = self._forward(batch)
+                shapes = self._shapes[key] = [tuple(out.shape) for _, _, out in calls]
+                del calls
+            return self._functional_forward(batch, shapes)
+        except Exception:  # noqa: BLE001 — any transform failure: the autograd path
+            calls, lg = self._forward(batch)
+            return calls, lg, None
+
+    def _functional_forward(self, batch, shapes):
+        modules = {id(o.module): o.module for n in self.fast_names for o in self._owners[n]}
+        b = len(next(iter(batch.values())))
+        order: list = []
+        zeros = [torch.zeros(sh, dtype=self.dtype, device=self.device) for sh in shapes]
+
+        def f(*eps):
+            it = iter(eps)
+            inputs: list = []
+
+            def hook(module, args, out):
+                a = args[0]
+                if (
+                    b > 1
+                    and a.shape[0] == 1
+                    and out.shape[0] == 1
+                    and isinstance(module, nn.Embedding)
+                ):
+                    a = a.expand(b, *a.shape[1:])
+                    out = out.expand(b, *out.shape[1:])
+                order.append(module)
+                inputs.append(a)
+                return out + next(it)
+
+            handles = [m.register_forward_hook(hook) for m in modules.values()]
+            try:
+                lg = output_logits(self.model(**model_inputs(batch)))
+            finally:
+                for h in handles:
+                    h.remove()
+            if len(inputs) != len(eps):
+                raise RuntimeError("the layers were called a different number of times")
+            return lg, inputs
+
+        with torch.no_grad():
+            lg, fn, inputs = vjp(f, *zeros, has_aux=True)
+        return [(m, a, None) for m, a in zip(order, inputs)], lg, fn
 
     # ------------------------------------------------------------------ the automatic choice
     def prepare(self, batch: Mapping[str, torch.Tensor]) -> None:
@@ -235,7 +296,7 @@ class FisherEngine:
                 h.remove()
         return calls, logits
 
-    def _output_grads(self, calls, logits, classes, weights):
+    def _output_grads(self, calls, logits, classes, weights, fn=None):
         """Gradients of the k objectives w.r.t. each call's output → list of [k, B, *out]."""
         b, c = logits.shape
         probs = torch.softmax(logits.detach(), dim=-1)
@@ -244,8 +305,11 @@ class FisherEngine:
         if weights is not None:
             seed = seed * weights[..., None].to(seed.dtype)
         seed = seed.transpose(0, 1).contiguous()  # [k, B, C]
-        outs = [out for _, _, out in calls]
         k = seed.shape[0]
+        if fn is not None:
+            with torch.no_grad():
+                return list(vmap(fn)(seed))
+        outs = [out for _, _, out in calls]
         if k == 1:
             grads = torch.autograd.grad(logits, outs, seed[0], allow_unused=True)
             grads = [None if g is None else g[None] for g in grads]
@@ -270,8 +334,8 @@ class FisherEngine:
 
     def _fast_rows(self, batch, logits, classes, weights) -> dict[str, torch.Tensor]:
         """Per-example class gradients of the fast parameters → {name: [B, k, *shape]}."""
-        calls, lg = self._forward_once(batch)
-        grads = self._output_grads(calls, lg, classes, weights)
+        calls, lg, fn = self._forward_once(batch)
+        grads = self._output_grads(calls, lg, classes, weights, fn)
         b, k = classes.shape
         out = {}
         for n in self.fast_names:
@@ -314,8 +378,8 @@ class FisherEngine:
         if not self.fast_names:
             return self._func.class_grads(batch, classes, n_logits, weights)
         rows = torch.empty((b, k, self.n_parameters), dtype=self.dtype, device=self.device)
-        calls, lg = self._forward_once(batch)
-        grads = self._output_grads(calls, lg, classes, weights)
+        calls, lg, fn = self._forward_once(batch)
+        grads = self._output_grads(calls, lg, classes, weights, fn)
         dests = {}
         for n in self.fast_names:
             off, size, shape = self._slots[n]
@@ -344,8 +408,8 @@ class FisherEngine:
             return self._func.class_grads(batch, classes, n_logits, weights).square().sum(1)
         dtype, device = self.dtype, self.device
         diag = torch.empty((b, self.n_parameters), dtype=dtype, device=device)
-        calls, lg = self._forward_once(batch)
-        grads = self._output_grads(calls, lg, classes, weights)
+        calls, lg, fn = self._forward_once(batch)
+        grads = self._output_grads(calls, lg, classes, weights, fn)
         n_calls: dict[int, int] = {}
         for m, _, _ in calls:
             n_calls[id(m)] = n_calls.get(id(m), 0) + 1
