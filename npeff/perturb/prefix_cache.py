@@ -161,8 +161,8 @@ def plan_prefix(
     ``batch``; None when there is none or its replay does not reproduce the logits."""
     forward = forward or default_forward_logits
     perturbed = set(perturbed)
-    if model.training:
-        raise ValueError("call model.eval() before caching a prefix (dropout is not replayable)")
+    if model.training:  # dropout would make the stored prefix one random draw: do not cache
+        return None
     events, logits = _record_order(model, batch, forward)
     frozen = _frozen_modules(model, perturbed, events)
     if not frozen:
