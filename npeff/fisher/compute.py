@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from npeff.artifacts.pefs import PefsWriter, save_dataset_fisher
 from npeff.fisher.classes import ClassSelection, select_rows
-from npeff.fisher.grads import LABELS_KEY, PerExampleGrads, select_named_parameters
+from npeff.fisher.fast import ENGINES, FisherEngine
+from npeff.fisher.grads import LABELS_KEY, select_named_parameters
 from npeff.fisher.sparsify import sparsify_diag, sparsify_rows
 
 DSF_MODES = ("expectation", "sampling")
@@ -66,6 +67,7 @@ def compute_pefs(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     index_offset: int = 0,
+    engine: str = "auto",
 ) -> Path:
     """Compute the PEFs of ``model`` on every example of ``loader`` and write them to ``path``.
 
@@ -87,6 +89,9 @@ def compute_pefs(
       metadata: stored in the file (``config``, ``model_identity``, ``source`` get their own attrs).
       on_chunk: called with the number of committed examples after each chunk (tests, progress).
       index_offset: global index of the loader's first example (shards of a multi-process run).
+      engine: "auto" (per-layer fast path where it covers a parameter, torch.func elsewhere),
+        "fast" (error if it does not cover all) or "func" (torch.func for all). The choice per
+        parameter is stored in the file's metadata under ``fisher_engine``; values are the same.
 
     Rerunning with the same arguments after an interruption resumes after the last committed
     chunk; a complete file is left as it is. Returns ``path``.
@@ -100,11 +105,13 @@ def compute_pefs(
         raise ValueError(
             f"dataset_fisher must be None or one of {DSF_MODES}, got {dataset_fisher!r}"
         )
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     path = Path(path)
     dsf_path = Path(dataset_fisher_path) if dataset_fisher_path else path.parent / "dsf.h5"
 
     named = select_named_parameters(model, params, exclude_params)
-    engine = PerExampleGrads(model, named)
+    engine = FisherEngine(model, named, engine)
     m = engine.n_parameters
     keep_large_allocations()
     if kind == "diag" and n_values > m:
@@ -144,8 +151,10 @@ def compute_pefs(
                     f"a batch must be a dict with {LABELS_KEY!r} [B] plus the model's keyword "
                     f"inputs; got keys {sorted(batch)}"
                 )
-            batch = {k: v.to(engine.theta.device) for k, v in batch.items()}
-            logits = engine.logits(batch)
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            engine.prepare(batch)
+            meta["fisher_engine"] = engine.assignment()
+            logits = engine.logits(batch, keep=chunk_size >= len(batch[LABELS_KEY]))
             n_logits = int(logits.shape[-1])
             if writer is None:
                 n_rows = sel.n_rows(n_logits)
@@ -198,7 +207,7 @@ def compute_pefs(
                     **{k: v for k, v in meta.items() if k in ("config", "model_identity")},
                 },
             )
-        writer.finalize()
+        writer.finalize({"fisher_engine": engine.assignment()})
     finally:
         bar.close()
         if writer is not None:
@@ -207,7 +216,7 @@ def compute_pefs(
 
 
 def _process_batch(
-    engine: PerExampleGrads,
+    engine: FisherEngine,
     sel: ClassSelection,
     batch: Mapping[str, torch.Tensor],
     logits: torch.Tensor,
@@ -230,12 +239,12 @@ def _process_batch(
     for lo in range(0, b, chunk_size):
         hi = min(lo + chunk_size, b)
         sub = {k: v[lo:hi] for k, v in batch.items()}
-        a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
         if sel.kind == "diag":
-            dense = a.pow(2).sum(dim=1)
+            a = dense = engine.diag_fisher(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
             sp = sparsify_diag(dense, n_values)
             _add(pieces, values=sp.values, indices=sp.indices, norms=sp.norms)
         else:
+            a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
             ranks = None if rows.ranks is None else rows.ranks[lo:hi]
             sp = sparsify_rows(a, n_values, ranks)
             _add(pieces, values=sp.values, indices=sp.row_indices, norms=sp.norms)
@@ -248,8 +257,11 @@ def _process_batch(
                     pieces, col_sizes=torch.cat([sp.counts[i, : ranks[i]] for i in range(hi - lo)])
                 )
         if dsf_mode == "expectation":
-            if rows_are_full:
-                dsf_sum += a.pow(2).sum(dim=(0, 1)).double().cpu().numpy()
+            if rows_are_full:  # a: rows [b, C, m], or the D-PEFs [b, m]
+                dims = (0,) if sel.kind == "diag" else (0, 1)
+                dsf_sum += (
+                    (a if sel.kind == "diag" else a.pow(2)).sum(dim=dims).double().cpu().numpy()
+                )
             else:
                 dsf_sum += _full_expectation(engine, sub, logits[lo:hi])
         elif dsf_mode == "sampling":

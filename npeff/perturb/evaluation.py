@@ -24,6 +24,7 @@ from npeff.perturb.metrics import (
     safe_ratio,
     top_indices,
 )
+from npeff.perturb.prefix_cache import PrefixCache
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 
 SIGNS = (1, -1)  # sign axis 0 = +, 1 = −
@@ -33,13 +34,15 @@ SIGNS = (1, -1)  # sign axis 0 = +, 1 = −
 class EvalSettings:
     """n_top: top examples per component; n_baseline: random baseline size (capped at n);
     seed: baseline seed; batch_size: forward batch size; eval_all: also run all n examples per
-    perturbation (needed for the accuracy on all examples, else NaN)."""
+    perturbation (needed for the accuracy on all examples, else NaN); cache_prefix: reuse the
+    outputs of the modules that run before the first perturbed one (npeff/perturb/prefix_cache.py)."""
 
     n_top: int = 128
     n_baseline: int = 10_000
     seed: int = 0
     batch_size: int = 64
     eval_all: bool = True
+    cache_prefix: bool = True
 
 
 @dataclass
@@ -95,6 +98,13 @@ class PerturbationEvaluator:
         self.base_logits = cache.logits(
             model, None, settings.batch_size, self.forward, progress=progress
         )
+        self.prefix = (
+            PrefixCache.build(
+                model, cache, layout.names, settings.batch_size, self.forward, progress
+            )
+            if settings.cache_prefix
+            else None
+        )
         self.labels = cache.labels.numpy()
         self.correct_before = (self.base_logits.argmax(-1).numpy() == self.labels).astype(
             np.float64
@@ -111,6 +121,8 @@ class PerturbationEvaluator:
         return top_indices(self.W, j, self.settings.n_top)
 
     def _logits(self, indices: np.ndarray | None) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.prefix.logits(indices, self.settings.batch_size)
         return self.cache.logits(self.model, indices, self.settings.batch_size, self.forward)
 
     def mean_top_kl(self, indices: np.ndarray, vector: ParameterVector, scale: float) -> float:

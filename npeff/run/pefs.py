@@ -116,7 +116,25 @@ def fisher_kwargs(fc: DictConfig, params: DictConfig | None, seed: int) -> dict:
         chunk_size=int(fc.get("chunk_size", 16)),
         dataset_fisher=mode,
         seed=int(seed),
+        engine=str(fc.get("engine", "auto")),
     )
+
+
+def stage_device(accelerator: str):
+    """The device of a single-process stage from ``trainer.accelerator`` (``trainer=gpu`` sets
+    "auto": CUDA when present)."""
+    import torch
+
+    acc = accelerator.lower()
+    if acc in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=default"
+            )
+        return torch.device("cuda")
+    if acc == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict:
@@ -187,7 +205,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             **common,
         )
     else:
-        compute_pefs(loaded.model, loader, pefs_path, **common)
+        device = stage_device(str(trainer.get("accelerator", "cpu")))
+        compute_pefs(loaded.model.to(device), loader, pefs_path, **common)
     seconds = time.perf_counter() - t0
     if not is_global_zero():
         return {}  # every rank runs this stage under ddp / torchrun / srun; global rank 0 reports

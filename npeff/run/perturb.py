@@ -247,6 +247,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         seed=int(pc.seed),
         batch_size=int(pc.batch_size),
         eval_all=bool(pc.eval_all),
+        cache_prefix=bool(pc.get("cache_prefix", True)),
     )
     progress = bool(cfg.get("progress", True))
     ev = PerturbationEvaluator(model, cache, layout, dec.W, pefs.norms, settings, progress=progress)

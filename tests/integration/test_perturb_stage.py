@@ -153,8 +153,9 @@ def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, cou
     )
     metrics = run(cfg, tmp_path)
     assert counted_loads["loads"] == 1
-    # unperturbed logits once, then 3 components × 2 signs over all examples
-    assert counted_loads["rows"] == N_EVAL + 3 * 2 * N_EVAL
+    # unperturbed logits once, then 3 components × 2 signs over all examples (+ the prefix
+    # cache's 4-row probe; all parameters are perturbed, so nothing is cached)
+    assert counted_loads["rows"] == N_EVAL + 3 * 2 * N_EVAL + 4
     res = load_perturbation(tmp_path / "perturbation.h5")
     assert res.component_indices.tolist() == [0, 3, 4]
     assert res.metadata["split"] == "eval" and res.metadata["kind"] == "lrm"

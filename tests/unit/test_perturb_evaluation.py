@@ -174,8 +174,10 @@ def test_evaluate_matches_manual_perturbation():
 def test_model_runs_unperturbed_once_and_subset_mode_agrees():
     n, bs = 40, 8
     ev, model, x, y, layout, W, norms = _evaluator(n=n)
-    # construction: one pass over all n examples for the unperturbed logits (loader batches of 7)
-    assert model.calls == math.ceil(n / 7) and model.rows == n
+    # construction: one pass over all n examples for the unperturbed logits (loader batches of 7),
+    # plus the prefix cache's probe of 4 rows (all parameters are perturbed: nothing is cached)
+    assert model.calls == math.ceil(n / 7) + 1 and model.rows == n + 4
+    assert ev.prefix is None
     rng = np.random.default_rng(0)
     cols = np.arange(layout.n_parameters)
     G = rng.normal(size=(4, layout.n_parameters))
