@@ -89,6 +89,7 @@ def fit_sae(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
+    center: bool = False,
     progress: bool = False,
 ) -> SaeFit:
     """Train a sparse autoencoder on features X [n, d]; see the module docstring."""
@@ -98,7 +99,7 @@ def fit_sae(
     if int(n_features) < 1:
         raise ValueError(f"baseline.n_components must be >= 1, got {n_features}")
     n, d = X.shape
-    mean = X.mean(axis=0)
+    mean = np.zeros(d) if not center else X.mean(axis=0)
     scale = float(np.sqrt(((X - mean) ** 2).sum(axis=1).mean() / d)) or 1.0
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
@@ -119,7 +120,7 @@ def fit_sae(
             opt.step()
             sae.normalize_decoder()
             tot += float(loss.detach()) * len(xb)
-            rec_tot += float(rec) * len(xb)
+            rec_tot += float(rec.detach()) * len(xb)
         fit.losses.append(tot / n)
         fit.reconstruction.append(rec_tot / n)
     return fit

@@ -22,6 +22,7 @@ the features the baselines cluster.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,7 +196,9 @@ def tcav_test(
             if np.ptp(sc[c]) == 0 and np.ptp(null[c]) == 0:
                 p[c] = 1.0 if sc[c, 0] == null[c, 0] else 0.0
                 continue
-            res = stats.ttest_ind(sc[c], null[c], equal_var=False)
+            with warnings.catch_warnings():  # near-constant score sets: precision notes only
+                warnings.simplefilter("ignore", RuntimeWarning)
+                res = stats.ttest_ind(sc[c], null[c], equal_var=False)
             p[c] = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
         scores.append(sc)
         pvals.append(p)
