@@ -119,7 +119,11 @@ class ModuleTap:
                 f"module {self.name!r} returns a tensor of shape {tuple(out.shape)}; activations "
                 "need a batch axis and at least one feature axis"
             )
-        if out.ndim == 3 and isinstance(self.token, int) and not -out.shape[1] <= self.token < out.shape[1]:
+        if (
+            out.ndim == 3
+            and isinstance(self.token, int)
+            and not -out.shape[1] <= self.token < out.shape[1]
+        ):
             raise ValueError(
                 f"activations.token={self.token} is outside the {out.shape[1]} positions of "
                 f"module {self.name!r}"
@@ -244,12 +248,16 @@ def default_module(model: nn.Module) -> str:
 
     names = [n for n, _ in model.named_modules()]
     layers = [
-        (int(m.group(1)), n) for n in names if (m := re.search(r"encoder\.layer\.(\d+)\.output$", n))
+        (int(m.group(1)), n)
+        for n in names
+        if (m := re.search(r"encoder\.layer\.(\d+)\.output$", n))
     ]
     if layers:
         return max(layers)[1]
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    last_linear = max((i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)), default=-1)
+    last_linear = max(
+        (i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)), default=-1
+    )
     if last_linear <= 0:
         raise ValueError(
             "cannot pick a default layer for this model; set activations.module to one of: "

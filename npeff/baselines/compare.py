@@ -107,9 +107,7 @@ def compare_methods(
         row: dict = {"n_components": int(m.scores.shape[1])}
         if concepts is not None and np.size(concepts):
             row.update(
-                concept_protocol(
-                    m.scores, concepts, concept_names, labels, top_k, n_shuffles, seed
-                )
+                concept_protocol(m.scores, concepts, concept_names, labels, top_k, n_shuffles, seed)
             )
         if tcav_inputs is not None:
             feats, grads, tlabels = tcav_inputs

@@ -55,7 +55,9 @@ class KMeansFit:
         return assign.astype(np.int64), scores.astype(np.float32), member
 
 
-def fit_kmeans(X, n_clusters: int, seed: int = 0, n_init: int = 4, max_iter: int = 300) -> KMeansFit:
+def fit_kmeans(
+    X, n_clusters: int, seed: int = 0, n_init: int = 4, max_iter: int = 300
+) -> KMeansFit:
     """scikit-learn k-means (Lloyd) on features X [n, d] (dense or scipy sparse)."""
     from sklearn.cluster import KMeans
 

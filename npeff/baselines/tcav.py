@@ -62,9 +62,7 @@ def feature_gradients(
     return np.concatenate(feats), np.concatenate(grads), np.concatenate(labels).astype(np.int64)
 
 
-def fit_cavs(
-    pos: np.ndarray, neg: np.ndarray, l2: float = 1e-2, n_iters: int = 25
-) -> np.ndarray:
+def fit_cavs(pos: np.ndarray, neg: np.ndarray, l2: float = 1e-2, n_iters: int = 25) -> np.ndarray:
     """Unit CAVs [P, d]: L2-regularized logistic regressions of ``pos`` [P, a, d] (label 1) against
     ``neg`` [P, b, d] (label 0), P problems solved at once by Newton's method (in float64, inputs
     centred per problem and scaled by one global constant, so directions are those of the raw
@@ -183,7 +181,12 @@ def tcav_test(
         size = idx.size
         if size not in nulls:
             a = _random_sets(rng, everyone, size, n_random)
-            b = np.stack([rng.choice(np.setdiff1d(everyone, a[r]), size, replace=False) for r in range(n_random)])
+            b = np.stack(
+                [
+                    rng.choice(np.setdiff1d(everyone, a[r]), size, replace=False)
+                    for r in range(n_random)
+                ]
+            )
             nulls[size] = tcav_scores(grads, labels, fit_cavs(features[a], features[b], l2))
         rand = _random_sets(rng, np.setdiff1d(everyone, idx), size, n_random)
         pos = np.broadcast_to(features[idx], (n_random, size, features.shape[1]))

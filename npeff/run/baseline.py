@@ -176,10 +176,10 @@ def _validate(cfg: DictConfig, name: str, loaded, loaders) -> None:
         if str(cfg.sae.kind) not in SAE_KINDS:
             raise ValueError(f"unknown sae.kind {cfg.sae.kind!r}; choose one of {SAE_KINDS}")
         if str(cfg.sae.kind) == "topk" and not 1 <= int(cfg.sae.k) <= int(cfg.n_components):
-            raise ValueError(f"sae.k={cfg.sae.k} must be between 1 and n_components={cfg.n_components}")
-    if name != "gradient_kmeans" and not all(
-        cfg.inputs.get(f"activations_{s}") for s in SPLITS
-    ):
+            raise ValueError(
+                f"sae.k={cfg.sae.k} must be between 1 and n_components={cfg.n_components}"
+            )
+    if name != "gradient_kmeans" and not all(cfg.inputs.get(f"activations_{s}") for s in SPLITS):
         module, token = module_choice(cfg, loaded.model)
         probe(loaded.model, loaders["fit"], module, token)
 
@@ -330,6 +330,8 @@ def run_comparison(
     write_json_atomic(output_dir / "comparison.json", {"methods": table, "info": info})
     metrics = {"methods": table, "comparison": str(output_dir / "comparison.json"), **info}
     write_metrics(output_dir, metrics)
+    flat = {f"{m}/{k}": v for m, row in table.items() for k, v in row.items()}
+    log_stage_metrics(cfg, output_dir, flat, "comparison")
     return metrics
 
 

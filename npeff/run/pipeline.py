@@ -298,14 +298,19 @@ def _baseline_names(cfg: DictConfig) -> list[str]:
 def _baseline_config(cfg: DictConfig, ckpt: Path, **settings: Any) -> DictConfig:
     """conf/baseline.yaml for this pipeline: the NPEFF run's checkpoint, example counts, component
     count, parameters and K; then ``stages.baseline`` and ``stages.baseline_<name>``."""
-    pefs_fit, pefs_eval = stage_config(cfg, "pefs", "pefs_fit"), stage_config(cfg, "pefs", "pefs_eval")
+    pefs_fit, pefs_eval = (
+        stage_config(cfg, "pefs", "pefs_fit"),
+        stage_config(cfg, "pefs", "pefs_eval"),
+    )
     params = pefs_fit.get("params") or {}
     base = {
         "inputs": {"checkpoint": str(ckpt)},
         "seed": int(cfg.get("seed", 0)),
         "n_components": int(cfg.decomp.n_components),
         "n_examples": {"fit": pefs_fit.get("n_examples"), "eval": pefs_eval.get("n_examples")},
-        "params": OmegaConf.to_container(params, resolve=True) if OmegaConf.is_config(params) else {},
+        "params": OmegaConf.to_container(params, resolve=True)
+        if OmegaConf.is_config(params)
+        else {},
         "gradient": {"n_values": int(cfg.fisher.n_values)},
     }
     out = OmegaConf.merge(stage_config(cfg, "baseline", "-"), OmegaConf.create(base))
@@ -330,7 +335,10 @@ def _run_baselines(
         step = stages.dir("baseline_activations")
 
         def capture() -> dict:
-            return {f"activations_{s}": str(p) for s, p in baseline.capture_splits(base_cfg, step).items()}
+            return {
+                f"activations_{s}": str(p)
+                for s, p in baseline.capture_splits(base_cfg, step).items()
+            }
 
         acts = stages("baseline_activations", capture)
     files = {}

@@ -37,7 +37,9 @@ def test_activation_capture_matches_forward_and_resumes(toy_checkpoint, tmp_path
     loaded = load_checkpoint(toy_checkpoint)
     loader = loaded.task.dataloader("eval", batch_size=16, shuffle=False)
     module = "hf.bert.encoder.layer.0.output"
-    full = capture_activations(loaded.model, loader, tmp_path / "a.h5", module, "cls", progress=False)
+    full = capture_activations(
+        loaded.model, loader, tmp_path / "a.h5", module, "cls", progress=False
+    )
     acts = load_activations(full)
     # Reference: the encoder's last hidden state at the CLS position, from HF's own outputs.
     batch = next(iter(loader))
@@ -52,7 +54,9 @@ def test_activation_capture_matches_forward_and_resumes(toy_checkpoint, tmp_path
     np.testing.assert_allclose(acts.features[:16], hs[:, 0].numpy(), atol=1e-5)
     np.testing.assert_array_equal(acts.labels[:16], batch["labels"].numpy())
     # Mask-aware mean over the tokens.
-    mean = capture_activations(loaded.model, loader, tmp_path / "m.h5", module, "mean", progress=False)
+    mean = capture_activations(
+        loaded.model, loader, tmp_path / "m.h5", module, "mean", progress=False
+    )
     want = (hs * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     np.testing.assert_allclose(load_activations(mean).features[:16], want.numpy(), atol=1e-5)
 
@@ -64,8 +68,12 @@ def test_activation_capture_matches_forward_and_resumes(toy_checkpoint, tmp_path
     part = tmp_path / "p.h5"
     with h5py.File(full, "r") as f:
         fingerprint = json.loads(f[keys.NPEFF_GROUP].attrs[keys.ATTR_FINGERPRINT])
-    w = ActivationsWriter(part, fingerprint=fingerprint, n_features=acts.features.shape[1], n_logits=3)
-    w.append({k: getattr(acts, k)[:16] for k in ("features", "labels", "logits", "example_indices")})
+    w = ActivationsWriter(
+        part, fingerprint=fingerprint, n_features=acts.features.shape[1], n_logits=3
+    )
+    w.append(
+        {k: getattr(acts, k)[:16] for k in ("features", "labels", "logits", "example_indices")}
+    )
     w.close()
     capture_activations(loaded.model, loader, part, module, "cls", progress=False)
     resumed = load_activations(part)
@@ -78,7 +86,9 @@ def test_baseline_stage_writes_scores_and_report(toy_checkpoint, tmp_path, name)
     from npeff.artifacts.baseline import load_baseline
     from npeff.run import baseline
 
-    metrics = baseline.run(_cfg(toy_checkpoint, f"baseline={name}", "gradient.n_values=300"), tmp_path)
+    metrics = baseline.run(
+        _cfg(toy_checkpoint, f"baseline={name}", "gradient.n_values=300"), tmp_path
+    )
     res = load_baseline(tmp_path / "baseline.h5")
     assert res.kind == name and res.scores_eval.shape == (64, 4) and res.scores_fit.shape == (64, 4)
     assert (res.scores_eval >= 0).all()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from npeff.analysis.matching import average_max_cosine
@@ -61,9 +60,7 @@ def _planted_sparse(rng, n, d=20, F=8, active=2):
     return S @ D + 0.01 * rng.normal(size=(n, d)), D
 
 
-@pytest.mark.parametrize(
-    "kind, n, epochs, l1", [("topk", 1500, 20, 0.0), ("l1", 1000, 15, 3e-2)]
-)
+@pytest.mark.parametrize("kind, n, epochs, l1", [("topk", 1500, 20, 0.0), ("l1", 1000, 15, 3e-2)])
 def test_sae_loss_decreases_and_recovers_planted_features(kind, n, epochs, l1):
     rng = np.random.default_rng(0)
     X, D = _planted_sparse(rng, n=n)  # 8 planted directions, 2 active per example
@@ -111,10 +108,14 @@ def test_gradient_features_match_dense_autograd(tmp_path):
     rng = np.random.default_rng(1)
     model, loader, X, _ = _linear_model_and_loader(rng)
     dense = _dense_normalized_grads(model, X)  # [n, m], m = 3·8 + 3
-    full = gradient_features(load_pefs(compute_gradients(model, loader, tmp_path / "a.h5", 10**6, progress=False)))
+    full = gradient_features(
+        load_pefs(compute_gradients(model, loader, tmp_path / "a.h5", 10**6, progress=False))
+    )
     np.testing.assert_allclose(full.toarray(), dense, atol=1e-5)
     k = 5
-    top = gradient_features(load_pefs(compute_gradients(model, loader, tmp_path / "b.h5", k, progress=False)))
+    top = gradient_features(
+        load_pefs(compute_gradients(model, loader, tmp_path / "b.h5", k, progress=False))
+    )
     want = np.zeros_like(dense)
     for i, row in enumerate(dense):
         keep = np.argsort(-np.abs(row))[:k]
@@ -185,7 +186,9 @@ def test_fit_cavs_matches_sklearn_direction():
     y = np.r_[np.ones(30), np.zeros(30)]
     for p in range(3):
         # sklearn minimizes C·Σ loss + ½‖w‖², ours mean loss + (l2/2)‖w‖²: C = 1/(n·l2).
-        ref = LogisticRegression(C=1 / (60 * 1e-2), tol=1e-10, max_iter=10_000).fit(centred[p] / s, y)
+        ref = LogisticRegression(C=1 / (60 * 1e-2), tol=1e-10, max_iter=10_000).fit(
+            centred[p] / s, y
+        )
         w = ref.coef_[0] / np.linalg.norm(ref.coef_[0])
         assert float(w @ V[p]) > 0.999
 
