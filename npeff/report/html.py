@@ -193,7 +193,9 @@ def _comparison_html(comparison: dict[str, dict] | None) -> str:
         return ""
     head = "".join(f"<th>{escape(label)}</th>" for _, label in _COMPARISON_COLUMNS)
     rows = []
-    for method, row in comparison.items():
+    order = sorted(comparison, key=lambda m: (m != "npeff", m))  # NPEFF first
+    for method in order:
+        row = comparison[method]
         cells = []
         for key, _ in _COMPARISON_COLUMNS:
             if key == "selectivity_kl_ratio_median" and "selectivity" in row:
