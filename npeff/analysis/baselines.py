@@ -27,19 +27,15 @@ def membership_coefficients(assignments: np.ndarray, n_clusters: int | None = No
 def kmeans_baseline(
     features: np.ndarray, n_clusters: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means on per-example features [n, d].
+    """k-means on per-example features [n, d] (``npeff.baselines.kmeans``, fitted and applied on
+    the same examples).
 
     Returns:
-      assignments int [n]; scores float [n, k] = −distance to each centroid where the example
-      belongs to that cluster and −inf elsewhere, so ``top_indices`` ranks each cluster's examples
-      by closeness to its centroid (the paper's ranking).
+      assignments int [n]; scores float [n, k], non-negative, zero outside an example's cluster
+      and decreasing with the distance to the centroid inside it, so ``top_indices`` ranks each
+      cluster's examples by closeness to its centroid (the paper's ranking).
     """
-    from sklearn.cluster import KMeans
+    from npeff.baselines.kmeans import fit_kmeans
 
-    X = np.asarray(features, dtype=np.float64)
-    km = KMeans(n_clusters=int(n_clusters), random_state=seed, n_init=4).fit(X)
-    dist = km.transform(X)  # [n, k]
-    scores = np.full_like(dist, -np.inf)
-    rows = np.arange(X.shape[0])
-    scores[rows, km.labels_] = -dist[rows, km.labels_]
-    return km.labels_.astype(np.int64), scores
+    assign, scores, _ = fit_kmeans(features, n_clusters, seed=seed).apply(features)
+    return assign, scores

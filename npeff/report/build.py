@@ -31,6 +31,8 @@ def write_report(content: ReportContent, output_dir: str | os.PathLike) -> Path:
     summary["figures"] = sorted(f"{FIGURES_DIR}/{name}.png" for name in content.figures)
     if content.concept_analysis is not None:
         summary["concept_components"] = content.concept_analysis.to_dict()["components"]
+    if content.comparison is not None:
+        summary["comparison"] = content.comparison
     if content.kl_ratio is not None:
         summary["kl_ratio"] = np.asarray(content.kl_ratio).tolist()
     if content.norm_ratio is not None:

@@ -56,6 +56,7 @@ class ReportContent:
     kl_ratio: np.ndarray | None  # [c] per evaluated component
     norm_ratio: np.ndarray | None  # [c] (perturbation) or [r] (from PEF norms)
     concept_analysis: ConceptAnalysis | None = None
+    comparison: dict[str, dict] | None = None  # {method: metrics} (npeff.baselines.compare)
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:
@@ -125,6 +126,7 @@ def prepare_report(
     n_baseline: int = 10_000,
     title: str = "NPEFF report",
     sources: dict[str, Any] | None = None,
+    comparison: dict[str, dict] | None = None,
 ) -> ReportContent:
     """Collect the report's numbers, cards and figures.
 
@@ -137,6 +139,7 @@ def prepare_report(
       perturbation: a ``PerturbationResult`` (or a mapping with its fields), or None.
       label_names: class names for labels and predictions, or None (shown as numbers).
       coeffs: a coefficient file (``Decomposition``) or W [n, r] fitted on the report's examples.
+      comparison: {method: metrics} of NPEFF and baselines (``npeff.baselines.compare``), or None.
     """
     W = _coefficients(decomposition, coeffs)
     n, r = W.shape
@@ -370,4 +373,5 @@ def prepare_report(
         kl_ratio=kl_ratio,
         norm_ratio=norm_ratio,
         concept_analysis=analysis,
+        comparison=comparison,
     )

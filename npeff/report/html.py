@@ -24,6 +24,7 @@ table.summary { border-collapse:collapse; background:var(--card); border-radius:
 table.summary caption { text-align:left; padding:4px 0; font-size:12px; }
 table.summary td { padding:4px 12px; border-bottom:1px solid #e6e6ea; vertical-align:top; }
 table.summary td:first-child { color:var(--muted); white-space:nowrap; }
+table.summary th { padding:4px 12px; text-align:left; font-size:12px; border-bottom:1px solid #ccc; }
 .figs { display:flex; flex-wrap:wrap; gap:14px; }
 .figs figure { flex:1 1 480px; max-width:calc(50% - 7px); min-width:420px; margin:0; background:var(--card); padding:8px; border-radius:8px; box-shadow:0 1px 2px rgba(0,0,0,.08); }
 .figs img { max-width:100%; height:auto; display:block; }
@@ -177,6 +178,51 @@ def _card_html(card: ComponentCard) -> str:
     )
 
 
+_COMPARISON_COLUMNS = (
+    ("n_components", "components"),
+    ("concept_components", "concept components"),
+    ("concept_components_shuffled", "shuffled control"),
+    ("concept_components_within_label_shuffled", "within-label shuffled"),
+    ("concept_p_value", "p (shuffled)"),
+    ("tcav_significant_share", "TCAV-significant share"),
+    ("avg_max_cos_vs_npeff", "avg max cos → NPEFF"),
+    ("avg_max_cos_npeff_vs", "avg max cos NPEFF →"),
+    ("avg_max_cos_vs_npeff_shuffled", "(null →NPEFF)"),
+    ("selectivity_kl_ratio_median", "perturbation: median KL ratio"),
+)
+
+
+def _comparison_html(comparison: dict[str, dict] | None) -> str:
+    """NPEFF and the baselines side by side (one row per method)."""
+    if not comparison:
+        return ""
+    head = "".join(f"<th>{escape(label)}</th>" for _, label in _COMPARISON_COLUMNS)
+    rows = []
+    order = sorted(comparison, key=lambda m: (m != "npeff", m))  # NPEFF first
+    for method in order:
+        row = comparison[method]
+        cells = []
+        for key, _ in _COMPARISON_COLUMNS:
+            if key == "selectivity_kl_ratio_median" and "selectivity" in row:
+                cells.append(f'<td class="muted">{escape(str(row["selectivity"]))}</td>')
+            elif key.startswith("avg_max_cos") and key not in row:
+                cells.append('<td class="muted">—</td>')
+            else:
+                v = row.get(key)
+                cells.append(f"<td>{'—' if v is None else _fmt(v)}</td>")
+        rows.append(f"<tr><td><b>{escape(method)}</b></td>{''.join(cells)}</tr>")
+    return (
+        "<h2>Comparison with baselines</h2>"
+        '<p class="muted">Concept components: components whose top-k eval examples all share a '
+        "known concept, next to the same count with coefficients shuffled (rows permuted; within "
+        "each label). TCAV: share of components whose top examples' direction in the layer's "
+        "activations changes a class prediction significantly (two-sided t-test against random "
+        "directions, Bonferroni over classes). Avg max cos: each baseline component's best cosine "
+        "to an NPEFF coefficient column and back (clusters as 0/1 membership, paper §3.4).</p>"
+        f'<table class="summary"><tr><th>method</th>{head}</tr>{"".join(rows)}</table>'
+    )
+
+
 def render(content: ReportContent) -> str:
     """The complete HTML document as a string."""
     figs = "".join(
@@ -204,6 +250,7 @@ def render(content: ReportContent) -> str:
 <p class="muted">NPEFF components, their top examples and perturbation checks.</p>
 <h2>Run summary</h2>
 {_summary_tables(content.summary)}
+{_comparison_html(content.comparison)}
 <h2>Figures</h2>
 <div class="figs">{figs}</div>
 <h2>Components</h2>

@@ -42,7 +42,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "baselines")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -171,6 +171,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             f"fisher={cfg.fisher.kind} PEFs do not match decomp={kind}: use fisher=diag with "
             "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
         )
+    baselines = _baseline_names(cfg)
     stages = StageTimer(output_dir)
 
     # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
@@ -219,6 +220,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"), single=True)
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
+        comparison = _run_baselines(cfg, stages, baselines, ckpt, coeffs) if baselines else None
+
         report_cfg = stage_config(
             cfg,
             "report",
@@ -229,6 +232,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "coeffs": str(coeffs),
                 "pefs": str(eval_pefs),
                 "perturbation": str(perturbation),
+                **({"comparison": str(comparison)} if comparison else {}),
             },
         )
         stages("report", report.run, report_cfg, stages.dir("report"), single=True)
@@ -286,6 +290,82 @@ def _flawed_perturb_settings(cfg: DictConfig) -> DictConfig:
     )
 
 
+# --- baselines ----------------------------------------------------------------------------------
+def _baseline_names(cfg: DictConfig) -> list[str]:
+    """The configured ``baselines=[...]``, checked before any work."""
+    from npeff.baselines import BASELINES
+
+    names = [str(b) for b in (cfg.get("baselines") or [])]
+    unknown = [b for b in names if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"baselines={names} lists a baseline twice")
+    return names
+
+
+def _baseline_config(cfg: DictConfig, ckpt: Path, **settings: Any) -> DictConfig:
+    """conf/baseline.yaml for this pipeline: the NPEFF run's checkpoint, example counts, component
+    count, parameters and K; then ``stages.baseline`` and ``stages.baseline_<name>``."""
+    pefs_fit, pefs_eval = (
+        stage_config(cfg, "pefs", "pefs_fit"),
+        stage_config(cfg, "pefs", "pefs_eval"),
+    )
+    params = pefs_fit.get("params") or {}
+    base = {
+        "inputs": {"checkpoint": str(ckpt)},
+        "seed": int(cfg.get("seed", 0)),
+        "n_components": int(cfg.decomp.n_components),
+        "n_examples": {"fit": pefs_fit.get("n_examples"), "eval": pefs_eval.get("n_examples")},
+        "params": OmegaConf.to_container(params, resolve=True)
+        if OmegaConf.is_config(params)
+        else {},
+        "gradient": {"n_values": int(cfg.fisher.n_values)},
+    }
+    out = OmegaConf.merge(stage_config(cfg, "baseline", "-"), OmegaConf.create(base))
+    name = settings.get("baseline")
+    for section in ("baseline", f"baseline_{name}" if name else None):
+        extra = (cfg.get("stages") or {}).get(section) if section else None
+        if extra:
+            out = OmegaConf.merge(out, extra)
+    return OmegaConf.merge(out, OmegaConf.create(settings)) if settings else out
+
+
+def _run_baselines(
+    cfg: DictConfig, stages: StageTimer, names: list[str], ckpt: Path, coeffs: Path
+) -> Path:
+    """Each baseline in its own step dir (activations captured once), then the comparison step.
+    Returns the path of ``comparison.json``."""
+    from npeff.run import baseline
+
+    acts: dict[str, str] = {}
+    base_cfg = _baseline_config(cfg, ckpt)
+    if any(n != "gradient_kmeans" for n in names):
+        step = stages.dir("baseline_activations")
+
+        def capture() -> dict:
+            return {
+                f"activations_{s}": str(p)
+                for s, p in baseline.capture_splits(base_cfg, step).items()
+            }
+
+        acts = stages("baseline_activations", capture)
+    files = {}
+    for name in names:
+        bcfg = _baseline_config(cfg, ckpt, baseline=name, inputs=acts)
+        stages(f"baseline_{name}", baseline.run, bcfg, stages.dir(f"baseline_{name}"))
+        files[name] = stages.dir(f"baseline_{name}") / "baseline.h5"
+    pert = stages.metrics.get("perturb", {})
+    step = stages.dir("comparison")
+    stages(
+        "comparison",
+        lambda: baseline.run_comparison(
+            base_cfg, step, npeff_coeffs=coeffs, baselines=files, selectivity=pert
+        ),
+    )
+    return step / "comparison.json"
+
+
 # --- summary ----------------------------------------------------------------------------------
 def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     m = stages.metrics
@@ -309,6 +389,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     for key in ("n_flawed_selected", "n_components_raising_accuracy"):
         if key in pert:
             out[key] = pert[key]
+    if "methods" in m.get("comparison", {}):
+        out["methods"] = m["comparison"]["methods"]
     return out
 
 
@@ -339,6 +421,18 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
         lines.append(
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
             f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+        )
+    for name, row in (metrics.get("methods") or {}).items():
+        lines.append(
+            f"  {name:>16}: concept components {fmt(row.get('concept_components'))} "
+            f"(shuffled {fmt(row.get('concept_components_shuffled'))}), TCAV-significant "
+            f"{fmt(row.get('tcav_significant_share'))}"
+            + (
+                f", avg max cos vs NPEFF {fmt(row['avg_max_cos_vs_npeff'])} / "
+                f"{fmt(row['avg_max_cos_npeff_vs'])}"
+                if "avg_max_cos_vs_npeff" in row
+                else ""
+            )
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

@@ -101,6 +101,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         perturbation = load_perturbation(inputs.perturbation)
     task = _task_inputs(cfg, pefs)
     split = task.pop("split", None)
+    comparison = None
+    if inputs.get("comparison"):
+        import json
+
+        comparison = json.loads(Path(str(inputs.comparison)).read_text())["methods"]
 
     rc = cfg.report
     content = prepare_report(
@@ -118,9 +123,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         n_baseline=int(rc.n_baseline),
         sources={
             k: inputs.get(k)
-            for k in ("checkpoint", "decomposition", "coeffs", "pefs", "perturbation")
+            for k in ("checkpoint", "decomposition", "coeffs", "pefs", "perturbation", "comparison")
         }
         | ({"split": split} if split else {}),
+        comparison=comparison,
         **task,
     )
     path = write_report(content, output_dir)

@@ -87,6 +87,9 @@ def test_pipeline_end_to_end_and_cache(tmp_path):
     ):
         assert (run1 / f).is_file(), f
     assert not on_disk["train_cached"]
+    # No baselines by default: no baseline step, no comparison, no `methods` key.
+    assert not list(run1.glob("baseline*")) and not (run1 / "comparison").exists()
+    assert "methods" not in on_disk
 
     # Coefficients on eval are for the eval examples, G is the decomposition's.
     from npeff.artifacts.decomposition import load_decomposition
