@@ -34,7 +34,7 @@ from npeff.coar.masks import check_alpha, eval_stream, sample_masks
 from npeff.models.core import LABELS_KEY, forward_logits
 from npeff.models.units import UnitMap, build_unit_map
 
-DEFAULT_EVAL_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+DEFAULT_EVAL_FACTORS = (0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass
