@@ -6,7 +6,7 @@
   LOO and gradient×parameter baselines (``baselines``).
 - ``load_attributions(path) -> Attributions`` (``weights [n, |C|]``, ``bias [n]``, ``units``,
   ``settings``).
-- ``edit(model, attributions, loader, targets=..., references=...)``: Coar-Edit (``edit``).
+- ``edit(model, attributions, loader, targets=..., references=...)``: Coar-Edit (``editing``).
 
 Units (neurons, conv channels, attention heads) are defined in :mod:`npeff.models.units`.
 """
@@ -21,9 +21,9 @@ _EXPORTS = {
     "fit_attributions": "npeff.coar.attributions",
     "load_attributions": "npeff.coar.attributions",
     "AblationEngine": "npeff.coar.ablation",
-    "edit": "npeff.coar.edit",
-    "EditResult": "npeff.coar.edit",
-    "welch_t": "npeff.coar.edit",
+    "edit": "npeff.coar.editing",
+    "EditResult": "npeff.coar.editing",
+    "welch_t": "npeff.coar.editing",
 }
 
 

@@ -61,7 +61,7 @@ def run_ablations(
         fabric.launch(
             _worker,
             model,
-            unit_map,
+            unit_map.to_json(),  # Lightning's argument walk rejects frozen dataclasses
             batches,
             Path(path),
             writer_kwargs,
@@ -93,7 +93,8 @@ def run_ablations(
     )
 
 
-def _worker(fabric, model, unit_map, batches, path, writer_kwargs, kw) -> None:
+def _worker(fabric, model, unit_map_json, batches, path, writer_kwargs, kw) -> None:
+    unit_map = UnitMap.from_json(unit_map_json)
     world = fabric.world_size
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # share the cores
     dev = fabric.device

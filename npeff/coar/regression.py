@@ -139,6 +139,7 @@ class LassoPath:
     lambdas: np.ndarray  # float64 [K, n] the path per example
     val_mse: np.ndarray  # float64 [K, n]
     chosen: np.ndarray  # int64 [n] index into the path
+    path: np.ndarray | None = None  # float64 [K, p, n] train fits along the path (keep_path)
 
 
 def fit_lasso_path(
@@ -149,6 +150,7 @@ def fit_lasso_path(
     eps: float = 1e-3,
     max_iter: int = 2000,
     tol: float = 1e-7,
+    keep_path: bool = False,
 ) -> LassoPath:
     """Lasso path on ``train``, λ per example picked on ``val``, refit on train+val."""
     if val.m < 1:
@@ -173,7 +175,8 @@ def fit_lasso_path(
     lip_all = float(torch.linalg.eigvalsh(both.xtx / both.m).max())
     final = _fista(both, lam, start, lip_all, max_iter, tol)
     w, b = _split(final)
-    return LassoPath(w, b, lam_path.numpy(), val_mse.numpy(), chosen.numpy())
+    path = torch.stack(betas).numpy() if keep_path else None
+    return LassoPath(w, b, lam_path.numpy(), val_mse.numpy(), chosen.numpy(), path)
 
 
 def predict(weights: np.ndarray, bias: np.ndarray, masks) -> np.ndarray:

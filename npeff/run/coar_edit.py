@@ -98,7 +98,7 @@ def _check_identity(att, loaded) -> None:
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     """Coar-Edit on ``cfg`` into ``output_dir``; returns the metrics."""
     from npeff.coar import load_attributions
-    from npeff.coar.edit import edit, sweep_plot
+    from npeff.coar.editing import edit, sweep_plot
     from npeff.models import load_checkpoint
     from npeff.run import coar as coar_stage
     from npeff.run.pefs import build_loader
