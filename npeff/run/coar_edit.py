@@ -27,8 +27,11 @@ EDIT_JSON = "edit.json"
 EDIT_PLOT = "edit_sweep.png"
 
 
-def select_examples(spec: Any, records: list[dict], exclude=(), what: str = "examples") -> list[int]:
-    """Indices from a list, ``{record, value, n}`` or ``{not_targets: true, n}`` (see config)."""
+def select_examples(
+    spec: Any, records: list[dict], exclude=(), what: str = "examples", base_margins=None
+) -> list[int]:
+    """Indices from a list, ``{indices}``, ``{record, value, n}``, ``{incorrect: true, n}``
+    (misclassified: margin <= 0) or ``{not_targets: true, n}`` (see conf/coar_edit.yaml)."""
     spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else spec
     n_all = len(records)
     if isinstance(spec, int):
@@ -43,7 +46,13 @@ def select_examples(spec: Any, records: list[dict], exclude=(), what: str = "exa
         raise ValueError(f"{what}: expected a list of indices or a selection mapping, got {spec!r}")
     n = spec.get("n")
     excluded = set(int(i) for i in exclude)
-    if spec.get("not_targets"):
+    if "indices" in spec:
+        return select_examples(list(spec["indices"]), records, what=what)
+    if spec.get("incorrect"):
+        if base_margins is None:
+            raise ValueError(f"{what}: 'incorrect' needs the attributions' base margins")
+        idx = [i for i in range(n_all) if base_margins[i] <= 0 and i not in excluded]
+    elif spec.get("not_targets"):
         idx = [i for i in range(n_all) if i not in excluded]
     elif "record" in spec:
         key, value = spec["record"], spec.get("value", True)
@@ -51,7 +60,9 @@ def select_examples(spec: Any, records: list[dict], exclude=(), what: str = "exa
             raise ValueError(f"{what}: the examples have no record field {key!r}; fields: {sorted(records[0])}")
         idx = [i for i, r in enumerate(records) if _same(r.get(key), value) and i not in excluded]
     else:
-        raise ValueError(f"{what}: a selection needs 'record' or 'not_targets'; got {spec}")
+        raise ValueError(
+            f"{what}: a selection needs 'indices', 'record', 'incorrect' or 'not_targets'; got {spec}"
+        )
     if n is not None:
         idx = idx[: int(n)]
     if not idx:
@@ -122,8 +133,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     records = loaded.task.examples(str(c.split))
     if c.get("n_examples") is not None:
         records = records[: int(c.n_examples)]
-    targets = select_examples(e.targets, records, what="edit.targets")
-    references = select_examples(e.references, records, exclude=targets, what="edit.references")
+    bm = att.base_margins
+    t_spec = e.targets if e.get("targets") is not None else {"indices": [0]}
+    r_spec = e.references if e.get("references") is not None else {"not_targets": True, "n": 50}
+    targets = select_examples(t_spec, records, what="edit.targets", base_margins=bm)
+    references = select_examples(
+        r_spec, records, exclude=targets, what="edit.references", base_margins=bm
+    )
     loader = build_loader(loaded.task, str(c.split), int(c.batch_size), c.get("n_examples"))
     data = {name: _data_loader(loaded.task, spec, int(c.batch_size)) for name, spec in (e.data or {}).items()}
     res = edit(
