@@ -190,6 +190,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "train_cached": None if train_metrics is None else bool(train_metrics.get("cached")),
     }
     write_json_atomic(output_dir / COAR_JSON, metrics)
+    from npeff.report.coar import coar_report
+
+    metrics["report"] = str(coar_report(output_dir))
+    write_json_atomic(output_dir / COAR_JSON, metrics)
     write_metrics(output_dir, metrics)
     log_stage_metrics(cfg, output_dir, metrics, "coar")
     log.info(

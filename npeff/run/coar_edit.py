@@ -173,6 +173,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         if key.startswith("acc_"):
             metrics[f"{key}_before"] = before[key]
             metrics[f"{key}_after"] = after[key]
+    coar_dir = Path(att.path).parent
+    if (coar_dir / "coar.json").is_file():
+        from npeff.report.coar import coar_report
+
+        metrics["report"] = str(coar_report(coar_dir, output_dir))
     write_metrics(output_dir, metrics)
     log_stage_metrics(cfg, output_dir, metrics, "coar_edit")
     log.info("Coar-Edit: k=%s of %d units; %s", res.best_k, att.n_units, {k: round(v, 3) for k, v in metrics.items() if k.startswith("acc_")})

@@ -82,6 +82,9 @@ def test_coar_and_edit_stages(ckpts, tmp_path):
     assert out["table"][0]["acc_all"] == pytest.approx(float((att.base_margins > 0).mean()), abs=0.02)
     assert (tmp_path / "edit" / "edit_sweep.png").stat().st_size > 1000
     assert "acc_all_before" in e and "acc_all_after" in e and e["best_k"] in (0, 1, 2, 3)
+    html = (tmp_path / "edit" / "coar_report.html").read_text()
+    assert "COAR: component attribution" in html and "Coar-Edit" in html and "data:image/png" in html
+    assert (tmp_path / "coar" / "coar_report.html").is_file()
 
     with pytest.raises(ValueError, match="is not the model the attributions"):
         coar_edit.run(
