@@ -192,7 +192,9 @@ def read_header(path: str | os.PathLike) -> dict:
         g = f[keys.NPEFF_GROUP]
         n_written = int(g.attrs[keys.ATTR_N_WRITTEN])
         if f[keys.COAR_MASKS].shape[0] < n_written or f[keys.COAR_MARGINS].shape[0] < n_written:
-            raise AttributionsFileError(f"{path} is truncated below its {n_written} committed masks")
+            raise AttributionsFileError(
+                f"{path} is truncated below its {n_written} committed masks"
+            )
         return {
             "n_masks": n_written,
             "n_units": int(f[keys.COAR_MASKS].shape[1]),

@@ -163,7 +163,11 @@ class AblationEngine:
         state = {"M": m, "B": b, "keep": _ext(keep, dtype), "expanded": False}
         if mode == "upfront":
             inputs = {
-                k: (v.repeat(m, *([1] * (v.ndim - 1))) if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b else v)
+                k: (
+                    v.repeat(m, *([1] * (v.ndim - 1)))
+                    if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b
+                    else v
+                )
                 for k, v in inputs.items()
             }
         with self._hooks(state):
@@ -189,7 +193,9 @@ class AblationEngine:
                 shape = [1] * w.ndim
                 shape[dim] = w.shape[dim]
                 masked[p] = w * k[idx.to(w.device)].view(shape)
-            return forward_logits_functional(functional_call, self.model, {**params, **buffers, **masked}, inputs)
+            return forward_logits_functional(
+                functional_call, self.model, {**params, **buffers, **masked}, inputs
+            )
 
         return vmap(one)(keep_ext)
 
@@ -198,7 +204,9 @@ class AblationEngine:
     def logits(self, keep: torch.Tensor, batch: Mapping) -> torch.Tensor:
         """Logits ``[M, B, K]`` of the model under keep-masks ``keep`` bool ``[M, |C|]``."""
         if keep.ndim != 2 or keep.shape[1] != self.units.n_units:
-            raise ValueError(f"keep masks must be [M, {self.units.n_units}], got {tuple(keep.shape)}")
+            raise ValueError(
+                f"keep masks must be [M, {self.units.n_units}], got {tuple(keep.shape)}"
+            )
         if self.method == "vmap":
             return self._vmap_logits(keep, batch)
         if not self._checked:
@@ -264,7 +272,9 @@ def zeroed(model: nn.Module, unit_map: UnitMap, ablate: Iterable[int]):
 
 
 @torch.no_grad()
-def loop_logits(model: nn.Module, unit_map: UnitMap, keep: torch.Tensor, batch: Mapping) -> torch.Tensor:
+def loop_logits(
+    model: nn.Module, unit_map: UnitMap, keep: torch.Tensor, batch: Mapping
+) -> torch.Tensor:
     """Reference: logits ``[M, B, K]``, one mask at a time, zeroing weights in place."""
     out = []
     for k in keep:
@@ -274,7 +284,9 @@ def loop_logits(model: nn.Module, unit_map: UnitMap, keep: torch.Tensor, batch: 
 
 
 @torch.no_grad()
-def loop_margins(model: nn.Module, unit_map: UnitMap, keep: torch.Tensor, loader: Iterable) -> torch.Tensor:
+def loop_margins(
+    model: nn.Module, unit_map: UnitMap, keep: torch.Tensor, loader: Iterable
+) -> torch.Tensor:
     """Reference: margins ``[M, n]``, one mask at a time over the whole loader."""
     model.eval()
     rows = []

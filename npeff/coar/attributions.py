@@ -89,7 +89,14 @@ def weights_digest(model: nn.Module) -> str:
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().to(torch.float32 if t.is_floating_point() else t.dtype).numpy().tobytes())
+        h.update(
+            t.detach()
+            .cpu()
+            .contiguous()
+            .to(torch.float32 if t.is_floating_point() else t.dtype)
+            .numpy()
+            .tobytes()
+        )
     return h.hexdigest()
 
 
@@ -287,7 +294,9 @@ def fit_attributions(
         w, b = res.weights, res.bias
         info |= {
             "val_masks": n_val,
-            "lasso_lambda_median": float(np.median(res.lambdas[res.chosen, np.arange(len(res.chosen))])),
+            "lasso_lambda_median": float(
+                np.median(res.lambdas[res.chosen, np.arange(len(res.chosen))])
+            ),
             "lasso_chosen_index_median": float(np.median(res.chosen)),
             "lasso_path_length": int(res.lambdas.shape[0]),
         }
@@ -316,10 +325,17 @@ def evaluate_attributions(
     alphas = eval_alphas(alpha, factors or DEFAULT_EVAL_FACTORS)
     seed = int(att.settings["seed"])
     c = att.n_units
-    masks = [sample_masks(c, a, seed, 0, int(n_masks), stream=eval_stream(i)) for i, a in enumerate(alphas)]
+    masks = [
+        sample_masks(c, a, seed, 0, int(n_masks), stream=eval_stream(i))
+        for i, a in enumerate(alphas)
+    ]
     true = [engine.margins(k, batches).numpy() for k in masks]
     predictors = {"coar": (att.weights, att.bias)}
-    arrays = {"alphas": np.asarray(alphas), "masks": np.stack([k.numpy() for k in masks]), "margins": np.stack(true)}
+    arrays = {
+        "alphas": np.asarray(alphas),
+        "masks": np.stack([k.numpy() for k in masks]),
+        "margins": np.stack(true),
+    }
     zero = np.zeros(att.n_examples)
     if baselines:
         loo = loo_margins(engine, batches)

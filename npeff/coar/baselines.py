@@ -51,10 +51,12 @@ def gp_attributions(model: nn.Module, unit_map: UnitMap, batches: list[Mapping])
             if dim == 0:
                 conv = not isinstance(mod, nn.Linear)
 
-                def hook(m, _inp, z, idx=idx, conv=conv):
+                def hook(m, _inp, z, idx=idx, conv=conv, gate=gate, b=b):
                     g = gate[:, idx]  # [B, F]
-                    shape = (b, g.shape[1]) + (1,) * (z.ndim - 2) if conv else (
-                        (b,) + (1,) * (z.ndim - 2) + (g.shape[1],)
+                    shape = (
+                        (b, g.shape[1]) + (1,) * (z.ndim - 2)
+                        if conv
+                        else ((b,) + (1,) * (z.ndim - 2) + (g.shape[1],))
                     )
                     g = g.view(shape).to(z.dtype)
                     if m.bias is None:
@@ -65,7 +67,7 @@ def gp_attributions(model: nn.Module, unit_map: UnitMap, batches: list[Mapping])
                 handles.append(mod.register_forward_hook(hook))
             else:
 
-                def pre(_m, args, idx=idx):
+                def pre(_m, args, idx=idx, gate=gate, b=b):
                     x = args[0]
                     g = gate[:, idx].view((b,) + (1,) * (x.ndim - 2) + (-1,)).to(x.dtype)
                     return (x * g,) + tuple(args[1:])

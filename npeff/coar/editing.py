@@ -123,7 +123,9 @@ def edit(
     if ks[0] < 0 or ks[-1] > c:
         raise ValueError(f"k must be in [0, {c}] (the number of units), got {ks[0]}..{ks[-1]}")
     if select_on is not None and select_on not in (data or {}):
-        raise ValueError(f"select_on={select_on!r} is not one of the data sets {sorted(data or {})}")
+        raise ValueError(
+            f"select_on={select_on!r} is not one of the data sets {sorted(data or {})}"
+        )
     scores = welch_t(attributions.weights[t_idx], attributions.weights[r_idx])
     order = edit_order(scores, direction)
     keep = torch.ones(len(ks), c, dtype=torch.bool)
@@ -152,7 +154,10 @@ def edit(
     key = f"acc_{select_on}" if select_on else "acc_references"
     base = table[0][key] if ks[0] == 0 else None
     ok = [row for row in table if base is None or row[key] >= base - max_drop]
-    best = max(ok, key=lambda r: (r["acc_targets"] if direction == "increase" else -r["acc_targets"], -r["k"]))
+    best = max(
+        ok,
+        key=lambda r: (r["acc_targets"] if direction == "increase" else -r["acc_targets"], -r["k"]),
+    )
     return EditResult(
         k_values=ks,
         table=table,
@@ -172,8 +177,9 @@ def edit(
 
 def sweep_plot(result: EditResult) -> bytes:
     """PNG: accuracy on each data set against k (the edit sweep)."""
-    from npeff.report.figures import _png
     from matplotlib.figure import Figure
+
+    from npeff.report.figures import _png
 
     fig = Figure(figsize=(6.0, 3.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -181,7 +187,13 @@ def sweep_plot(result: EditResult) -> bytes:
     for key in keys:
         ax.plot(result.k_values, [r[key] for r in result.table], marker="o", ms=3, label=key[4:])
     if result.best_k is not None:
-        ax.axvline(result.best_k, color="grey", linestyle="--", linewidth=1, label=f"chosen k={result.best_k}")
+        ax.axvline(
+            result.best_k,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"chosen k={result.best_k}",
+        )
     ax.set_xlabel("k (units ablated)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,10 @@ class UnitMap:
         return cls(
             tuple(d["names"]),
             tuple(d["granularity"]),
-            tuple(tuple(UnitSlice(p, int(a), int(b), int(e)) for p, a, b, e in sl) for sl in d["slices"]),
+            tuple(
+                tuple(UnitSlice(p, int(a), int(b), int(e)) for p, a, b, e in sl)
+                for sl in d["slices"]
+            ),
             {k: tuple(v) for k, v in d["shapes"].items()},
         )
 
@@ -175,9 +178,7 @@ def _spec_list(units: Any) -> list[dict[str, Any]]:
         elif isinstance(u, Mapping):
             extra = sorted(set(u) - {"pattern", "granularity"})
             if extra or "pattern" not in u:
-                raise ValueError(
-                    f"a unit spec has keys 'pattern' and 'granularity'; got {dict(u)}"
-                )
+                raise ValueError(f"a unit spec has keys 'pattern' and 'granularity'; got {dict(u)}")
             g = u.get("granularity")
             if g is not None and g not in GRANULARITIES:
                 raise ValueError(
@@ -204,13 +205,21 @@ def _attention_parts(module: nn.Module) -> tuple[list[str], str, int] | None:
     output = getattr(module, "output", None)
     if (
         self_attn is not None
-        and all(isinstance(getattr(self_attn, k, None), nn.Linear) for k in ("query", "key", "value"))
+        and all(
+            isinstance(getattr(self_attn, k, None), nn.Linear) for k in ("query", "key", "value")
+        )
         and isinstance(getattr(output, "dense", None), nn.Linear)
     ):
-        heads = int(getattr(self_attn, "num_attention_heads", 0) or self_attn.config.num_attention_heads)
+        heads = int(
+            getattr(self_attn, "num_attention_heads", 0) or self_attn.config.num_attention_heads
+        )
         return [f"self.{k}.weight" for k in ("query", "key", "value")], "output.dense.weight", heads
-    names = [k for k in ("q_proj", "k_proj", "v_proj") if isinstance(getattr(module, k, None), nn.Linear)]
-    out = next((k for k in ("out_proj", "o_proj") if isinstance(getattr(module, k, None), nn.Linear)), None)
+    names = [
+        k for k in ("q_proj", "k_proj", "v_proj") if isinstance(getattr(module, k, None), nn.Linear)
+    ]
+    out = next(
+        (k for k in ("out_proj", "o_proj") if isinstance(getattr(module, k, None), nn.Linear)), None
+    )
     if len(names) == 3 and out is not None:
         heads = getattr(module, "num_heads", None) or getattr(module, "num_attention_heads", None)
         if heads:
@@ -228,7 +237,9 @@ def _preset_specs(model: nn.Module, preset: str) -> list[dict[str, Any]]:
     if preset == "neurons":
         lin = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
         if len(lin) < 2:
-            raise ValueError("preset 'neurons' needs at least two Linear layers (the last is the classifier)")
+            raise ValueError(
+                "preset 'neurons' needs at least two Linear layers (the last is the classifier)"
+            )
         return [{"pattern": n, "granularity": "neuron"} for n in lin[:-1]]
     if preset == "channels":
         conv = [n for n, m in mods.items() if isinstance(m, _CONV)]
@@ -259,7 +270,6 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
     else:
         specs = _spec_list(units)
     params = dict(model.named_parameters())
-    mods = _weight_modules(model)
     names: list[str] = []
     gran: list[str] = []
     slices: list[tuple[UnitSlice, ...]] = []
@@ -277,9 +287,7 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
     for spec in specs:
         pat, g = spec["pattern"], spec["granularity"]
         if g == "head":
-            blocks = [
-                (n, m) for n, m in model.named_modules() if n and fnmatch.fnmatchcase(n, pat)
-            ]
+            blocks = [(n, m) for n, m in model.named_modules() if n and fnmatch.fnmatchcase(n, pat)]
             blocks = [(n, m, _attention_parts(m)) for n, m in blocks]
             if not blocks:
                 mod_names = [n for n, _ in model.named_modules() if n]
@@ -324,9 +332,13 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
             if kind is None:
                 kind = "channel" if p.ndim >= 3 else "neuron"
             if kind == "neuron" and p.ndim != 2:
-                raise ValueError(f"granularity 'neuron' needs a 2-D Linear weight; {n!r} is {tuple(p.shape)}")
+                raise ValueError(
+                    f"granularity 'neuron' needs a 2-D Linear weight; {n!r} is {tuple(p.shape)}"
+                )
             if kind == "channel" and p.ndim < 3:
-                raise ValueError(f"granularity 'channel' needs a conv weight; {n!r} is {tuple(p.shape)}")
+                raise ValueError(
+                    f"granularity 'channel' needs a conv weight; {n!r} is {tuple(p.shape)}"
+                )
             claim(n, 0)
             for r in range(p.shape[0]):
                 names.append(f"{n}[{r}]")

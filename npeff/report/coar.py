@@ -47,10 +47,23 @@ def _table(rows: list[tuple[str, str]], caption: str) -> str:
     return f'<table class="summary"><caption>{escape(caption)}</caption>{body}</table>'
 
 
-def coar_section(metrics: dict, att, edit: dict | None = None, edit_png: bytes | None = None, n_examples: int = 5) -> str:
+def coar_section(
+    metrics: dict, att, edit: dict | None = None, edit_png: bytes | None = None, n_examples: int = 5
+) -> str:
     """HTML of the COAR section."""
-    keys = ("n_masks", "n_units", "n_examples", "alpha", "solver", "corr_heldout_mean",
-            "corr_heldout_median", "corr_loo_mean", "corr_gp_mean", "best_alpha", "seconds")
+    keys = (
+        "n_masks",
+        "n_units",
+        "n_examples",
+        "alpha",
+        "solver",
+        "corr_heldout_mean",
+        "corr_heldout_median",
+        "corr_loo_mean",
+        "corr_gp_mean",
+        "best_alpha",
+        "seconds",
+    )
     parts = ["<h2>COAR: component attribution</h2>", '<div class="tables">']
     parts.append(_table([(k, _fmt(metrics.get(k))) for k in keys], "summary"))
     rows = []
@@ -58,35 +71,55 @@ def coar_section(metrics: dict, att, edit: dict | None = None, edit_png: bytes |
         rows.append((f"α = {a}", ", ".join(f"{m} {_fmt(v['mean'])}" for m, v in r.items())))
     parts.append(_table(rows, "mean held-out correlation by α"))
     parts.append("</div>")
-    parts.append(f'<p class="muted">{escape(PAPER_FIG1)}. Different models: not expected to match; '
-                 "correlation grows with m in the paper.</p>")
+    parts.append(
+        f'<p class="muted">{escape(PAPER_FIG1)}. Different models: not expected to match; '
+        "correlation grows with m in the paper.</p>"
+    )
     fig = correlation_plot(metrics.get("corr_by_alpha") or {}, float(metrics.get("alpha", 0.1)))
     figs = []
     if fig:
-        figs.append((fig, "Held-out correlation by α (COAR vs leave-one-out and gradient×parameter)."))
+        figs.append(
+            (fig, "Held-out correlation by α (COAR vs leave-one-out and gradient×parameter).")
+        )
     if edit_png:
         figs.append((edit_png, "Coar-Edit sweep: accuracy against the number of ablated units k."))
     if figs:
         parts.append('<div class="figs">')
         for png, cap in figs:
-            parts.append(f'<figure><img src="{data_uri(png)}"><figcaption>{escape(cap)}</figcaption></figure>')
+            parts.append(
+                f'<figure><img src="{data_uri(png)}"><figcaption>{escape(cap)}</figcaption></figure>'
+            )
         parts.append("</div>")
     if att is not None:
         rows = []
         for i in range(min(n_examples, att.n_examples)):
             top = ", ".join(f"{n} ({w:+.3g})" for n, w in att.top_units(i, 5))
-            rows.append((f"example {int(att.example_indices[i])} (margin {att.base_margins[i]:+.3g})", escape(top)))
-        parts.append(_table(rows, "top units per example (attribution = margin gained by keeping the unit)"))
+            rows.append(
+                (
+                    f"example {int(att.example_indices[i])} (margin {att.base_margins[i]:+.3g})",
+                    escape(top),
+                )
+            )
+        parts.append(
+            _table(rows, "top units per example (attribution = margin gained by keeping the unit)")
+        )
     if edit:
         t = edit.get("table") or []
         cols = [k for k in (t[0] if t else {}) if k.startswith("acc_")]
         head = "".join(f"<th>{escape(c[4:])}</th>" for c in cols)
         body = "".join(
-            "<tr><td>" + str(r["k"]) + "</td>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in t
+            "<tr><td>"
+            + str(r["k"])
+            + "</td>"
+            + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
+            + "</tr>"
+            for r in t
         )
-        parts.append(f'<h2>Coar-Edit</h2><p>chosen k = {_fmt(edit.get("best_k"))}: '
-                     f'{escape(", ".join(edit.get("best_units") or []))}</p>'
-                     f'<table class="summary"><tr><th>k</th>{head}</tr>{body}</table>')
+        parts.append(
+            f"<h2>Coar-Edit</h2><p>chosen k = {_fmt(edit.get('best_k'))}: "
+            f"{escape(', '.join(edit.get('best_units') or []))}</p>"
+            f'<table class="summary"><tr><th>k</th>{head}</tr>{body}</table>'
+        )
     return "\n".join(parts)
 
 

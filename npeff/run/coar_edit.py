@@ -57,7 +57,9 @@ def select_examples(
     elif "record" in spec:
         key, value = spec["record"], spec.get("value", True)
         if records and key not in records[0]:
-            raise ValueError(f"{what}: the examples have no record field {key!r}; fields: {sorted(records[0])}")
+            raise ValueError(
+                f"{what}: the examples have no record field {key!r}; fields: {sorted(records[0])}"
+            )
         idx = [i for i, r in enumerate(records) if _same(r.get(key), value) and i not in excluded]
     else:
         raise ValueError(
@@ -87,9 +89,13 @@ def _data_loader(task, spec: Mapping, batch_size: int):
     if "record" not in spec:
         return loader
     idx = select_examples(
-        {"record": spec["record"], "value": spec.get("value", True)}, task.examples(split), what=f"data {spec}"
+        {"record": spec["record"], "value": spec.get("value", True)},
+        task.examples(split),
+        what=f"data {spec}",
     )
-    return DataLoader(Subset(loader.dataset, idx), batch_size=batch_size, collate_fn=loader.collate_fn)
+    return DataLoader(
+        Subset(loader.dataset, idx), batch_size=batch_size, collate_fn=loader.collate_fn
+    )
 
 
 def _check_identity(att, loaded) -> None:
@@ -141,7 +147,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         r_spec, records, exclude=targets, what="edit.references", base_margins=bm
     )
     loader = build_loader(loaded.task, str(c.split), int(c.batch_size), c.get("n_examples"))
-    data = {name: _data_loader(loaded.task, spec, int(c.batch_size)) for name, spec in (e.data or {}).items()}
+    data = {
+        name: _data_loader(loaded.task, spec, int(c.batch_size))
+        for name, spec in (e.data or {}).items()
+    }
     res = edit(
         loaded.model,
         att,
@@ -155,7 +164,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         select_on=e.get("select_on"),
         max_drop=float(e.max_drop),
     )
-    out = res.to_json() | {"targets": targets, "references": references, "attributions": str(att.path)}
+    out = res.to_json() | {
+        "targets": targets,
+        "references": references,
+        "attributions": str(att.path),
+    }
     write_json_atomic(output_dir / EDIT_JSON, out)
     with atomic_path(output_dir / EDIT_PLOT) as tmp:
         tmp.write_bytes(sweep_plot(res))
@@ -180,7 +193,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         metrics["report"] = str(coar_report(coar_dir, output_dir))
     write_metrics(output_dir, metrics)
     log_stage_metrics(cfg, output_dir, metrics, "coar_edit")
-    log.info("Coar-Edit: k=%s of %d units; %s", res.best_k, att.n_units, {k: round(v, 3) for k, v in metrics.items() if k.startswith("acc_")})
+    log.info(
+        "Coar-Edit: k=%s of %d units; %s",
+        res.best_k,
+        att.n_units,
+        {k: round(v, 3) for k, v in metrics.items() if k.startswith("acc_")},
+    )
     return metrics
 
 

@@ -46,7 +46,11 @@ class DigitsBackdoorTask(NpeffTask):
             raise ValueError(f"patch must be 1-4 pixels wide, got {patch}")
         self.n_fit, self.n_eval = int(n_fit), int(n_eval)
         self.trigger_fraction = float(trigger_fraction)
-        self.target_class, self.patch, self.patch_value = int(target_class), int(patch), float(patch_value)
+        self.target_class, self.patch, self.patch_value = (
+            int(target_class),
+            int(patch),
+            float(patch_value),
+        )
 
     def _paired(self, images, labels, rows) -> SplitData:
         rows = rows[labels[rows] != self.target_class]
@@ -56,7 +60,13 @@ class DigitsBackdoorTask(NpeffTask):
         y = np.concatenate([labels[rows], labels[rows]])
         p = len(rows)
         records = [
-            {"image": x[i], "label": int(y[i]), "index": int(rows[i % p]), "pair": i % p, "triggered": i >= p}
+            {
+                "image": x[i],
+                "label": int(y[i]),
+                "index": int(rows[i % p]),
+                "pair": i % p,
+                "triggered": i >= p,
+            }
             for i in range(2 * p)
         ]
         concepts = np.zeros((2 * p, 1), dtype=bool)
@@ -74,13 +84,17 @@ class DigitsBackdoorTask(NpeffTask):
         n_train = n - self.n_fit - self.n_eval
         if n_train <= 0:
             raise ValueError(f"digits has {n} images; n_fit + n_eval leaves none to train on")
-        idx = split_indices(n, {"train": n_train, "fit": self.n_fit, "eval": self.n_eval}, self.seed)
+        idx = split_indices(
+            n, {"train": n_train, "fit": self.n_fit, "eval": self.n_eval}, self.seed
+        )
         rng = np.random.default_rng(self.seed + 1)
         tr = idx["train"]
         x = images[tr].copy()
         y = labels[tr].copy()
         candidates = np.flatnonzero(y != self.target_class)
-        poison = rng.choice(candidates, size=int(round(self.trigger_fraction * len(tr))), replace=False)
+        poison = rng.choice(
+            candidates, size=int(round(self.trigger_fraction * len(tr))), replace=False
+        )
         x[poison] = add_trigger(x[poison], self.patch, self.patch_value)
         y[poison] = self.target_class
         poisoned = np.zeros(len(tr), dtype=bool)
@@ -88,7 +102,12 @@ class DigitsBackdoorTask(NpeffTask):
         train = SplitData(
             {"x": torch.from_numpy(x).unsqueeze(1), "labels": torch.from_numpy(y)},
             [
-                {"image": x[i], "label": int(y[i]), "index": int(tr[i]), "triggered": bool(poisoned[i])}
+                {
+                    "image": x[i],
+                    "label": int(y[i]),
+                    "index": int(tr[i]),
+                    "triggered": bool(poisoned[i]),
+                }
                 for i in range(len(tr))
             ],
             poisoned[:, None],

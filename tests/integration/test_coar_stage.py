@@ -59,8 +59,16 @@ def test_coar_and_edit_stages(ckpts, tmp_path):
     good, other = ckpts
     m = coar.run(_cfg("coar", f"inputs.checkpoint={good}", *COAR), tmp_path / "coar")
     saved = json.loads((tmp_path / "coar" / "coar.json").read_text())
-    for key in ("corr_heldout_mean", "corr_loo_mean", "corr_gp_mean", "corr_by_alpha", "n_masks",
-                "n_units", "n_examples", "seconds"):
+    for key in (
+        "corr_heldout_mean",
+        "corr_loo_mean",
+        "corr_gp_mean",
+        "corr_by_alpha",
+        "n_masks",
+        "n_units",
+        "n_examples",
+        "seconds",
+    ):
         assert key in saved and saved[key] is not None, key
     assert (m["n_masks"], m["n_units"], m["n_examples"]) == (80, 16, 60)
     assert set(m["corr_by_alpha"]) == {"0.05", "0.1", "0.2", "0.4"}
@@ -79,16 +87,24 @@ def test_coar_and_edit_stages(ckpts, tmp_path):
     )
     out = json.loads((tmp_path / "edit" / "edit.json").read_text())
     assert [r["k"] for r in out["table"]] == [0, 1, 2, 3]
-    assert out["table"][0]["acc_all"] == pytest.approx(float((att.base_margins > 0).mean()), abs=0.02)
+    assert out["table"][0]["acc_all"] == pytest.approx(
+        float((att.base_margins > 0).mean()), abs=0.02
+    )
     assert (tmp_path / "edit" / "edit_sweep.png").stat().st_size > 1000
     assert "acc_all_before" in e and "acc_all_after" in e and e["best_k"] in (0, 1, 2, 3)
     html = (tmp_path / "edit" / "coar_report.html").read_text()
-    assert "COAR: component attribution" in html and "Coar-Edit" in html and "data:image/png" in html
+    assert (
+        "COAR: component attribution" in html and "Coar-Edit" in html and "data:image/png" in html
+    )
     assert (tmp_path / "coar" / "coar_report.html").is_file()
 
     with pytest.raises(ValueError, match="is not the model the attributions"):
         coar_edit.run(
-            _cfg("coar_edit", f"inputs.attributions={m['attributions']}", f"inputs.checkpoint={other}"),
+            _cfg(
+                "coar_edit",
+                f"inputs.attributions={m['attributions']}",
+                f"inputs.checkpoint={other}",
+            ),
             tmp_path / "bad",
         )
 

@@ -78,7 +78,9 @@ def test_bad_input_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="least squares on 10 units needs at least 11"):
         compute_attributions(m, loader, p, units="l2.weight", n_masks=5)
     assert not p.exists()
-    compute_attributions(m, loader, p, units="l2.weight", n_masks=30, evaluate=False, progress=False)
+    compute_attributions(
+        m, loader, p, units="l2.weight", n_masks=30, evaluate=False, progress=False
+    )
     with pytest.raises(ValueError, match="40 masks requested but .* holds 30"):
         fit_attributions(p, n_masks=40)
     with pytest.raises(ValueError, match="holds 30"):

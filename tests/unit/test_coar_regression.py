@@ -26,7 +26,10 @@ def _stats(keep, y):
 def test_least_squares_recovers_planted_model_exactly():
     keep, y, w, b = _planted()
     # chunked accumulation = one pass
-    chunks = [(torch.from_numpy(keep[i : i + 64]), torch.from_numpy(y[i : i + 64])) for i in range(0, 400, 64)]
+    chunks = [
+        (torch.from_numpy(keep[i : i + 64]), torch.from_numpy(y[i : i + 64]))
+        for i in range(0, 400, 64)
+    ]
     stats = regression.gram(chunks)
     wh, bh = regression.fit_closed_form(stats)
     assert np.allclose(wh, w, atol=1e-4) and np.allclose(bh, b, atol=1e-4)
@@ -61,7 +64,9 @@ def test_lasso_path_finds_support_and_picks_lambda_on_validation():
     # the path passes through the exact support, and the chosen fit has the right support
     supports = np.abs(res.path[:, :-1, :]) > 1e-8  # [K, |C|, n]
     truth = (w != 0).T
-    assert all(any(np.array_equal(supports[k, :, j], truth[:, j]) for k in range(15)) for j in range(n))
+    assert all(
+        any(np.array_equal(supports[k, :, j], truth[:, j]) for k in range(15)) for j in range(n)
+    )
     big = np.abs(res.weights) > 0.2
     assert np.array_equal(big, w != 0)
     assert np.abs(res.weights[w == 0]).max() < 0.1

@@ -36,7 +36,12 @@ def _net():
 
 def _data(n=10):
     g = torch.Generator().manual_seed(1)
-    return [{"x": torch.randn(n, 1, 4, 4, generator=g), "labels": torch.randint(0, 3, (n,), generator=g)}]
+    return [
+        {
+            "x": torch.randn(n, 1, 4, 4, generator=g),
+            "labels": torch.randint(0, 3, (n,), generator=g),
+        }
+    ]
 
 
 def test_unit_map_slices_layout_and_json():
@@ -105,10 +110,18 @@ def test_engine_matches_loop_cnn(method):
 def test_engine_matches_loop_bert_heads():
     from npeff.tasks import build_task
 
-    task = build_task({"name": "toy_nli", "n_train": 16, "n_fit": 8, "n_eval": 12, "max_length": 16})
+    task = build_task(
+        {"name": "toy_nli", "n_train": 16, "n_fit": 8, "n_eval": 12, "max_length": 16}
+    )
     torch.manual_seed(0)
     model = build_model(
-        {"name": "tiny_bert", "hidden_size": 16, "num_layers": 2, "num_heads": 4, "intermediate_size": 32},
+        {
+            "name": "tiny_bert",
+            "hidden_size": 16,
+            "num_layers": 2,
+            "num_heads": 4,
+            "intermediate_size": 32,
+        },
         task.model_hints(),
     )
     um = build_unit_map(model, "heads")
