@@ -138,8 +138,8 @@ class AblationEngine:
             if mod.bias is None:
                 res = g * mask
             else:
-                bias = mod.bias.view(bias_shape)
-                res = (g - bias) * mask + bias
+                # kept rows: the output as is; ablated rows: the bias alone (one fused pass)
+                res = torch.addcmul(mod.bias.view(bias_shape) * (1 - mask), g, mask)
             return res.reshape(m * b, *out.shape[1:])
 
         return hook
