@@ -104,7 +104,7 @@ def edit(
     """Coar-Edit sweep on ``model`` (checked to be the attributions' model).
 
     ``loader``: the examples the attributions were computed on (same order); ``targets`` and
-    ``references`` index them. ``k_values`` (default ``0..k_max``, k_max default 5% of units).
+    ``references`` index them. ``k_values`` (default ``0..k_max``; k_max default: floor(5% of the units)).
     ``data``: more named loaders whose accuracy is reported (e.g. ``{"all": eval_loader}``).
     ``best_k``: the k with the highest target accuracy (ties: smallest k) whose accuracy on
     ``data[select_on]`` (default: the references) drops by at most ``max_drop``.
@@ -117,7 +117,7 @@ def edit(
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if k_values is None:
-        k_max = max(1, int(round(0.05 * c))) if k_max is None else int(k_max)
+        k_max = max(1, int(0.05 * c)) if k_max is None else int(k_max)  # <= 5% of units
         k_values = range(0, k_max + 1)
     ks = sorted({int(k) for k in k_values})
     if ks[0] < 0 or ks[-1] > c:
