@@ -42,6 +42,7 @@ def sample_masks(
     return torch.from_numpy(np.stack(rows))
 
 
-def eval_stream(alpha_index: int) -> int:
-    """The generator stream of held-out masks at the ``alpha_index``-th evaluation rate."""
-    return 1000 + int(alpha_index)
+def eval_stream(alpha: float) -> int:
+    """The generator stream of held-out masks at evaluation rate ``alpha`` (a function of the
+    rate alone, so the masks at a rate do not depend on which other rates are evaluated)."""
+    return 1000 + int(round(float(alpha) * 1e6))
