@@ -325,10 +325,7 @@ def evaluate_attributions(
     alphas = eval_alphas(alpha, factors or DEFAULT_EVAL_FACTORS)
     seed = int(att.settings["seed"])
     c = att.n_units
-    masks = [
-        sample_masks(c, a, seed, 0, int(n_masks), stream=eval_stream(i))
-        for i, a in enumerate(alphas)
-    ]
+    masks = [sample_masks(c, a, seed, 0, int(n_masks), stream=eval_stream(a)) for a in alphas]
     true = [engine.margins(k, batches).numpy() for k in masks]
     predictors = {"coar": (att.weights, att.bias)}
     arrays = {
