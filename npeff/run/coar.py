@@ -81,8 +81,9 @@ def resolve_model(cfg: DictConfig, output_dir: Path):
     return load_checkpoint(ckpt), metrics
 
 
-def _find_unfinished(output_dir: Path, cfg: DictConfig) -> Path | None:
-    """Newest unfinished attributions.h5 of an earlier run of this stage with our settings."""
+def _find_unfinished(output_dir: Path, cfg: DictConfig, sha256: str) -> Path | None:
+    """Newest unfinished attributions.h5 of an earlier run of this stage with our settings and
+    checkpoint (file hash ``sha256``)."""
     from npeff.artifacts.coar import read_header
 
     want = json.dumps({k: _plain(cfg.coar.get(k)) for k in RESUME_KEYS}, sort_keys=True)
@@ -95,7 +96,7 @@ def _find_unfinished(output_dir: Path, cfg: DictConfig) -> Path | None:
         try:
             h = read_header(path)
             c = (h["config"] or {}).get("coar", {})
-            if h["fitted"]:
+            if h["fitted"] or h["model_identity"].get("sha256") != sha256:
                 continue
         except (ValueError, OSError, KeyError):
             continue
@@ -117,14 +118,15 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     loader = build_loader(loaded.task, str(c.split), int(c.batch_size), c.get("n_examples"))
     devices, nodes, strategy, accel = trainer_processes(cfg)
     path = output_dir / ATTRIBUTIONS_NAME
+    ckpt_sha = _file_sha256(loaded.path)
     if not path.exists():
-        old = _find_unfinished(output_dir, cfg)
+        old = _find_unfinished(output_dir, cfg, ckpt_sha)
         if old is not None:
             old.replace(path)
             log.info("npeff-coar: resuming the unfinished %s in %s", old, path)
     identity = {
         "checkpoint": str(loaded.path),
-        "sha256": _file_sha256(loaded.path),
+        "sha256": ckpt_sha,
         "model": OmegaConf.to_container(loaded.cfg.model, resolve=True),
         "task": OmegaConf.to_container(loaded.cfg.task, resolve=True),
     }
