@@ -92,3 +92,23 @@ DSF_PARTIAL_SUM = "npeff/dataset_fisher_sum"  # float64 [m] running sum while a 
 # --- npeff's own metadata for decompositions (decomposition engineer) ------------------------
 CONVERGENCE_GROUP = "npeff/convergence"  # datasets: steps [s], cosine [s, r], snapshots [s, n, r]
 EXAMPLE_INDICES = "npeff/example_indices"  # int64 [n]: position of each PEF's example in its split
+
+# --- COAR attributions (attributions.h5; owner: COAR engineer) -------------------------------
+# Ablation dataset (streamed, resumable): keep-masks and margins, one row per ablated model.
+COAR_GROUP = "coar"
+COAR_MASKS = "coar/masks"  # uint8 [m, |C|] keep-masks (1 = unit kept)
+COAR_MARGINS = "coar/margins"  # float32 [m, n] correct-class margin of each example per mask
+COAR_LABELS = "coar/labels"  # int64 [n]
+COAR_BASE_MARGINS = "coar/base_margins"  # float32 [n] margins of the unablated model
+COAR_EXAMPLE_INDICES = "coar/example_indices"  # int64 [n] positions in the data split
+COAR_WEIGHTS = "coar/weights"  # float32 [n, |C|] attributions (margin gained by keeping c)
+COAR_BIAS = "coar/bias"  # float32 [n]
+COAR_EVAL_GROUP = "coar/eval"
+COAR_EVAL_ALPHAS = "coar/eval/alphas"  # float64 [A]
+COAR_EVAL_MASKS = "coar/eval/masks"  # uint8 [A, t, |C|] held-out masks per ablation rate
+COAR_EVAL_MARGINS = "coar/eval/margins"  # float32 [A, t, n]
+COAR_LOO_MARGINS = "coar/eval/loo_margins"  # float32 [|C|, n] margins with one unit ablated
+COAR_GP_WEIGHTS = "coar/eval/gp_weights"  # float32 [n, |C|] gradient×parameter baseline
+ATTR_COAR_UNITS = "unit_map"  # attribute on `npeff`: JSON of npeff.models.units.UnitMap
+ATTR_COAR_SETTINGS = "settings"  # attribute on `npeff`: JSON (alpha, seed, solver, ...)
+ATTR_COAR_FITTED = "fitted"  # attribute on `npeff`: True once weights/bias are written

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from npeff.tasks.backdoor import DigitsBackdoorTask
 from npeff.tasks.base import SPLITS, NpeffTask, SplitData, TaskInfo
 from npeff.tasks.digits import DigitsTask
 from npeff.tasks.group import GroupTask
@@ -21,6 +22,7 @@ TASKS: dict[str, type[NpeffTask]] = {
     "group": GroupTask,
     "digits": DigitsTask,
     "text_csv": TextCsvTask,
+    "digits_backdoor": DigitsBackdoorTask,
 }
 
 

@@ -39,7 +39,7 @@ def small_csv(tmp_path_factory) -> Path:
 
 
 def test_groups_have_the_expected_options():
-    assert options("task") == ["digits", "group", "text_csv", "toy_nli"]
+    assert options("task") == ["digits", "digits_backdoor", "group", "text_csv", "toy_nli"]
     assert set(options("model")) >= {
         "mlp",
         "cnn",
@@ -58,6 +58,7 @@ SMALL_TASK = {
     "toy_nli": ["task.n_train=30", "task.n_fit=10", "task.n_eval=10"],
     "group": ["task.group=S3"],
     "digits": [],
+    "digits_backdoor": [],
 }
 
 

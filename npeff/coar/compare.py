@@ -1,0 +1,112 @@
+"""NPEFF vs COAR on one model (seed-systems.md §4.4): the statistics, as pure functions.
+
+- :func:`unit_shares`: m_j[c], the share of ‖g_j‖² (LRM-NPEFF, ``kind="lrm"``) or of h_j
+  (D-NPEFF, ``kind="diag"``) on the weight entries of unit c: ``[r, |C|]``.
+- :func:`top_unit_sets`: S_j, the ``k`` units with the largest share per component.
+- :func:`coar_predicted_effect`: COAR's predicted margin change of ablating S_j,
+  ``−Σ_{c∈S_j} A[:, c]`` ``[n]`` per component.
+- :func:`true_effect`: the real margin change of ablating S_j (batched, via the engine).
+- :func:`agreement`: per component, Spearman ρ across examples between NPEFF coefficients and an
+  effect (COAR-predicted or true), and the Jaccard overlap of the top-``top`` example sets next to
+  the same statistic for random unit sets of the same size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from npeff.artifacts.layout import ParameterLayout
+from npeff.coar.ablation import AblationEngine
+from npeff.models.units import UnitMap
+
+
+def unit_shares(
+    vectors: np.ndarray,
+    layout: ParameterLayout,
+    unit_map: UnitMap,
+    kind: str = "lrm",
+    col_indices: np.ndarray | None = None,
+) -> np.ndarray:
+    """``[r, |C|]`` share of each component's mass on each unit.
+
+    ``vectors`` ``[r, m']``: G (LRM; mass = g²) or H (D; mass = h ≥ 0) over the kept columns
+    ``col_indices`` (positions in ``layout``'s flat vector; None: all m columns).
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    mass = v * v if kind != "diag" else np.clip(v, 0, None)
+    owner = unit_map.unit_of_flat(layout).numpy()
+    if col_indices is not None:
+        owner = owner[np.asarray(col_indices, dtype=np.int64)]
+    if owner.shape[0] != v.shape[1]:
+        raise ValueError(f"{v.shape[1]} component columns but {owner.shape[0]} layout entries")
+    out = np.zeros((v.shape[0], unit_map.n_units))
+    keep = owner >= 0
+    np.add.at(out.T, owner[keep], mass[:, keep].T)
+    total = mass.sum(1, keepdims=True)
+    return out / np.where(total > 0, total, 1.0)
+
+
+def top_unit_sets(shares: np.ndarray, k: int) -> np.ndarray:
+    """int64 ``[r, k]``: per component the ``k`` units with the largest share."""
+    return np.argsort(-np.asarray(shares), axis=1, kind="stable")[:, : int(k)]
+
+
+def coar_predicted_effect(attributions: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """``[r, n]``: −Σ_{c∈S_j} A[:, c], COAR's predicted margin change from ablating S_j."""
+    a = np.asarray(attributions, dtype=np.float64)
+    return np.stack([-a[:, s].sum(1) for s in np.asarray(sets)])
+
+
+def true_effect(
+    engine: AblationEngine, batches: list[Mapping], base: torch.Tensor, sets: np.ndarray
+) -> np.ndarray:
+    """``[r, n]``: real margin change (ablated − base) from ablating each S_j (one pass)."""
+    keep = torch.ones(len(sets), engine.units.n_units, dtype=torch.bool)
+    for j, s in enumerate(np.asarray(sets)):
+        keep[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = False
+    return (engine.margins(keep, batches) - base[None, :]).numpy()
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = set(a.tolist()), set(b.tolist())
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+def agreement(
+    coefficients: np.ndarray,
+    effects: np.ndarray,
+    random_effects: np.ndarray | None = None,
+    top: int = 128,
+) -> dict:
+    """Per component j: Spearman ρ across examples between ``coefficients[:, j]`` (``[n, r]``)
+    and the size of the effect ``|effects[j]|`` (``[r, n]``), and the Jaccard overlap of the
+    top-``top`` examples of both; with ``random_effects`` (``[r, n]`` for random unit sets of the
+    same sizes) the same two statistics as a baseline."""
+    w = np.asarray(coefficients, dtype=np.float64)
+    top = min(int(top), w.shape[0])
+
+    def stats(eff):
+        rho, jac = [], []
+        for j in range(w.shape[1]):
+            e = np.abs(eff[j])
+            r = spearmanr(w[:, j], e).statistic if np.ptp(w[:, j]) > 0 and np.ptp(e) > 0 else np.nan
+            rho.append(float(r))
+            jac.append(_jaccard(np.argsort(-w[:, j])[:top], np.argsort(-e)[:top]))
+        return np.asarray(rho), np.asarray(jac)
+
+    rho, jac = stats(np.asarray(effects))
+    out = {"spearman": rho, "jaccard": jac}
+    if random_effects is not None:
+        rr, rj = stats(np.asarray(random_effects))
+        out |= {"spearman_random": rr, "jaccard_random": rj}
+    return out
+
+
+def random_unit_sets(n_units: int, sizes, seed: int = 0) -> np.ndarray:
+    """Random unit sets of the given sizes (one per component), as ``[r, k]``."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(n_units, size=int(k), replace=False) for k in sizes])
