@@ -44,7 +44,9 @@ class Group:
         n = table.shape[0]
         if table.shape != (n, n):
             raise ValueError(f"a Cayley table must be square, got {table.shape}")
-        if not (np.array_equal(table[0], np.arange(n)) and np.array_equal(table[:, 0], np.arange(n))):
+        if not (
+            np.array_equal(table[0], np.arange(n)) and np.array_equal(table[:, 0], np.arange(n))
+        ):
             raise ValueError("index 0 must be the identity of the group")
         self.name = name
         self.table = table
@@ -124,8 +126,10 @@ class Group:
     @cached_property
     def conjugacy_classes(self) -> list[np.ndarray]:
         """The conjugacy classes as sorted index arrays, the identity's class first."""
-        conj = self.table[self.table[np.arange(self.order)[:, None], np.arange(self.order)[None]],
-                          self.inverses[:, None]]  # conj[g, a] = g a g⁻¹
+        conj = self.table[
+            self.table[np.arange(self.order)[:, None], np.arange(self.order)[None]],
+            self.inverses[:, None],
+        ]  # conj[g, a] = g a g⁻¹
         seen = np.full(self.order, -1)
         classes = []
         for a in range(self.order):
@@ -163,7 +167,9 @@ class Group:
         h = np.asarray(elements)
         mask = np.zeros(self.order, dtype=bool)
         mask[h] = True
-        return bool(mask[0] and mask[self.table[np.ix_(h, h)]].all() and mask[self.inverses[h]].all())
+        return bool(
+            mask[0] and mask[self.table[np.ix_(h, h)]].all() and mask[self.inverses[h]].all()
+        )
 
     def left_cosets(self, subgroup) -> np.ndarray:
         """int64 ``[N]``: label of the left coset ``gH`` of every element g (labels 0..[G:H]-1,
@@ -216,7 +222,7 @@ class Group:
                 for h, gens in frontier:
                     mask = np.zeros(self.order, dtype=bool)
                     mask[h] = True
-                    for c, gen in cyclic:
+                    for _c, gen in cyclic:
                         if mask[gen]:
                             continue
                         j = self.subgroup([*gens, gen])

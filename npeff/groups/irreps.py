@@ -216,7 +216,9 @@ def _restricted_irreps(group: Group, parent: Group, rng: np.random.Generator) ->
     for ir in irreps(parent):
         parts = split_real(ir.matrices[rows], rng)
         pieces.extend(parts)
-        names.extend([ir.name + ("" if len(parts) == 1 else f"{chr(97 + j)}") for j in range(len(parts))])
+        names.extend(
+            [ir.name + ("" if len(parts) == 1 else f"{chr(97 + j)}") for j in range(len(parts))]
+        )
     return _dedupe(pieces, names)
 
 
@@ -233,7 +235,9 @@ def _product_irreps(group: Group, rng: np.random.Generator) -> list[Irrep]:
             parts = split_real(t, rng)
             pieces.extend(parts)
             nm = f"{ra.name}⊗{rb.name}"
-            names.extend([nm + ("" if len(parts) == 1 else f"{chr(97 + j)}") for j in range(len(parts))])
+            names.extend(
+                [nm + ("" if len(parts) == 1 else f"{chr(97 + j)}") for j in range(len(parts))]
+            )
     return _dedupe(pieces, names)
 
 
