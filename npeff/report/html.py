@@ -201,6 +201,7 @@ def render(content: ReportContent) -> str:
 {_summary_tables(content.summary)}
 <h2>Figures</h2>
 <div class="figs">{figs}</div>
+{"".join(content.sections)}
 <h2>Components</h2>
 <div class="cards">
 {cards}

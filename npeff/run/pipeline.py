@@ -43,7 +43,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "group_analysis")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -214,6 +214,15 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"))
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
+        sections = []
+        if (cfg.get("group_analysis") or {}).get("enabled"):  # npeff-groups on the trained model
+            from npeff.run import groups
+
+            groups_inputs = {"zoo": str(ckpt), "decomposition": str(decomposition)}
+            groups_inputs |= {"coeffs": str(coeffs), "pefs": str(eval_pefs)}
+            groups_cfg = stage_config(cfg, "groups", inputs=groups_inputs, split="eval")
+            stages("groups", groups.run, groups_cfg, stages.dir("groups"))
+            sections.append(str(stages.dir("groups") / "group_section.html"))
         report_cfg = stage_config(
             cfg,
             "report",
@@ -224,6 +233,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "coeffs": str(coeffs),
                 "pefs": str(eval_pefs),
                 "perturbation": str(perturbation),
+                "sections": sections,
             },
         )
         stages("report", report.run, report_cfg, stages.dir("report"))
@@ -300,6 +310,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     for key in ("n_flawed_selected", "n_components_raising_accuracy"):
         if key in pert:
             out[key] = pert[key]
+    if "groups" in m:  # the group section (npeff-groups), when group_analysis.enabled
+        out["groups"] = {k: v for k, v in m["groups"].items() if k != "section"}
     return out
 
 
@@ -330,6 +342,16 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
         lines.append(
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
             f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+        )
+    if metrics.get("groups"):
+        gm = metrics["groups"]
+        lines.append(
+            f"  group: bound {fmt(gm.get('mean_bound'))} vs accuracy "
+            f"{fmt(gm.get('mean_brute_force_accuracy'))}; component irrep purity "
+            f"{fmt(gm.get('component_irrep_purity'))} (shuffled "
+            f"{fmt(gm.get('component_irrep_purity_shuffled'))}), coset purity "
+            f"{fmt(gm.get('component_coset_purity'))} (shuffled "
+            f"{fmt(gm.get('component_coset_purity_shuffled'))})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

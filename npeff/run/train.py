@@ -49,7 +49,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from npeff.models.lightning import ClassifierModule
     from npeff.tasks import build_task
 
-    if cfg.task.get("name") == "group" and int(cfg.task.get("n_seeds") or 1) > 1:
+    if cfg.task.get("name") == "group" and (
+        int(cfg.task.get("n_seeds") or 1) > 1 or cfg.task.get("zoo_trainer")
+    ):
         from npeff.groups import zoo_run  # many seeds at once on stacked parameters
 
         return zoo_run.run(cfg, output_dir)

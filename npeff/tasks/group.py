@@ -15,7 +15,8 @@ even residue for Z_n). ``concepts=cosets`` records instead the left coset of x, 
 y and both cosets of x·y for every subgroup of index <= ``coset_max_index``
 (:mod:`npeff.groups.concepts`), the structure the network's neurons are constant on; ``both``
 records both sets. ``n_seeds`` (> 1: ``npeff-train`` trains a zoo, :mod:`npeff.groups.zoo_run`)
-and ``recipe`` (wu | chughtai) are read by the zoo trainer only.
+``recipe`` (wu | chughtai) and ``zoo_trainer`` (train even one seed with the stacked trainer,
+~5x fewer FLOPs than the Lightning path for S5) are read by the zoo trainer only.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class GroupTask(NpeffTask):
         coset_max_index: int = 10,
         n_seeds: int = 1,
         recipe: str | None = None,
+        zoo_trainer: bool = False,
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if str(concepts) not in CONCEPT_SETS:
@@ -92,6 +94,7 @@ class GroupTask(NpeffTask):
         self.coset_max_index = int(coset_max_index)
         self.n_seeds = int(n_seeds)
         self.recipe = recipe
+        self.zoo_trainer = bool(zoo_trainer)
         if not 0.0 < float(train_fraction) < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
         if not 0.0 < float(fit_fraction) < 1.0:
