@@ -256,14 +256,11 @@ def _regular_irreps(group: Group, rng: np.random.Generator) -> list[Irrep]:
     return _dedupe(split_real(mats, rng))
 
 
-_CACHE: dict[int, list[Irrep]] = {}
-
-
 def irreps(group: Group) -> list[Irrep]:
-    """The real irreps of ``group`` (cached per group object), trivial first, by dimension."""
-    key = id(group)
-    if key in _CACHE and _CACHE[key][0].matrices.shape[0] == group.order:
-        return _CACHE[key]
+    """The real irreps of ``group`` (cached on the group object), trivial first, by dimension."""
+    cached = getattr(group, "_irreps", None)
+    if cached is not None:
+        return cached
     rng = np.random.default_rng(0)
     if group.kind == "symmetric":
         out = _symmetric_irreps(group)
@@ -281,7 +278,7 @@ def irreps(group: Group) -> list[Irrep]:
     for i, ir in enumerate(out):
         if not ir.name:
             ir.name = f"{ir.kind[0]}{ir.dim}_{i}"
-    _CACHE[key] = out
+    group._irreps = out
     return out
 
 
@@ -305,10 +302,14 @@ def character_table(group: Group) -> np.ndarray:
 def irrep_bases(group: Group) -> list[np.ndarray]:
     """Per irrep, an orthonormal basis ``[N, d²/κ]`` of the span of its matrix-entry functions
     ``g ↦ ρ(g)_{ab}`` in R^N. The spans are mutually orthogonal and together span R^N."""
+    cached = getattr(group, "_irrep_bases", None)
+    if cached is not None:
+        return cached
     out = []
     for ir in irreps(group):
         f = ir.matrices.reshape(group.order, -1)
         u, s, _ = np.linalg.svd(f, full_matrices=False)
         rank = int(round(ir.dim**2 / ir.kappa))
         out.append(u[:, :rank])
+    group._irrep_bases = out
     return out

@@ -61,3 +61,19 @@ def test_zoo_resumes_from_state(tmp_path):
     assert resumed.start_epoch == 10
     for k in full.params:
         assert torch.allclose(full.params[k], resumed.params[k], atol=1e-6)
+
+
+def test_recipes_override_optim():
+    import pytest
+    from omegaconf import OmegaConf
+
+    from npeff.groups.zoo_run import zoo_optim
+
+    cfg = OmegaConf.create({"optim": {"name": "adam", "lr": 0.5}, "task": {"recipe": "chughtai"}})
+    o = zoo_optim(cfg)
+    assert o["name"] == "adamw" and o["lr"] == 1e-3 and o["weight_decay"] == 1.0
+    cfg.task.recipe = None
+    assert zoo_optim(cfg)["lr"] == 0.5
+    cfg.task.recipe = "nope"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        zoo_optim(cfg)
