@@ -43,6 +43,8 @@ class BoundResult:
     n_neurons_live: int
     seconds: float
     seconds_circuits: float
+    median_error: float = float("nan")  # per-input gap bound E(x, y), vs ideal_margin
+    min_error: float = float("nan")
     brute_force_accuracy: float | None = None
     brute_force_seconds: float | None = None
 
@@ -147,6 +149,7 @@ def compact_bound(
     dead = ~live
     unexp = np.nonzero(~explained & ~dead)[0]
     certified = 0
+    errs: list[np.ndarray] = []
     if margin > slack:
         # per circuit, once: |m_o − α| weights, û on each member's orbit element, Δu
         pre = []
@@ -171,7 +174,9 @@ def compact_bound(
                 real = np.maximum(L[xs][:, c.members] + R[ys][:, c.members], 0.0)
                 err += t_du.bound(act) + t_u.bound(np.abs(real - act))
             certified += int((margin - err > slack).sum())
+            errs.append(err)
     seconds = time.perf_counter() - t0
+    err_all = np.concatenate(errs) if errs else np.array([np.nan])
     res = BoundResult(
         bound=certified / (n * n),
         ideal_margin=margin,
@@ -180,6 +185,8 @@ def compact_bound(
         n_neurons_live=int(live.sum()),
         seconds=seconds,
         seconds_circuits=t_circ,
+        median_error=float(np.median(err_all)),
+        min_error=float(np.min(err_all)),
     )
     return res, circuits
 

@@ -87,6 +87,11 @@ def aggregate(seeds: list[dict], threshold_bound: float = 0.95) -> dict:
         "mean_brute_force_accuracy": float(np.mean(accs)),
         "median_time_ratio": float(np.median(ratios)),
         "median_time_ratio_with_irreps": float(np.median(ratios_irr)),
+        "median_gap_over_margin": float(
+            np.median(
+                [s["bound"]["median_error"] / max(s["bound"]["ideal_margin"], 1e-12) for s in seeds]
+            )
+        ),
     }
 
 
