@@ -57,6 +57,7 @@ class ReportContent:
     norm_ratio: np.ndarray | None  # [c] (perturbation) or [r] (from PEF norms)
     concept_analysis: ConceptAnalysis | None = None
     comparison: dict[str, dict] | None = None  # {method: metrics} (npeff.baselines.compare)
+    sections: list[str] = field(default_factory=list)  # extra HTML fragments (e.g. npeff-groups)
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:

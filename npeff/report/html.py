@@ -253,6 +253,7 @@ def render(content: ReportContent) -> str:
 {_comparison_html(content.comparison)}
 <h2>Figures</h2>
 <div class="figs">{figs}</div>
+{"".join(content.sections)}
 <h2>Components</h2>
 <div class="cards">
 {cards}

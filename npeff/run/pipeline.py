@@ -42,7 +42,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "baselines")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "baselines", "group_analysis")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -222,6 +222,15 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
 
         comparison = _run_baselines(cfg, stages, baselines, ckpt, coeffs) if baselines else None
 
+        sections = []
+        if (cfg.get("group_analysis") or {}).get("enabled"):  # npeff-groups on the trained model
+            from npeff.run import groups
+
+            groups_inputs = {"zoo": str(ckpt), "decomposition": str(decomposition)}
+            groups_inputs |= {"coeffs": str(coeffs), "pefs": str(eval_pefs)}
+            groups_cfg = stage_config(cfg, "groups", inputs=groups_inputs, split="eval")
+            stages("groups", groups.run, groups_cfg, stages.dir("groups"), single=True)
+            sections.append(str(stages.dir("groups") / "group_section.html"))
         report_cfg = stage_config(
             cfg,
             "report",
@@ -233,6 +242,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "pefs": str(eval_pefs),
                 "perturbation": str(perturbation),
                 **({"comparison": str(comparison)} if comparison else {}),
+                "sections": sections,
             },
         )
         stages("report", report.run, report_cfg, stages.dir("report"), single=True)
@@ -391,6 +401,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
             out[key] = pert[key]
     if "methods" in m.get("comparison", {}):
         out["methods"] = m["comparison"]["methods"]
+    if "groups" in m:  # the group section (npeff-groups), when group_analysis.enabled
+        out["groups"] = {k: v for k, v in m["groups"].items() if k != "section"}
     return out
 
 
@@ -433,6 +445,16 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
                 if "avg_max_cos_vs_npeff" in row
                 else ""
             )
+        )
+    if metrics.get("groups"):
+        gm = metrics["groups"]
+        lines.append(
+            f"  group: bound {fmt(gm.get('mean_bound'))} vs accuracy "
+            f"{fmt(gm.get('mean_brute_force_accuracy'))}; component irrep purity "
+            f"{fmt(gm.get('component_irrep_purity'))} (shuffled "
+            f"{fmt(gm.get('component_irrep_purity_shuffled'))}), coset purity "
+            f"{fmt(gm.get('component_coset_purity'))} (shuffled "
+            f"{fmt(gm.get('component_coset_purity_shuffled'))})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

@@ -129,6 +129,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         comparison=comparison,
         **task,
     )
+    for section in inputs.get("sections") or []:  # HTML fragments of other stages (npeff-groups)
+        content.sections.append(Path(str(section)).read_text(encoding="utf-8"))
     path = write_report(content, output_dir)
     run_, started = _wandb_run(cfg, output_dir)
     logged = wandb_log.log_report(content, run=run_) if run_ is not None else False

@@ -1,0 +1,247 @@
+"""Stage ``npeff-groups``: a group-network zoo read against its known mechanism.
+
+    npeff-groups inputs.zoo=<npeff-train task=group task.n_seeds=S run dir>
+    npeff-groups inputs.zoo=<model.ckpt> inputs.decomposition=<decomposition.h5> \
+                 inputs.coeffs=<coeffs.h5> inputs.pefs=<pefs.h5>     # + NPEFF components
+
+Per seed: the irrep spectrum and coset concentration of every neuron, the ρ-set circuits, the
+compact accuracy bound and the brute-force accuracy over all |G|² inputs with both times
+(:mod:`npeff.groups.bound`). With a decomposition: each component's irrep purity and the coset
+purity of its top examples, next to shuffled controls (:mod:`npeff.groups.components`).
+
+Writes ``seeds/seed_<s>.json`` as each seed finishes (a rerun in the same dir skips finished
+seeds), ``groups_summary.json``, ``group_section.html`` (the report's group section),
+``neurons.npz`` (the first seed's shares) and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
+    """One model's neuron analysis, circuits and bound (a JSON-ready dict, the analysis, circuits)."""
+    from npeff.groups.bound import bound_vs_brute_force
+    from npeff.groups.network import fold
+    from npeff.groups.neurons import analyze_neurons
+
+    net = fold(state)
+    group.irrep_info()  # built once per group, not part of any one model's bound
+    t0 = time.perf_counter()  # the explanation's irrep part: projections, per-neuron irrep
+    analyze_neurons(group, net, threshold=float(cfg.threshold), subgroups=[])
+    t_irreps = time.perf_counter() - t0
+    na = analyze_neurons(group, net, threshold=float(cfg.threshold))  # + coset concentration
+    res, circuits = bound_vs_brute_force(
+        group,
+        net,
+        na.irrep,
+        na.live,
+        tol=float(cfg.circuit_tol),
+        max_orbit=cfg.get("max_orbit"),
+        min_coverage=float(cfg.min_coverage),
+    )
+    b = res.summary()
+    b["seconds_with_irreps"] = b["seconds"] + t_irreps
+    b["time_ratio_with_irreps"] = b["seconds_with_irreps"] / max(b["brute_force_seconds"], 1e-12)
+    out = {
+        "neurons": na.summary(float(cfg.threshold)),
+        "irrep_names": na.irrep_names,
+        "irrep_dims": na.irrep_dims,
+        "bound": b,
+        "circuits": [c.summary() for c in circuits],
+        "neuron_irrep": na.irrep.tolist(),
+        "neuron_purity": na.purity.tolist(),
+        "left_subgroup_order": na.left_subgroup_order.tolist(),
+        "right_subgroup_order": na.right_subgroup_order.tolist(),
+    }
+    return out, na, circuits
+
+
+def aggregate(seeds: list[dict], threshold_bound: float = 0.95) -> dict:
+    bounds = [s["bound"]["bound"] for s in seeds]
+    accs = [s["bound"]["brute_force_accuracy"] for s in seeds]
+    ratios = [s["bound"]["time_ratio"] for s in seeds]
+    ratios_irr = [s["bound"]["time_ratio_with_irreps"] for s in seeds]
+    held = [s["heldout_accuracy"] for s in seeds if s.get("heldout_accuracy") is not None]
+    frac_irrep = [s["neurons"]["frac_live_ge_threshold_one_irrep"] for s in seeds]
+    return {
+        "n_seeds": len(seeds),
+        "frac_seeds_heldout_ge_99": float(np.mean([a >= 0.99 for a in held])) if held else None,
+        "mean_frac_live_neurons_ge_95_one_irrep": float(np.mean(frac_irrep)),
+        "bound_sound_all_seeds": bool(all(s["bound"]["sound"] for s in seeds)),
+        "frac_seeds_bound_ge_95": float(np.mean([b >= threshold_bound for b in bounds])),
+        "mean_bound": float(np.mean(bounds)),
+        "mean_brute_force_accuracy": float(np.mean(accs)),
+        "median_time_ratio": float(np.median(ratios)),
+        "median_time_ratio_with_irreps": float(np.median(ratios_irr)),
+        "median_gap_over_margin": float(
+            np.median(
+                [s["bound"]["median_error"] / max(s["bound"]["ideal_margin"], 1e-12) for s in seeds]
+            )
+        ),
+    }
+
+
+def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
+    """Irrep and coset purity of the NPEFF components (needs inputs.decomposition)."""
+    inputs = cfg.inputs
+    if not inputs.get("decomposition"):
+        return None
+    from npeff.artifacts.decomposition import load_decomposition
+    from npeff.groups.components import component_neuron_mass, coset_purity, irrep_purity
+    from npeff.models import load_checkpoint
+
+    dec = load_decomposition(inputs.decomposition)
+    n_neurons = int(zoo.params["hidden.bias"].shape[-1])
+    mass = component_neuron_mass(dec, n_neurons)
+    g = cfg.groups
+    ip = irrep_purity(mass, na.irrep, len(na.irrep_names), na.live, int(g.n_shuffles), int(g.seed))
+    out = {"irrep_purity": ip}
+    coeffs = load_decomposition(inputs.coeffs) if inputs.get("coeffs") else dec
+    if inputs.get("pefs"):
+        from npeff.artifacts.pefs import load_pefs
+
+        pefs = load_pefs(inputs.pefs)
+        split = str(cfg.get("split") or pefs.metadata.get("split") or "eval")
+        task = load_checkpoint(zoo.path).task
+        t = task.tensors(split)
+        src = pefs.source_indices
+        x, y = t["x"].numpy()[src], t["y"].numpy()[src]
+        stabs = [(c.left_stab, c.right_stab) for c in circuits if c.orbit_size > 1][
+            : int(g.max_circuits)
+        ]
+        if len(coeffs.W) != len(x):
+            raise ValueError(
+                f"inputs.coeffs has {len(coeffs.W)} examples but inputs.pefs {len(x)}: pass the "
+                "coefficients fitted on those PEFs"
+            )
+        out["coset_purity"] = coset_purity(
+            group, x, y, coeffs.W, stabs, int(g.top_k), int(g.n_shuffles), int(g.seed)
+        )
+    else:
+        out["coset_purity"] = {
+            "top_k": 0,
+            "per_component": [float("nan")] * dec.n_components,
+            "mean_purity": float("nan"),
+            "shuffled_mean_purity": float("nan"),
+        }
+    return out
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    from npeff.groups import get_group
+    from npeff.groups.network import seed_state
+    from npeff.groups.section import bound_figure, render_section, spectrum_figure
+    from npeff.groups.zoo_run import load_zoo
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    zoo = load_zoo(cfg.inputs.zoo)
+    group = get_group(zoo.group_name)
+    g = cfg.groups
+    idx = list(range(zoo.n_seeds))
+    if g.get("max_seeds"):
+        idx = idx[: int(g.max_seeds)]
+    held = zoo.metrics.get("heldout_accuracy_per_seed")
+    seeds_dir = output_dir / "seeds"
+    seeds_dir.mkdir(exist_ok=True)
+    results: list[dict] = []
+    first = None
+    from tqdm.auto import tqdm
+
+    for s in tqdm(idx, desc="groups", disable=not cfg.get("progress", True)):
+        path = seeds_dir / f"seed_{s:03d}.json"
+        if path.is_file() and s != idx[0]:
+            results.append(json.loads(path.read_text()))
+            continue
+        res, na, circuits = analyze_seed(group, seed_state(zoo.params, s), g)
+        res["seed"] = int(zoo.seeds[s])
+        res["heldout_accuracy"] = (
+            float(held[s])
+            if held
+            else zoo.metrics.get("heldout_accuracy", zoo.metrics.get("eval_accuracy"))
+        )
+        write_json_atomic(path, res)
+        results.append(res)
+        if first is None:
+            first = (na, circuits)
+        log.info(
+            "seed %s: accuracy %.4f, bound %.4f (sound %s), %.2fs vs brute force %.2fs",
+            res["seed"],
+            res["bound"]["brute_force_accuracy"],
+            res["bound"]["bound"],
+            res["bound"]["sound"],
+            res["bound"]["seconds"],
+            res["bound"]["brute_force_seconds"],
+        )
+    na, circuits = first
+    summary: dict[str, Any] = {
+        "group": group.name,
+        "order": group.order,
+        "irreps": [{"name": ir.name, "dim": ir.dim, "kind": ir.kind} for ir in group.irrep_info()],
+        "aggregate": aggregate(results),
+        "seeds": results,
+    }
+    comp = _component_analysis(cfg, group, na, circuits, zoo)
+    if comp is not None:
+        summary["components"] = comp
+        summary["aggregate"].update(
+            component_irrep_purity=comp["irrep_purity"]["mean_purity"],
+            component_irrep_purity_shuffled=comp["irrep_purity"]["shuffled_mean_purity"],
+            component_coset_purity=comp["coset_purity"]["mean_purity"],
+            component_coset_purity_shuffled=comp["coset_purity"]["shuffled_mean_purity"],
+        )
+    order = np.lexsort((-na.purity, na.irrep))
+    figures = {
+        "irrep spectrum per neuron (first seed)": spectrum_figure(
+            na.shares_combined, na.irrep_names, order
+        ),
+        "bound vs accuracy per seed": bound_figure(
+            [r["bound"]["brute_force_accuracy"] for r in results],
+            [r["bound"]["bound"] for r in results],
+        ),
+    }
+    write_json_atomic(output_dir / "groups_summary.json", summary)
+    with atomic_path(output_dir / "group_section.html") as tmp:
+        tmp.write_text(render_section(summary, figures), encoding="utf-8")
+    with atomic_path(output_dir / "neurons.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                shares_left=na.shares_left,
+                shares_right=na.shares_right,
+                shares_unembed=na.shares_unembed,
+                shares_combined=na.shares_combined,
+                irrep=na.irrep,
+                purity=na.purity,
+                live=na.live,
+            )
+    metrics = {
+        "group": group.name,
+        **summary["aggregate"],
+        "section": str(output_dir / "group_section.html"),
+    }
+    write_metrics(output_dir, metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="groups")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()

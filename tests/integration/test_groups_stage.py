@@ -1,0 +1,75 @@
+"""npeff-train with task.n_seeds (the zoo) and npeff-groups on it, on shrunken configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from npeff.groups.zoo_run import load_zoo
+from npeff.models import accuracy, load_checkpoint
+from npeff.run import groups, train
+from npeff.run.common import CONFIG_PATH
+
+ZOO = [
+    "task=group",
+    "task.group=S3",
+    "task.n_seeds=3",
+    "model.embed_dim=8",
+    "model.hidden=24",
+    "trainer.max_epochs=60",
+    "trainer.check_val_every_n_epoch=20",
+    "logger=none",
+    "progress=false",
+]
+
+
+def _cfg(name, overrides):
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        return compose(name, overrides)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    train.run(_cfg("train", ZOO), out)
+    return out
+
+
+def test_zoo_writes_per_seed_checkpoints_and_accuracies(zoo_dir):
+    m = json.loads((zoo_dir / "metrics.json").read_text())
+    assert m["n_seeds"] == 3 and len(m["heldout_accuracy_per_seed"]) == 3
+    for s in range(3):
+        loaded = load_checkpoint(zoo_dir / "seeds" / f"seed_{s:03d}" / "model.ckpt")
+        acc = accuracy(loaded.model, loaded.task.dataloader("eval", 64))
+        assert acc == pytest.approx(m["eval_accuracy_per_seed"][s], abs=1e-6)
+    zoo = load_zoo(zoo_dir)
+    assert zoo.n_seeds == 3 and zoo.params["hidden.weight"].shape == (3, 24, 16)
+    # model.ckpt at the root is seed 0's, for stages that take a run dir
+    root = torch.load(zoo_dir / "model.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(root["hidden.weight"], zoo.params["hidden.weight"][0])
+
+
+def test_groups_stage_bound_sound_on_every_seed(zoo_dir, tmp_path):
+    cfg = _cfg("groups", [f"inputs.zoo={zoo_dir}", "progress=false"])
+    m = groups.run(cfg, tmp_path)
+    summary = json.loads((tmp_path / "groups_summary.json").read_text())
+    assert m["n_seeds"] == 3 and m["bound_sound_all_seeds"]
+    for s in summary["seeds"]:
+        assert s["bound"]["bound"] <= s["bound"]["brute_force_accuracy"]
+    assert (tmp_path / "group_section.html").read_text().startswith("<h2>Group network: S3")
+    assert len(list((tmp_path / "seeds").glob("seed_*.json"))) == 3
+
+
+def test_groups_stage_rejects_other_checkpoints(toy_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match="not a group-operation network"):
+        groups.run(_cfg("groups", [f"inputs.zoo={toy_checkpoint}"]), tmp_path)
+
+
+def test_zoo_bad_settings(tmp_path):
+    with pytest.raises(ValueError, match="full batch"):
+        train.run(_cfg("train", [*ZOO, "batch_size=16"]), tmp_path)
+    with pytest.raises(ValueError, match="n_seeds must be >= 1"):
+        train.run(_cfg("train", [*ZOO, "task.n_seeds=0", "task.zoo_trainer=true"]), tmp_path)

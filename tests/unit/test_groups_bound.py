@@ -1,0 +1,138 @@
+"""Circuits, the compact bound (sound against brute force) and the neuron analyses."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from npeff.groups import get_group
+from npeff.groups.bound import bound_vs_brute_force
+from npeff.groups.components import coset_purity, irrep_purity, neuron_owner
+from npeff.groups.concepts import coset_concepts, coset_families
+from npeff.groups.network import all_logits, fold
+from npeff.groups.neurons import analyze_neurons, concentration
+from npeff.models.simple import GroupMLP
+
+
+def lookup_network(group, noise: float = 0.0, seed: int = 0) -> dict:
+    """An exactly bi-equivariant correct network: neuron (g, h) fires on (x, y) = (g, h) only
+    and votes for g·h. It is one orbit of one prototype under G×G (independent of the code)."""
+    n = group.order
+    g_idx, h_idx = np.divmod(np.arange(n * n), n)
+    w = np.zeros((n * n, 2 * n))
+    w[np.arange(n * n), g_idx] = 1.0
+    w[np.arange(n * n), n + h_idx] = 1.0
+    u = np.zeros((n, n * n))
+    u[group.table[g_idx, h_idx], np.arange(n * n)] = 1.0
+    rng = np.random.default_rng(seed)
+    sd = {
+        "embed_left": np.eye(n),
+        "embed_right": np.eye(n),
+        "hidden.weight": w + noise * rng.standard_normal(w.shape),
+        "hidden.bias": -np.ones(n * n) + noise * rng.standard_normal(n * n),
+        "unembed.weight": u + noise * rng.standard_normal(u.shape),
+        "unembed.bias": noise * rng.standard_normal(n),
+    }
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in sd.items()}
+
+
+def _bound(group, sd):
+    net = fold(sd)
+    na = analyze_neurons(group, net)
+    res, circuits = bound_vs_brute_force(group, net, na.irrep, na.live)
+    return res, circuits
+
+
+def test_folded_network_matches_groupmlp():
+    m = GroupMLP(6, 6, 8, 10)
+    net = fold(m.state_dict())
+    x, y = torch.arange(36) // 6, torch.arange(36) % 6
+    assert torch.allclose(all_logits(net), m(x, y).double().float(), atol=1e-5)
+
+
+def test_bound_exact_on_an_exactly_equivariant_network():
+    g = get_group("S3")
+    res, circuits = _bound(g, lookup_network(g))
+    assert res.brute_force_accuracy == 1.0
+    assert res.bound == 1.0 and res.sound
+    assert circuits[0].orbit_size == 36 and circuits[0].coverage == 1.0
+
+
+def test_bound_sound_under_noise_and_at_random_init():
+    g = get_group("S3")
+    bounds = []
+    for noise in (0.02, 0.1, 0.3):
+        res, _ = _bound(g, lookup_network(g, noise))
+        assert res.bound <= res.brute_force_accuracy
+        bounds.append(res.bound)
+    assert bounds[0] > 0.9  # small noise keeps a non-vacuous bound
+    for seed in range(3):
+        torch.manual_seed(seed)
+        res, _ = _bound(g, GroupMLP(6, 6, 8, 32).state_dict())
+        assert res.bound <= res.brute_force_accuracy
+
+
+def test_coset_concentration_finds_the_subgroup():
+    g = get_group("S4")
+    rng = np.random.default_rng(0)
+    subs = g.subgroups()
+    h = subs[3]
+    left = g.left_cosets(h)
+    v = rng.standard_normal(left.max() + 1)[left]  # constant on left cosets of h
+    best, order, share = concentration(g, v[:, None], subs, "left", 0.95)
+    assert order[0] == len(h) and share[0] > 0.999
+    assert np.array_equal(g.left_cosets(subs[best[0]]), left)
+
+
+def test_coset_concepts_by_brute_force():
+    g = get_group("S4")
+    fams = coset_families(g, 4)
+    x = np.arange(g.order)
+    y = (x * 5 + 3) % g.order
+    names, c = coset_concepts(g, x, y, fams)
+    assert c.shape == (g.order, len(names))
+    for j, name in enumerate(names[:40]):
+        role, rest = name.split(":")
+        fam = next(f for f in fams if rest.startswith(f.label + "#"))
+        k = int(rest.split("#")[1])
+        v = {"xL": x, "yR": y, "zL": g.table[x, y], "zR": g.table[x, y]}[role]
+        ref = (g.left_cosets if role.endswith("L") else g.right_cosets)(fam.elements)
+        rep = np.nonzero(ref == k)[0][0]
+        if role.endswith("L"):  # v ∈ rep·H  iff  rep⁻¹·v ∈ H
+            expect = np.isin(g.table[g.inverses[rep], v], fam.elements)
+        else:
+            expect = np.isin(g.table[v, g.inverses[rep]], fam.elements)
+        assert np.array_equal(c[:, j], expect)
+
+
+def test_neuron_owner_and_irrep_purity():
+    from npeff.artifacts.layout import ParameterLayout
+
+    m = GroupMLP(6, 6, 4, 5)
+    layout = ParameterLayout.from_named_tensors(m.named_parameters())
+    owner = neuron_owner(layout, 5)
+    flat = {k: torch.zeros_like(v) for k, v in m.named_parameters()}
+    flat["hidden.weight"][2] = 1.0
+    flat["hidden.bias"][2] = 1.0
+    flat["unembed.weight"][:, 2] = 1.0
+    vec = layout.flatten(flat).numpy()
+    assert set(owner[vec > 0]) == {2}
+    assert (owner[: 6 * 4 * 2] == -1).all()  # embeddings are shared
+    mass = np.zeros((2, 5))
+    mass[0, [0, 1]] = 1.0  # all on irrep 1
+    mass[1] = 1.0
+    out = irrep_purity(mass, np.array([1, 1, 2, 2, 3]), 4, n_shuffles=50)
+    assert out["per_row_purity"][0] == 1.0 and np.isclose(out["per_row_purity"][1], 0.4)
+    assert out["shuffled_mean_purity"] < out["mean_purity"]
+
+
+def test_coset_purity_planted_components():
+    g = get_group("S4")
+    h = g.subgroups()[0]  # A4: index 2
+    left = g.left_cosets(h)
+    x, y = np.divmod(np.arange(g.order**2), g.order)
+    W = np.random.default_rng(0).random((len(x), 2)) * 0.1
+    W[left[x] == 1, 0] += 1.0  # component 0's top examples have x in one coset
+    out = coset_purity(g, x, y, W, [(h, h)], top_k=16, n_shuffles=10)
+    assert out["per_component"][0] == 1.0
+    assert out["shuffled_mean_purity"] < 1.0

@@ -1,0 +1,79 @@
+"""The stacked zoo trainer against separately trained GroupMLPs (the reference)."""
+
+from __future__ import annotations
+
+import torch
+
+from npeff.groups.zoo import build_zoo_optimizer, init_params, train_zoo, unstack, zoo_logits
+from npeff.models.lightning import build_optimizer
+from npeff.models.simple import GroupMLP
+from npeff.tasks import build_task
+
+OPTIM = {"name": "adam", "lr": 1e-2, "betas": [0.9, 0.98], "weight_decay": 2e-4}
+
+
+def test_zoo_logits_equal_groupmlp_forward():
+    p = init_params(3, 6, 8, 16, True, seed=5)
+    x, y = torch.arange(36) // 6, torch.arange(36) % 6
+    out = zoo_logits(p, x, y)
+    for s in range(3):
+        torch.manual_seed(5 + s)
+        m = GroupMLP(6, 6, 8, 16, True)
+        assert torch.allclose(out[s], m(x, y), atol=1e-5)
+
+
+def test_zoo_training_equals_separate_runs():
+    task = build_task({"name": "group", "group": "S3", "train_fraction": 0.5})
+    t = task.tensors("train")
+    x, y, labels = t["x"], t["y"], t["labels"]
+    p0 = init_params(2, 6, 8, 16, True, seed=0)
+    res = train_zoo(p0, (x, y, labels), None, OPTIM, epochs=25, check_every=5)
+    for s in range(2):
+        m = GroupMLP(6, 6, 8, 16, True)
+        m.load_state_dict(unstack(p0, s))
+        opt = build_optimizer(m, OPTIM)
+        for _ in range(25):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x, y), labels).backward()
+            opt.step()
+        for k, v in m.state_dict().items():
+            assert torch.allclose(res.params[k][s], v, atol=1e-4), k
+    assert len(res.history) == 5
+
+
+def test_zoo_optimizer_does_not_decay_biases():
+    p = {k: torch.nn.Parameter(v) for k, v in init_params(2, 4, 3, 5).items()}
+    opt = build_zoo_optimizer(p, OPTIM)
+    decay = {id(q): g["weight_decay"] for g in opt.param_groups for q in g["params"]}
+    assert decay[id(p["hidden.bias"])] == 0.0 and decay[id(p["unembed.bias"])] == 0.0
+    assert decay[id(p["hidden.weight"])] == 2e-4 and decay[id(p["embed_left"])] == 2e-4
+
+
+def test_zoo_resumes_from_state(tmp_path):
+    task = build_task({"name": "group", "group": "S3", "train_fraction": 0.5})
+    t = task.tensors("train")
+    data = (t["x"], t["y"], t["labels"])
+    p0 = init_params(2, 6, 8, 16, True, seed=0)
+    full = train_zoo(p0, data, None, OPTIM, epochs=20, check_every=10)
+    state = tmp_path / "state.pt"
+    train_zoo(p0, data, None, OPTIM, epochs=10, check_every=10, state_path=state)
+    resumed = train_zoo(p0, data, None, OPTIM, epochs=20, check_every=10, state_path=state)
+    assert resumed.start_epoch == 10
+    for k in full.params:
+        assert torch.allclose(full.params[k], resumed.params[k], atol=1e-6)
+
+
+def test_recipes_override_optim():
+    import pytest
+    from omegaconf import OmegaConf
+
+    from npeff.groups.zoo_run import zoo_optim
+
+    cfg = OmegaConf.create({"optim": {"name": "adam", "lr": 0.5}, "task": {"recipe": "chughtai"}})
+    o = zoo_optim(cfg)
+    assert o["name"] == "adamw" and o["lr"] == 1e-3 and o["weight_decay"] == 1.0
+    cfg.task.recipe = None
+    assert zoo_optim(cfg)["lr"] == 0.5
+    cfg.task.recipe = "nope"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        zoo_optim(cfg)
