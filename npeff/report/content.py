@@ -56,6 +56,7 @@ class ReportContent:
     kl_ratio: np.ndarray | None  # [c] per evaluated component
     norm_ratio: np.ndarray | None  # [c] (perturbation) or [r] (from PEF norms)
     concept_analysis: ConceptAnalysis | None = None
+    sections: list[str] = field(default_factory=list)  # extra HTML sections (report.sections)
 
 
 def _attr(obj: Any, name: str, default: Any = None) -> Any:

@@ -199,6 +199,7 @@ def render(content: ReportContent) -> str:
 <p class="muted">NPEFF components, their top examples and perturbation checks.</p>
 <h2>Run summary</h2>
 {_summary_tables(content.summary)}
+{"".join(content.sections)}
 <h2>Figures</h2>
 <div class="figs">{figs}</div>
 <h2>Components</h2>

@@ -43,7 +43,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "shortcut_fix", "hydra")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -166,6 +166,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             f"fisher={cfg.fisher.kind} PEFs do not match decomp={kind}: use fisher=diag with "
             "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
         )
+    shortcut_fix = bool((cfg.get("shortcut_fix") or {}).get("enabled", False))
+    if shortcut_fix and not (cfg.flawed.enabled and kind == "lrm"):
+        raise ValueError(
+            "shortcut_fix.enabled needs the flawed-heuristic expansion on an LRM decomposition: "
+            "set flawed.enabled=true with fisher=lrm decomp=lrm_npeff (experiment=shortcut_fix)"
+        )
     stages = StageTimer(output_dir)
 
     # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
@@ -214,6 +220,25 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"))
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
+        sections = []
+        if shortcut_fix:  # paper §3.5 on a planted shortcut, NPEFF next to Coar-Edit
+            from npeff.run import shortcut
+
+            sc_cfg = stage_config(
+                cfg,
+                "shortcut",
+                inputs={
+                    "checkpoint": str(ckpt),
+                    "decomposition": str(decomposition),
+                    "coeffs": str(coeffs),
+                    "pefs": str(eval_pefs),
+                },
+                shortcut_fix=OmegaConf.to_container(cfg.shortcut_fix, resolve=True)
+                | {"expansion_components": list(range(int(cfg.flawed.n_new_components)))},
+            )
+            stages("shortcut", shortcut.run, sc_cfg, stages.dir("shortcut"))
+            sections.append(str(stages.dir("shortcut") / "section.html"))
+
         report_cfg = stage_config(
             cfg,
             "report",
@@ -225,6 +250,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 "pefs": str(eval_pefs),
                 "perturbation": str(perturbation),
             },
+            **({"report": {"sections": sections}} if sections else {}),
         )
         stages("report", report.run, report_cfg, stages.dir("report"))
 
@@ -300,6 +326,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     for key in ("n_flawed_selected", "n_components_raising_accuracy"):
         if key in pert:
             out[key] = pert[key]
+    if m.get("shortcut", {}).get("shortcut") is not None:
+        out["shortcut"] = m["shortcut"]["shortcut"]
     return out
 
 
@@ -330,6 +358,14 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
         lines.append(
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
             f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+        )
+    sc = metrics.get("shortcut")
+    if sc is not None:
+        lines.append(
+            f"  shortcut: cue-conflicting eval acc {fmt(sc['conflict_acc_before'])} (rest "
+            f"{fmt(sc['other_acc_before'])}); NPEFF edit {fmt(sc['npeff']['conflict_acc_after'])} "
+            f"(rest {fmt(sc['npeff']['other_acc_after'])}); Coar-Edit "
+            f"{fmt(sc['coar']['conflict_acc_after'])} (rest {fmt(sc['coar']['other_acc_after'])})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

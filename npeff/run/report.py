@@ -124,6 +124,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         | ({"split": split} if split else {}),
         **task,
     )
+    # extra HTML sections written by other stages (e.g. the shortcut flow's section.html)
+    content.sections = [Path(p).read_text(encoding="utf-8") for p in rc.get("sections") or []]
     path = write_report(content, output_dir)
     run_, started = _wandb_run(cfg, output_dir)
     logged = wandb_log.log_report(content, run=run_) if run_ is not None else False
