@@ -55,9 +55,10 @@ class EditScorer:
         self.splits = splits
         self.batch_size = int(batch_size)
         self.forward = forward or default_forward_logits
-        self.before = self._score()
+        self.before = self.score_current()
 
-    def _score(self) -> dict[str, dict[str, float]]:
+    def score_current(self) -> dict[str, dict[str, float]]:
+        """``{split: {group: accuracy}}`` of the model as it is now."""
         out = {}
         for name, sp in self.splits.items():
             logits = sp.cache.logits(self.model, None, self.batch_size, self.forward)
@@ -68,15 +69,7 @@ class EditScorer:
     def score(self, vector: ParameterVector, scale: float) -> dict[str, dict[str, float]]:
         """``{split: {group: accuracy}}`` of the model at θ + scale·vector (θ restored after)."""
         with self.perturber.perturbed(vector, scale):
-            return self._score()
-
-    def score_fn(self, fn: Callable[[], None], undo: Callable[[], None]) -> dict:
-        """Accuracies after ``fn()`` changed the model in place; ``undo()`` restores it."""
-        fn()
-        try:
-            return self._score()
-        finally:
-            undo()
+            return self.score_current()
 
 
 def loss_and_slope(

@@ -194,7 +194,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     coar = None
     if sc.coar.enabled and shortcut_coar.available():
         coar = shortcut_coar.run_coar_edit(
-            model, task, perturber, scorer, cfg, output_dir, select_on=on, max_other_drop=cap
+            model, scorer, cfg, output_dir, select_on=on, max_other_drop=cap
         )
     elif sc.coar.enabled:
         log.warning("shortcut: npeff.coar is not installed here; the Coar-Edit step is skipped")
