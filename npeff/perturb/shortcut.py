@@ -99,7 +99,7 @@ def loss_and_slope(
                         logits.float(), batch["labels"].long(), reduction="sum"
                     ) / max(n, 1)
                     grads = torch.autograd.grad(loss, plist, allow_unused=True)
-                    total_loss += float(loss)
+                    total_loss += float(loss.detach())
                     for name, g in zip(names, grads):
                         if g is not None:
                             slope += float((g.double() * named[name].to(g.device).double()).sum())
