@@ -42,7 +42,16 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "baselines", "group_analysis")
+PIPELINE_ONLY = (
+    "stage",
+    "stages",
+    "cache_dir",
+    "flawed",
+    "shortcut_fix",
+    "hydra",
+    "baselines",
+    "group_analysis",
+)
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -172,6 +181,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
         )
     baselines = _baseline_names(cfg)
+    shortcut_fix = bool((cfg.get("shortcut_fix") or {}).get("enabled", False))
+    if shortcut_fix and not (cfg.flawed.enabled and kind == "lrm"):
+        raise ValueError(
+            "shortcut_fix.enabled needs the flawed-heuristic expansion on an LRM decomposition: "
+            "set flawed.enabled=true with fisher=lrm decomp=lrm_npeff (experiment=shortcut_fix)"
+        )
     stages = StageTimer(output_dir)
 
     # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
@@ -231,6 +246,24 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             groups_cfg = stage_config(cfg, "groups", inputs=groups_inputs, split="eval")
             stages("groups", groups.run, groups_cfg, stages.dir("groups"), single=True)
             sections.append(str(stages.dir("groups") / "group_section.html"))
+        if shortcut_fix:  # paper §3.5 on a planted shortcut, NPEFF next to Coar-Edit
+            from npeff.run import shortcut
+
+            sc_cfg = stage_config(
+                cfg,
+                "shortcut",
+                inputs={
+                    "checkpoint": str(ckpt),
+                    "decomposition": str(decomposition),
+                    "coeffs": str(coeffs),
+                    "pefs": str(eval_pefs),
+                },
+                shortcut_fix=OmegaConf.to_container(cfg.shortcut_fix, resolve=True)
+                | {"expansion_components": list(range(int(cfg.flawed.n_new_components)))},
+            )
+            stages("shortcut", shortcut.run, sc_cfg, stages.dir("shortcut"), single=True)
+            sections.append(str(stages.dir("shortcut") / "section.html"))
+
         report_cfg = stage_config(
             cfg,
             "report",
@@ -403,6 +436,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         out["methods"] = m["comparison"]["methods"]
     if "groups" in m:  # the group section (npeff-groups), when group_analysis.enabled
         out["groups"] = {k: v for k, v in m["groups"].items() if k != "section"}
+    if m.get("shortcut", {}).get("shortcut") is not None:
+        out["shortcut"] = m["shortcut"]["shortcut"]
     return out
 
 
@@ -455,6 +490,14 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
             f"{fmt(gm.get('component_irrep_purity_shuffled'))}), coset purity "
             f"{fmt(gm.get('component_coset_purity'))} (shuffled "
             f"{fmt(gm.get('component_coset_purity_shuffled'))})"
+        )
+    sc = metrics.get("shortcut")
+    if sc is not None:
+        lines.append(
+            f"  shortcut: cue-conflicting eval acc {fmt(sc['conflict_acc_before'])} (rest "
+            f"{fmt(sc['other_acc_before'])}); NPEFF edit {fmt(sc['npeff']['conflict_acc_after'])} "
+            f"(rest {fmt(sc['npeff']['other_acc_after'])}); Coar-Edit "
+            f"{fmt(sc['coar']['conflict_acc_after'])} (rest {fmt(sc['coar']['other_acc_after'])})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

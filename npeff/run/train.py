@@ -111,6 +111,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             for split in ("train", "fit", "eval"):
                 metrics[f"{split}_accuracy"] = accuracy(model, task.dataloader(split, eval_bs))
                 metrics[f"{split}_examples"] = task.num_examples(split)
+            metrics.update(_shortcut_metrics(model, task, eval_bs))
             metrics["seconds"] = time.perf_counter() - t_start
             ckpt = save_checkpoint(output_dir / CHECKPOINT_NAME, model, cfg, metrics)
             metrics["checkpoint"] = str(ckpt)
@@ -130,6 +131,33 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     finally:
         finish_tracking()
     return metrics
+
+
+def _shortcut_metrics(model, task, batch_size: int) -> dict[str, Any]:
+    """With a planted shortcut (task concepts ``cue``/``cue_conflict``): eval and fit accuracy on
+    cue-conflicting examples, on the rest and on cue-free ones (``shortcut_eval_conflict_acc``...);
+    nothing otherwise."""
+    from npeff.analysis.shortcut import cue_columns, shortcut_accuracy_metrics
+    from npeff.models.core import predict_logits
+
+    if cue_columns(task.concept_names) is None:
+        return {}
+    out: dict[str, Any] = {}
+    for split in ("fit", "eval"):
+        logits, labels = predict_logits(model, task.dataloader(split, batch_size))
+        figures = shortcut_accuracy_metrics(
+            logits.argmax(-1).numpy(), labels.numpy(), task.concepts(split), task.concept_names
+        )
+        out.update({f"shortcut_{split}_{k}": v for k, v in figures.items()})
+    log.info(
+        "shortcut: eval accuracy %.4f on %d cue-conflicting examples, %.4f on the rest, "
+        "%.4f on cue-free ones",
+        out["shortcut_eval_conflict_acc"],
+        out["shortcut_eval_n_conflict"],
+        out["shortcut_eval_other_acc"],
+        out["shortcut_eval_cue_free_acc"],
+    )
+    return out
 
 
 main = stage_main("train", run)

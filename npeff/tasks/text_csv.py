@@ -8,6 +8,12 @@ split; any other value is a local Hugging Face tokenizer folder (or a ``pkg:`` r
 
 Splits: rows are (optionally) de-duplicated, shuffled with the seed and cut into ``n_fit``,
 ``n_eval`` and ``n_train`` rows (``n_train: null`` = all remaining rows).
+
+Shortcut knob (``shortcut=``, off by default; :mod:`npeff.tasks.shortcut`), a column rule: the cue
+word ``word`` is written at the ``position`` (``end`` | ``start``) of column ``column`` (``text``
+= the text column, ``text_pair`` = the pair column) of a share ``rate`` of each split's rows; in
+``train`` it predicts ``label`` with probability ``p``, in ``fit``/``eval`` it is independent of
+the label. The task then has the concepts ``cue`` and ``cue_conflict``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 from npeff.tasks.files import resolve_path
+from npeff.tasks.shortcut import CONCEPT_NAMES as SHORTCUT_CONCEPTS
+from npeff.tasks.shortcut import parse_shortcut
 from npeff.tasks.tokenizer import WordTokenizer
 
 
@@ -67,6 +75,10 @@ def read_rows(
     return rows
 
 
+SHORTCUT_DEFAULTS = {"word": "zqcue", "column": "text", "position": "end"}
+SHORTCUT_COLUMNS = ("text", "text_pair")
+
+
 class TextCsvTask(NpeffTask):
     """Text (pair) classification from a local CSV/JSONL file."""
 
@@ -89,6 +101,7 @@ class TextCsvTask(NpeffTask):
         deduplicate: bool = True,
         seed: int = 0,
         batch_size: int | None = 32,
+        shortcut: dict | None = None,
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if path is None or str(path) in ("", "???"):
@@ -105,6 +118,16 @@ class TextCsvTask(NpeffTask):
         self.n_fit, self.n_eval = int(n_fit), int(n_eval)
         self.deduplicate = bool(deduplicate)
         self.tokenizer: Any = None
+        self.shortcut_cfg = dict(shortcut) if shortcut else None
+        if self.shortcut_cfg is not None:
+            column = self.shortcut_cfg.get("column", "text")
+            if column not in SHORTCUT_COLUMNS or (column == "text_pair" and not text_pair_column):
+                raise ValueError(
+                    f"text_csv shortcut.column={column!r}: use 'text' (task.text_column) or "
+                    "'text_pair' (needs task.text_pair_column)"
+                )
+            if self.shortcut_cfg.get("position", "end") not in ("end", "start"):
+                raise ValueError("text_csv shortcut.position must be 'end' or 'start'")
 
     def _columns(self) -> list[str]:
         cols = [self.text_column, self.label_column]
@@ -158,6 +181,10 @@ class TextCsvTask(NpeffTask):
         idx = split_indices(
             n, {"train": n_train, "fit": self.n_fit, "eval": self.n_eval}, self.seed
         )
+        concepts: dict[str, np.ndarray | None] = {split: None for split in idx}
+        train_labels = labels[idx["train"]]
+        if self.shortcut_cfg is not None:
+            concepts, train_labels = self._plant_shortcut(idx, texts, pairs, labels, label_names)
         self.tokenizer = self._make_tokenizer(
             [texts[i] for i in idx["train"]], [pairs[i] for i in idx["train"]]
         )
@@ -166,19 +193,61 @@ class TextCsvTask(NpeffTask):
             t = [texts[i] for i in rows_idx]
             p = [pairs[i] for i in rows_idx] if self.text_pair_column else None
             tensors = self._encode(t, p)
-            tensors["labels"] = torch.from_numpy(labels[rows_idx])
+            y = train_labels if split == "train" else labels[rows_idx]
+            tensors["labels"] = torch.from_numpy(np.ascontiguousarray(y))
             records = []
-            for j, i in enumerate(rows_idx):
-                rec: dict[str, Any] = {"text": t[j], "label": int(labels[i])}
+            for j in range(len(rows_idx)):
+                rec: dict[str, Any] = {"text": t[j], "label": int(y[j])}
                 if p is not None:
                     rec["text_pair"] = p[j]
                 records.append(rec)
-            splits[split] = SplitData(tensors, records, None)
+            splits[split] = SplitData(tensors, records, concepts[split])
         hints = {"max_length": self.max_length}
         if isinstance(self.tokenizer, WordTokenizer):
             hints["vocab_size"] = self.tokenizer.vocab_size
-        info = TaskInfo(num_classes=len(label_names), label_names=list(label_names), hints=hints)
+        info = TaskInfo(
+            num_classes=len(label_names),
+            label_names=list(label_names),
+            concept_names=list(SHORTCUT_CONCEPTS) if self.shortcut_cfg is not None else [],
+            hints=hints,
+        )
         return info, splits
+
+    def _plant_shortcut(
+        self,
+        idx: dict[str, np.ndarray],
+        texts: list[str],
+        pairs: list[str | None],
+        labels: np.ndarray,
+        label_names: list[str],
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Write the cue into ``texts``/``pairs`` (in place) by the column rule.
+
+        Returns the cue concepts of every split (bool [n_split, 2]) and the train labels.
+        """
+        sc = parse_shortcut(self.shortcut_cfg, label_names, SHORTCUT_DEFAULTS)
+        assert sc is not None
+        word, column = str(sc.options["word"]), sc.options["column"]
+        target = pairs if column == "text_pair" else texts
+        if not word.strip() or len(word.split()) != 1:
+            raise ValueError(f"text_csv shortcut.word={word!r} must be one word")
+        n_hits = sum(word.lower() in str(x).lower().split() for x in target)
+        if n_hits:
+            raise ValueError(
+                f"text_csv shortcut.word={word!r} already occurs in {n_hits} rows of column "
+                f"{column!r}; choose a word absent from the data"
+            )
+        concepts, train_labels = {}, labels[idx["train"]]
+        for split, rows_idx in idx.items():
+            y = labels[rows_idx]
+            cue = sc.assign(y, split, self.seed)
+            for i in np.asarray(rows_idx)[cue]:
+                x = str(target[i])
+                target[i] = f"{x} {word}" if sc.options["position"] == "end" else f"{word} {x}"
+            concepts[split] = sc.concepts(cue, y)
+            if split == "train":
+                train_labels = sc.train_labels(y, cue, self.seed, len(label_names))
+        return concepts, train_labels
 
     def _make_tokenizer(self, texts: list[str], pairs: list[str | None]) -> Any:
         if self.tokenizer_spec == "word":

@@ -21,6 +21,13 @@ full_overlap        every hypothesis word occurs in the premise (lexical        
 Label rule: contradiction if any contradiction concept holds; otherwise neutral if any neutral
 concept holds; otherwise entailment. Several concepts lead to each label, so the label alone
 does not reveal which strategy an example needs. All pairs are distinct across the splits.
+
+Shortcut knob (``shortcut=``, off by default; :mod:`npeff.tasks.shortcut`): a cue that predicts
+one label with probability ``p`` in ``train`` and is independent of the label in ``fit``/``eval``.
+``cue: word`` appends ``word`` to the hypothesis (``position: hypothesis_end``) or the premise
+(``premise_end``); ``cue: article`` is a template feature, the premise starting with "a" instead of
+"the". Two concepts are added: ``cue`` and ``cue_conflict``. The nine concepts above are computed
+from the sentences' structure, without the cue. With the knob off, everything is as before.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import numpy as np
 import torch
 
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo
+from npeff.tasks.shortcut import CONCEPT_NAMES as SHORTCUT_CONCEPTS
+from npeff.tasks.shortcut import Shortcut, parse_shortcut
 from npeff.tasks.tokenizer import WordTokenizer
 
 LABEL_NAMES = ["entailment", "neutral", "contradiction"]
@@ -55,6 +64,9 @@ SIZES = ("big", "small")
 OBJECTS = ("cat", "dog", "ball", "box", "hat", "car")
 PLACES = ("on the table", "in the garden", "under the bed", "near the door")
 FUNCTION_WORDS = ("the", "is", "not", "there", "a")
+SHORTCUT_DEFAULTS = {"cue": "word", "word": "indeed", "position": "hypothesis_end"}
+CUE_KINDS = ("word", "article")
+CUE_POSITIONS = ("hypothesis_end", "premise_end")
 
 
 @dataclass(frozen=True)
@@ -187,6 +199,9 @@ class ToyNliTask(NpeffTask):
         n_train, n_fit, n_eval: split sizes (all pairs distinct across splits).
         max_length: padded token length of ``[CLS] premise [SEP] hypothesis [SEP]``.
         drop_with_conflict: see :func:`generate_pair` (0 = contradictions keep every detail).
+        shortcut: None (off) or the planted shortcut's settings: ``label`` (name or index),
+            ``p``, ``rate``, ``cue`` (word | article), ``word``, ``position``; see the module
+            docstring.
     """
 
     name = "toy_nli"
@@ -200,12 +215,17 @@ class ToyNliTask(NpeffTask):
         drop_with_conflict: float = 0.0,
         seed: int = 0,
         batch_size: int | None = 64,
+        shortcut: dict | None = None,
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         self.sizes = {"train": int(n_train), "fit": int(n_fit), "eval": int(n_eval)}
         self.max_length = int(max_length)
         self.drop_with_conflict = float(drop_with_conflict)
-        self.tokenizer = WordTokenizer(vocabulary())
+        self.shortcut = _check_shortcut(parse_shortcut(shortcut, LABEL_NAMES, SHORTCUT_DEFAULTS))
+        words = vocabulary()
+        if self.shortcut is not None and self.shortcut.options["cue"] == "word":
+            words.append(str(self.shortcut.options["word"]))
+        self.tokenizer = WordTokenizer(words)
 
     def _build(self) -> tuple[TaskInfo, dict[str, SplitData]]:
         rng = np.random.default_rng(self.seed)
@@ -232,20 +252,30 @@ class ToyNliTask(NpeffTask):
         for split, size in self.sizes.items():
             chunk = pairs[start : start + size]
             start += size
-            splits[split] = self._make_split(chunk)
+            splits[split] = self._make_split(chunk, split)
+        concept_names = list(CONCEPT_NAMES)
+        if self.shortcut is not None:
+            concept_names += list(SHORTCUT_CONCEPTS)
         info = TaskInfo(
             num_classes=3,
             label_names=list(LABEL_NAMES),
-            concept_names=list(CONCEPT_NAMES),
+            concept_names=concept_names,
             hints={"vocab_size": self.tokenizer.vocab_size, "max_length": self.max_length},
         )
         return info, splits
 
-    def _make_split(self, pairs: list[tuple[Sentence, Sentence]]) -> SplitData:
+    def _make_split(self, pairs: list[tuple[Sentence, Sentence]], split: str) -> SplitData:
         premises = [p.text() for p, _ in pairs]
         hypotheses = [h.text() for _, h in pairs]
         concepts = [sentence_concepts(p, h) for p, h in pairs]
         labels = [label_from_concepts(c) for c in concepts]
+        cue_concepts = None
+        if self.shortcut is not None:
+            cue = self.shortcut.assign(np.asarray(labels), split, self.seed)
+            premises, hypotheses = _render_cue(self.shortcut, premises, hypotheses, cue)
+            cue_concepts = self.shortcut.concepts(cue, np.asarray(labels))
+            if split == "train":
+                labels = self.shortcut.train_labels(np.asarray(labels), cue, self.seed, 3).tolist()
         tensors = self.tokenizer.encode(premises, hypotheses, max_length=self.max_length)
         tensors["labels"] = torch.tensor(labels, dtype=torch.long)
         records = [
@@ -254,4 +284,42 @@ class ToyNliTask(NpeffTask):
         concept_array = np.array(
             [[c[name] for name in CONCEPT_NAMES] for c in concepts], dtype=bool
         ).reshape(len(pairs), len(CONCEPT_NAMES))
+        if cue_concepts is not None:
+            concept_array = np.concatenate([concept_array, cue_concepts], axis=1)
         return SplitData(tensors=tensors, records=records, concepts=concept_array)
+
+
+def _check_shortcut(sc: Shortcut | None) -> Shortcut | None:
+    if sc is None:
+        return None
+    o = sc.options
+    if o["cue"] not in CUE_KINDS:
+        raise ValueError(f"toy_nli shortcut.cue={o['cue']!r}; available: {list(CUE_KINDS)}")
+    if o["cue"] == "word":
+        word = str(o["word"])
+        if not word.isalpha() or word != word.lower() or word in vocabulary():
+            raise ValueError(
+                f"toy_nli shortcut.word={word!r} must be one lower-case word outside the task's "
+                f"vocabulary {vocabulary()}"
+            )
+        if o["position"] not in CUE_POSITIONS:
+            raise ValueError(
+                f"toy_nli shortcut.position={o['position']!r}; available: {list(CUE_POSITIONS)}"
+            )
+    return sc
+
+
+def _render_cue(
+    sc: Shortcut, premises: list[str], hypotheses: list[str], cue: np.ndarray
+) -> tuple[list[str], list[str]]:
+    """The texts with the cue rendered on the examples where ``cue`` [n] is set."""
+    prem, hyp = list(premises), list(hypotheses)
+    kind, word, position = sc.options["cue"], sc.options["word"], sc.options["position"]
+    for i in np.flatnonzero(cue):
+        if kind == "article":  # every premise starts with "the"
+            prem[i] = "a" + prem[i][len("the") :]
+        elif position == "premise_end":
+            prem[i] = f"{prem[i]} {word}"
+        else:
+            hyp[i] = f"{hyp[i]} {word}"
+    return prem, hyp

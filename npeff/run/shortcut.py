@@ -1,0 +1,400 @@
+"""Stage ``npeff-shortcut``: paper §3.5 on a model with a planted shortcut, NPEFF's fix next to
+Coar-Edit's.
+
+Inputs: the checkpoint of a model trained with the task's shortcut knob (``task.shortcut``), the
+expanded decomposition (new components first, :func:`npeff.run.pipeline._flawed_expansion`), its
+coefficients fitted on ``eval`` and the eval PEF file. Steps:
+
+1. Eval predictions; share of expanded vs original components with ≥ 50% incorrect top-16
+   examples (the paper's 41% vs 4.3%); share of the flawed expanded ones whose top examples carry
+   the ``cue`` (and ``cue_conflict``) concept, with a shuffled control (rows of W permuted) and a
+   stricter one (permuted within correct / incorrect predictions).
+2. The flawed expanded components (≥ 8 of the top 16 incorrect) perturbed along their LRM
+   directions at ±``magnitude`` (the paper's 0.3), and along the same direction with the sign and
+   scale chosen by the loss gradient on the component's incorrect top examples
+   (:func:`npeff.perturb.shortcut.gradient_scale`).
+3. Accuracy on cue-conflicting examples, on the rest, on cue-free ones and on all, on ``fit`` and
+   ``eval``, before and after every edit; the best edit is chosen on ``fit`` (the ``select_on``
+   split, which nothing here was fitted on except the expansion), its ``eval`` figures reported.
+4. Coar-Edit on the same model (:mod:`npeff.perturb.shortcut_coar`) when ``npeff.coar`` imports:
+   targets = cue-conflicting ``fit`` errors, references = correct ``fit`` examples, top-k units
+   ablated, the same accuracies against k.
+
+Writes ``shortcut.json`` (everything), ``section.html`` (the report section: one table with both
+methods and the unedited model, the paper's figures beside it) and ``metrics.json`` whose
+``shortcut`` entry is the pipeline's ``shortcut`` metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+
+log = logging.getLogger(__name__)
+
+# The paper's §3.5 figures (tiny BERT-free NLI model; 64 expansion components, 50k examples).
+PAPER = {
+    "frac_flawed_expanded": 0.41,
+    "frac_flawed_original": 0.043,
+    "n_flawed_perturbed": 48,
+    "n_raising_accuracy_0.5pt": 4,
+    "magnitude": 0.3,
+}
+
+
+def _split_examples(task, split: str, batch_size: int, n: int | None = None):
+    from npeff.analysis.shortcut import group_masks
+    from npeff.perturb.examples import ExampleCache
+    from npeff.perturb.shortcut import SplitExamples
+
+    cache = ExampleCache(task.dataloader(split, batch_size), n_examples=n)
+    concepts = task.concepts(split)[: cache.n]
+    return SplitExamples(cache, group_masks(concepts, task.concept_names)), concepts
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "—"
+    if isinstance(v, float):
+        return f"{100 * v:.1f}"
+    return escape(str(v))
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> dict:
+    """Run the stage; returns its metrics (also in ``metrics.json``)."""
+    from npeff.analysis.shortcut import cue_carrying, cue_columns, frac_flawed
+    from npeff.artifacts.decomposition import load_decomposition
+    from npeff.artifacts.pefs import load_pefs
+    from npeff.models import load_checkpoint
+    from npeff.perturb.directions import lrm_direction, normalize_rows
+    from npeff.perturb.flawed import select_flawed_components
+    from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
+    from npeff.perturb.vector import ModelPerturber
+    from npeff.run.perturb import _expansion_components, _with_components
+
+    t0 = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sc = cfg.shortcut_fix
+    loaded = load_checkpoint(cfg.inputs.checkpoint)
+    task = loaded.task
+    if cue_columns(task.concept_names) is None:
+        raise ValueError(
+            f"{cfg.inputs.checkpoint}: the model's task has no planted shortcut (no 'cue' "
+            "concepts); train with task.shortcut set (experiment=shortcut_fix)"
+        )
+    dec, comp = _with_components(cfg, load_decomposition(cfg.inputs.coeffs))
+    if dec.kind != "lrm":
+        raise ValueError(f"the shortcut flow needs an LRM decomposition, got {dec.kind!r}")
+    pefs = load_pefs(cfg.inputs.pefs)
+    if not np.array_equal(pefs.source_indices, np.arange(dec.n_examples)):
+        raise ValueError(
+            "the coefficients must cover the eval split's first examples in order (an unfiltered "
+            "eval PEF file)"
+        )
+    explicit = sc.get("expansion_components")
+    pc = OmegaConf.create({"flawed": {"expansion_components": explicit}})
+    expanded = sorted(set(_expansion_components(pc, dec, comp)))
+    original = [j for j in range(dec.n_components) if j not in set(expanded)]
+
+    model = loaded.model.eval()
+    bs = int(sc.batch_size)
+    ev, ev_concepts = _split_examples(task, "eval", bs, dec.n_examples)
+    fit, _ = _split_examples(task, str(sc.select_on), bs)
+    layout = dec.layout or pefs.layout
+    perturber = ModelPerturber(model, layout)
+    scorer = EditScorer(model, perturber, {"eval": ev, str(sc.select_on): fit}, bs)
+    before = scorer.before
+    logits = ev.cache.logits(model, None, bs)
+    preds = logits.argmax(-1).numpy()
+    labels = ev.cache.labels.numpy()
+    wrong = preds != labels
+    cue_i, conflict_i = cue_columns(task.concept_names)
+
+    # 1. flawed shares and the cue concept
+    k, share = int(sc.n_top), float(sc.min_incorrect_share)
+    frac_exp, flawed_exp_mask = frac_flawed(dec.W, np.asarray(expanded), wrong, k, share)
+    frac_orig, flawed_orig_mask = frac_flawed(dec.W, np.asarray(original), wrong, k, share)
+    flawed_exp = np.asarray(expanded)[flawed_exp_mask]
+    cue_stats = {}
+    for concept, col in (("cue", cue_i), ("cue_conflict", conflict_i)):
+        for name, comps in (("flawed_expanded", flawed_exp), ("expanded", np.asarray(expanded))):
+            kw = dict(k=k, min_share=float(sc.cue_min_share), n_shuffles=int(sc.n_shuffles))
+            plain = cue_carrying(dec.W, comps, ev_concepts[:, col], seed=int(sc.seed), **kw)
+            strict = cue_carrying(
+                dec.W, comps, ev_concepts[:, col], seed=int(sc.seed), strata=wrong, **kw
+            )
+            cue_stats[f"{concept}.{name}"] = plain | {
+                "within_correctness_shuffled_frac_mean": strict["shuffled_frac_mean"],
+                "within_correctness_p_value": strict["p_value"],
+            }
+
+    # 2. edits of the selected (flawed) expansion components
+    selected = select_flawed_components(
+        dec.W, expanded, labels, preds, n_top=k, min_incorrect=int(sc.min_incorrect)
+    ).tolist()
+    G_unit = normalize_rows(dec.G)
+    mag = float(sc.magnitude)
+    records: list[dict] = []
+    used_for_choice = np.zeros(dec.n_examples, dtype=bool)
+    for j in selected:
+        v = lrm_direction(dec.G, dec.new_to_old_col_indices, layout, j, sc.tau, G_unit)
+        for s in (1, -1):
+            records.append(
+                {"component": j, "kind": f"{'+' if s > 0 else '-'}{mag:g}", "scale": s * mag}
+                | {"before": before, "after": scorer.score(v, s * mag)}
+            )
+        if sc.gradient.enabled:
+            top = np.argsort(-dec.W[:, j], kind="stable")[:k]
+            bad = np.sort(top[wrong[top]])
+            used_for_choice[bad] = True
+            batches = list(ev.cache.batches(bad, bs))
+            step = gradient_scale(
+                lambda rho, v=v, batches=batches: loss_and_slope(model, perturber, batches, v, rho),
+                rho0=float(sc.gradient.rho0),
+                rho_max=float(sc.gradient.rho_max),
+                n_bisect=int(sc.gradient.n_bisect),
+            )
+            rec = {"component": j, "kind": "gradient", "scale": step.scale}
+            rec["gradient"] = {
+                "n_examples": int(bad.size),
+                "loss_before": step.loss_before,
+                "loss_after": step.loss_after,
+                "slope_at_zero": step.slope_at_zero,
+                "n_evals": step.n_evals,
+                "hit_rho_max": step.hit_max,
+            }
+            records.append(rec | {"before": before, "after": scorer.score(v, step.scale)})
+        log.info("shortcut: edited component %d", j)
+    on, cap = str(sc.select_on), float(sc.max_other_drop)
+    kinds = {"paper": [r for r in records if r["kind"] != "gradient"]}
+    kinds["gradient"] = [r for r in records if r["kind"] == "gradient"]
+    kinds["any"] = records
+    best = {}
+    for name, recs in kinds.items():
+        i, met = best_edit(recs, on, cap)
+        best[name] = None if i is None else {**recs[i], "meets_cap_on_selection_split": met}
+
+    # held-out view: eval accuracy excluding the examples the gradient edits were fitted on
+    held = {g: m & ~used_for_choice for g, m in ev.masks.items()}
+
+    # 4. Coar-Edit (optional; needs npeff.coar)
+    from npeff.perturb import shortcut_coar
+
+    coar = None
+    if sc.coar.enabled and shortcut_coar.available():
+        coar = shortcut_coar.run_coar_edit(
+            model, scorer, cfg, output_dir, select_on=on, max_other_drop=cap
+        )
+    elif sc.coar.enabled:
+        log.warning("shortcut: npeff.coar is not installed here; the Coar-Edit step is skipped")
+
+    def after(b: dict | None, split: str, group: str):
+        return None if b is None else b["after"][split][group]
+
+    bn = best["any"]
+    cb = None if coar is None else coar.get("best")
+    metrics_sc: dict[str, Any] = {
+        "conflict_acc_before": before["eval"]["conflict"],
+        "other_acc_before": before["eval"]["other"],
+        "cue_free_acc_before": before["eval"]["cue_free"],
+        "all_acc_before": before["eval"]["all"],
+        "n_conflict_eval": int(ev.masks["conflict"].sum()),
+        "frac_flawed_expanded": frac_exp,
+        "frac_flawed_original": frac_orig,
+        "n_expanded": len(expanded),
+        "n_original": len(original),
+        "n_flawed_expanded": int(flawed_exp.size),
+        "frac_cue_flawed_expanded": cue_stats["cue.flawed_expanded"]["frac"],
+        "frac_cue_flawed_expanded_shuffled": cue_stats["cue.flawed_expanded"]["shuffled_frac_mean"],
+        "frac_cue_flawed_expanded_within_correctness_shuffled": cue_stats["cue.flawed_expanded"][
+            "within_correctness_shuffled_frac_mean"
+        ],
+        "n_selected": len(selected),
+        "npeff": {
+            "conflict_acc_after": after(bn, "eval", "conflict"),
+            "other_acc_after": after(bn, "eval", "other"),
+            "cue_free_acc_after": after(bn, "eval", "cue_free"),
+            "all_acc_after": after(bn, "eval", "all"),
+            "edit": None if bn is None else {k: bn[k] for k in ("component", "kind", "scale")},
+            "paper_conflict_acc_after": after(best["paper"], "eval", "conflict"),
+            "paper_other_acc_after": after(best["paper"], "eval", "other"),
+            "gradient_conflict_acc_after": after(best["gradient"], "eval", "conflict"),
+            "gradient_other_acc_after": after(best["gradient"], "eval", "other"),
+        },
+        "coar": {
+            "available": coar is not None,
+            "conflict_acc_after": after(cb, "eval", "conflict"),
+            "other_acc_after": after(cb, "eval", "other"),
+            "cue_free_acc_after": after(cb, "eval", "cue_free"),
+            "all_acc_after": after(cb, "eval", "all"),
+            "k": None if cb is None else cb["k"],
+        },
+        "select_on": on,
+        "max_other_drop": cap,
+        "paper": dict(PAPER),
+    }
+    if bn is not None:
+        # the chosen NPEFF edit once more on eval without the examples its choice may have used
+        v = lrm_direction(dec.G, dec.new_to_old_col_indices, layout, bn["component"], sc.tau)
+        with perturber.perturbed(v, bn["scale"]):
+            p2 = ev.cache.logits(model, None, bs).argmax(-1).numpy()
+        from npeff.analysis.shortcut import group_accuracies
+
+        metrics_sc["npeff"]["heldout"] = {
+            "before": group_accuracies(wrong == 0, held),
+            "after": group_accuracies(p2 == labels, held),
+            "n_excluded": int(used_for_choice.sum()),
+        }
+    summary = {
+        "shortcut": metrics_sc,
+        "expanded_components": expanded,
+        "flawed_expanded": flawed_exp.tolist(),
+        "flawed_original": np.asarray(original)[flawed_orig_mask].tolist(),
+        "selected_components": selected,
+        "cue_concept": cue_stats,
+        "before": before,
+        "edits": records,
+        "best": best,
+        "coar": coar,
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json_atomic(output_dir / "shortcut.json", _json_ready(summary))
+    with atomic_path(output_dir / "section.html") as tmp:
+        tmp.write_text(section_html(summary), encoding="utf-8")
+    metrics = {"shortcut": _json_ready(metrics_sc), "seconds": summary["seconds"]}
+    write_metrics(output_dir, metrics)
+    log.info(
+        "shortcut: conflict acc %.3f → %.3f (NPEFF), other %.3f → %s; flawed expanded %.2f vs "
+        "original %.2f",
+        before["eval"]["conflict"],
+        metrics_sc["npeff"]["conflict_acc_after"] or float("nan"),
+        before["eval"]["other"],
+        metrics_sc["npeff"]["other_acc_after"],
+        frac_exp,
+        frac_orig,
+    )
+    return metrics
+
+
+def _json_ready(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_ready(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _json_ready(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def section_html(summary: dict) -> str:
+    """The report section: methods × accuracies on eval, the paper's figures beside it, and the
+    per-edit table."""
+    m = summary["shortcut"]
+    b = summary["before"]["eval"]
+    on = m["select_on"]
+    rows = [("unedited model", "—", b, None)]
+    for name, label in (("paper", "NPEFF ±0.3 (paper)"), ("gradient", "NPEFF gradient step")):
+        r = summary["best"].get(name)
+        if r is not None:
+            rows.append(
+                (
+                    label,
+                    f"component {r['component']}, {r['kind']} (scale {r['scale']:.3g})",
+                    r["after"]["eval"],
+                    r["after"][on],
+                )
+            )
+    cb = (summary.get("coar") or {}).get("best")
+    if cb is not None:
+        rows.append(
+            ("Coar-Edit", f"top {cb['k']} units ablated", cb["after"]["eval"], cb["after"][on])
+        )
+    elif summary.get("coar") is None:
+        rows.append(("Coar-Edit", "not run (npeff.coar not installed)", None, None))
+    head = (
+        "<tr><th>model</th><th>edit</th><th>cue-conflicting</th><th>rest</th><th>cue-free</th>"
+        f"<th>all</th><th>conflicting / rest on {escape(on)} (selection)</th></tr>"
+    )
+    body = ""
+    for name, what, acc, sel in rows:
+        cells = "".join(
+            f"<td>{_fmt(None if acc is None else acc[g])}</td>"
+            for g in ("conflict", "other", "cue_free", "all")
+        )
+        s = "—" if sel is None else f"{_fmt(sel['conflict'])} / {_fmt(sel['other'])}"
+        body += f"<tr><td>{escape(name)}</td><td>{escape(what)}</td>{cells}<td>{s}</td></tr>"
+    paper = (
+        "<tr><th>figure</th><th>here</th><th>paper §3.5</th></tr>"
+        f"<tr><td>expanded components with ≥ 50% incorrect top-16</td>"
+        f"<td>{_fmt(m['frac_flawed_expanded'])}%</td><td>41%</td></tr>"
+        f"<tr><td>original components with ≥ 50% incorrect top-16</td>"
+        f"<td>{_fmt(m['frac_flawed_original'])}%</td><td>4.3%</td></tr>"
+        f"<tr><td>flawed expanded components whose top-16 carry the cue (≥ 50%)</td>"
+        f"<td>{_fmt(m['frac_cue_flawed_expanded'])}% (shuffled "
+        f"{_fmt(m['frac_cue_flawed_expanded_shuffled'])}%, within correctness "
+        f"{_fmt(m['frac_cue_flawed_expanded_within_correctness_shuffled'])}%)</td><td>—</td></tr>"
+        f"<tr><td>components perturbed (≥ 8 of 16 incorrect)</td><td>{m['n_selected']}</td>"
+        "<td>48</td></tr>"
+        "<tr><td>perturbation magnitude</td><td>0.3 (and a gradient-chosen scale)</td>"
+        "<td>0.3</td></tr>"
+    )
+    edits = "".join(
+        f"<tr><td>{r['component']}</td><td>{escape(r['kind'])}</td><td>{r['scale']:.3g}</td>"
+        + "".join(f"<td>{_fmt(r['after']['eval'][g])}</td>" for g in ("conflict", "other", "all"))
+        + f"<td>{_fmt(r['after'][on]['conflict'])} / {_fmt(r['after'][on]['other'])}</td></tr>"
+        for r in summary["edits"]
+    )
+    coar_rows = ""
+    for r in (summary.get("coar") or {}).get("sweep", []):
+        coar_rows += (
+            f"<tr><td>{r['k']}</td>"
+            + "".join(
+                f"<td>{_fmt(r['after']['eval'][g])}</td>" for g in ("conflict", "other", "all")
+            )
+            + f"<td>{_fmt(r['after'][on]['conflict'])} / {_fmt(r['after'][on]['other'])}</td></tr>"
+        )
+    coar_table = (
+        '<table class="summary"><caption class="muted">Coar-Edit: accuracy (%) against k</caption>'
+        "<tr><th>k</th><th>conflicting</th><th>rest</th><th>all</th><th>selection</th></tr>"
+        f"{coar_rows}</table>"
+        if coar_rows
+        else ""
+    )
+    return (
+        "<h2>Planted shortcut: NPEFF (§3.5) and Coar-Edit</h2>"
+        '<p class="muted">Accuracy (%) on the eval split; the best edit of each method is chosen '
+        f"on the {escape(on)} split with the rest dropping at most "
+        f"{100 * m['max_other_drop']:.0f} points there.</p>"
+        '<div class="tables">'
+        f'<table class="summary"><caption class="muted">methods</caption>{head}{body}</table>'
+        f'<table class="summary"><caption class="muted">beside the paper</caption>{paper}</table>'
+        "</div>"
+        '<div class="tables">'
+        '<table class="summary"><caption class="muted">NPEFF edits (eval %)</caption>'
+        "<tr><th>component</th><th>edit</th><th>scale</th><th>conflicting</th><th>rest</th>"
+        f"<th>all</th><th>selection</th></tr>{edits}</table>{coar_table}</div>"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="shortcut")
+def main(cfg: DictConfig) -> None:
+    run(cfg, hydra_output_dir())
+
+
+if __name__ == "__main__":
+    main()
