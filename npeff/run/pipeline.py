@@ -43,7 +43,7 @@ SHARED_GROUPS = (
     "progress",
 )
 # Keys of the pipeline config that belong to the pipeline itself, never to the train stage.
-PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra")
+PIPELINE_ONLY = ("stage", "stages", "cache_dir", "flawed", "hydra", "tracr_compile", "tracr_check")
 
 
 # --- composing stage configs ------------------------------------------------------------------
@@ -167,6 +167,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
         )
     stages = StageTimer(output_dir)
+    tracr = str(cfg.model.get("name")) == "tracr"
+    if tracr:  # a compiled model: export it first when model.path does not exist yet
+        from npeff.tracr import check as tracr_check
+
+        stages("tracr_compile", tracr_check.ensure_model, cfg)
 
     # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
     with common.pipeline_tracking(cfg, output_dir):
@@ -214,18 +219,18 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         stages("perturb", perturb.run, perturb_cfg, stages.dir("perturb"))
         perturbation = stages.dir("perturb") / "perturbation.h5"
 
-        report_cfg = stage_config(
-            cfg,
-            "report",
-            split="eval",
-            inputs={
-                "checkpoint": str(ckpt),
-                "decomposition": str(decomposition),
-                "coeffs": str(coeffs),
-                "pefs": str(eval_pefs),
-                "perturbation": str(perturbation),
-            },
-        )
+        report_inputs = {
+            "checkpoint": str(ckpt),
+            "decomposition": str(decomposition),
+            "coeffs": str(coeffs),
+            "pefs": str(eval_pefs),
+            "perturbation": str(perturbation),
+        }
+        if tracr:  # ground-truth checks; their tables go into the report
+            check_dir = stages.dir("tracr_check")
+            stages("tracr_check", tracr_check.run, cfg, check_dir, ckpt, decomposition, coeffs)
+            report_inputs["tables"] = str(check_dir / "tracr_check.json")
+        report_cfg = stage_config(cfg, "report", split="eval", inputs=report_inputs)
         stages("report", report.run, report_cfg, stages.dir("report"))
 
     metrics = headline_metrics(stages, train_metrics)
@@ -292,14 +297,32 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         "frac_kl_ratio_above_norm_ratio": _first(
             (pert, "frac_kl_ratio_above_norm_ratio"), (rep, "frac_kl_ratio_above_norm_ratio")
         ),
+        "concept_top_k": rep.get("concept_top_k"),
         "concept_components": rep.get("concept_n_all_share"),
         "concept_components_shuffled": rep.get("concept_shuffled_n_all_share_mean"),
+        "concept_components_within_label_shuffled": rep.get(
+            "concept_within_label_shuffled_n_all_share_mean"
+        ),
         "train_cached": bool(train_metrics.get("cached", False)),
         "seconds": dict(stages.seconds),
     }
     for key in ("n_flawed_selected", "n_components_raising_accuracy"):
         if key in pert:
             out[key] = pert[key]
+    tracr = m.get("tracr_check", {})
+    for key in ("tracr_port_max_abs_err", "tracr_rasp_agreement", "mean_p_label", "temperature"):
+        if key in tracr:
+            out[key if key.startswith("tracr") else f"tracr_{key}"] = tracr[key]
+    for key in (
+        "layer_unit_share_mean",
+        "layer_unit_share_other_variables_mean",
+        "layer_block_share_mean",
+        "layer_block_share_other_variables_mean",
+        "layer_block_param_fraction_mean",
+        "layer_n_components_checked",
+    ):
+        if key in tracr:
+            out[f"tracr_{key}"] = tracr[key]
     return out
 
 
@@ -329,7 +352,8 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     if metrics.get("concept_components") is not None:
         lines.append(
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
-            f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+            f" (top {fmt(metrics.get('concept_top_k'))}; shuffled control "
+            f"{fmt(metrics['concept_components_shuffled'])})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

@@ -104,6 +104,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     split = task.pop("split", None)
 
     rc = cfg.report
+    tables = None
+    if inputs.get("tables"):  # a stage's JSON with "report_tables" (e.g. tracr_check.json)
+        import json
+
+        tables = json.loads(Path(str(inputs.tables)).read_text()).get("report_tables")
     content = prepare_report(
         decomposition,
         pefs,
@@ -111,6 +116,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         perturbation=perturbation,
         title=str(rc.title),
         top_k=int(rc.top_k),
+        concept_top_k=int(rc.get("concept_top_k") or rc.top_k),
+        tables=tables,
         n_display=int(rc.n_display),
         max_cards=int(rc.max_cards),
         n_shuffles=int(rc.n_shuffles),

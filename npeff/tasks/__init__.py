@@ -15,12 +15,14 @@ from npeff.tasks.digits import DigitsTask
 from npeff.tasks.group import GroupTask
 from npeff.tasks.text_csv import TextCsvTask
 from npeff.tasks.toy_nli import ToyNliTask
+from npeff.tasks.tracr import TracrTask
 
 TASKS: dict[str, type[NpeffTask]] = {
     "toy_nli": ToyNliTask,
     "group": GroupTask,
     "digits": DigitsTask,
     "text_csv": TextCsvTask,
+    "tracr": TracrTask,
 }
 
 

@@ -39,7 +39,7 @@ def small_csv(tmp_path_factory) -> Path:
 
 
 def test_groups_have_the_expected_options():
-    assert options("task") == ["digits", "group", "text_csv", "toy_nli"]
+    assert options("task") == ["digits", "group", "text_csv", "toy_nli", "tracr"]
     assert set(options("model")) >= {
         "mlp",
         "cnn",
@@ -58,6 +58,7 @@ SMALL_TASK = {
     "toy_nli": ["task.n_train=30", "task.n_fit=10", "task.n_eval=10"],
     "group": ["task.group=S3"],
     "digits": [],
+    "tracr": ["task.n_train=8", "task.n_fit=10", "task.n_eval=10"],
 }
 
 
@@ -75,7 +76,13 @@ def test_every_task_option_composes_and_builds(task, small_csv):
     assert cfg.optim.name in ("adam", "adamw", "sgd") and cfg.trainer.max_epochs > 0
 
 
-MODEL_TASK = {"mlp": "digits", "cnn": "digits", "group_mlp": "group", "tiny_bert": "toy_nli"}
+MODEL_TASK = {
+    "mlp": "digits",
+    "cnn": "digits",
+    "group_mlp": "group",
+    "tiny_bert": "toy_nli",
+    "tracr": "tracr",
+}
 
 
 @pytest.mark.parametrize("model", options("model"))
