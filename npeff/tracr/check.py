@@ -37,9 +37,17 @@ def ensure_model(cfg: DictConfig) -> None:
 
 
 def run(
-    cfg: DictConfig, output_dir: Path, checkpoint: Path, decomposition: Path, coeffs: Path
+    cfg: DictConfig,
+    output_dir: Path,
+    checkpoint: Path,
+    decomposition: Path,
+    coeffs: Path,
+    split: str = "eval",
 ) -> dict:
-    """Write ``tracr_check.json`` into ``output_dir`` and return its headline numbers."""
+    """Write ``tracr_check.json`` into ``output_dir`` and return its headline numbers.
+
+    ``coeffs`` holds W of the ``split`` examples (the pipeline: eval coefficients with G frozen;
+    the decomposition itself with ``split="fit"``)."""
     from npeff.analysis.concepts import analyze_concepts
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.models import load_checkpoint
@@ -49,7 +57,6 @@ def run(
     loaded = load_checkpoint(checkpoint)
     task, model = loaded.task, loaded.model
     export = task.export
-    split = "eval"
     rc = cfg.get("tracr_check") or {}
     # the same k as the report's concept statistic (one setting: stages.report.report.concept_top_k)
     k = int(OmegaConf.select(cfg, "stages.report.report.concept_top_k", default=None) or 128)

@@ -169,7 +169,7 @@ def to_export(assembled, spec: ProgramSpec, variables: dict, temperature: float)
         name = key.removeprefix("transformer/")
         for leaf, value in d.items():
             flat[f"{name}/{leaf}"] = value
-    labels = list(assembled.residual_labels)
+    labels, strip = stable_labels(list(assembled.residual_labels))
     categorical = assembled.output_encoder is not None and hasattr(
         assembled.output_encoder, "encoding_map"
     )
@@ -216,11 +216,34 @@ def to_export(assembled, spec: ProgramSpec, variables: dict, temperature: float)
         },
     )
     export.meta["variables"] = [
-        {"name": name, "label": sop.label, "blocks": writing_blocks(export, sop.label)}
+        {
+            "name": name,
+            "label": strip(sop.label),
+            "blocks": writing_blocks(export, strip(sop.label)),
+        }
         for name, sop in variables.items()
         if isinstance(sop, rasp.SOp)
     ]
     return export
+
+
+def stable_labels(labels: list[str]) -> tuple[list[str], Any]:
+    """Residual labels without tracr's process-global expression ids (``adds_detail_22:True`` ->
+    ``adds_detail:True``), so an export does not depend on what ran before it in the process;
+    kept as they are when stripping would make two labels equal. Returns (labels, strip)."""
+    import re
+
+    def strip(label: str) -> str:
+        return re.sub(r"_\d+$", "", label)
+
+    def strip_residual(r: str) -> str:
+        var, sep, value = r.partition(":")
+        return strip(var) + sep + value
+
+    out = [strip_residual(r) for r in labels]
+    if len(set(out)) != len(out):
+        return labels, lambda label: label
+    return out, strip
 
 
 def _unembed_matrix(assembled, labels: list[str]) -> np.ndarray:

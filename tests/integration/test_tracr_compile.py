@@ -61,7 +61,7 @@ def test_packaged_toy_nli_is_what_the_compile_step_exports(tmp_path):
     assert m["port_max_abs_err"] <= 1e-5 and m["rasp_agreement"] == 1.0
     assert m["dataset_accuracy"] == 1.0
     fresh = load_tracr_model(tmp_path / "nli.h5")
-    assert fresh.meta["residual_labels"] == packaged.meta["residual_labels"]
+    assert fresh.meta["residual_labels"] == packaged.meta["residual_labels"]  # no tracr ids
     assert fresh.meta["variables"] == packaged.meta["variables"]
     # the exported RASP variables equal the program's Python oracle
     from npeff.tracr import nli_program as P

@@ -19,7 +19,7 @@ SMALL = [
     "perturb.n_top=16",
     "+stages.fit.fit.n_iters=50",
     "stages.report.report.concept_top_k=16",
-    "stages.report.report.n_shuffles=5",
+    "+stages.report.report.n_shuffles=5",
     "tracr_check.n_shuffles=5",
     "trainer.enable_model_summary=false",
 ]

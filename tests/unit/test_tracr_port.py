@@ -52,10 +52,10 @@ def test_port_matches_reference_forward_and_rasp_labels(export):
     model = TracrTransformer(export)
     ds = export.dataset
     rng = np.random.default_rng(0)
-    pick = rng.choice(len(ds["outputs"]), size=24, replace=False)
+    pick = rng.choice(len(ds["outputs"]), size=12, replace=False)
     ids = np.asarray(ds["inputs"])[pick]
     # random token sequences too (not only valid sentences)
-    rand = rng.integers(len(export.meta["input_encoding"]), size=(8, ids.shape[1]))
+    rand = rng.integers(len(export.meta["input_encoding"]), size=(4, ids.shape[1]))
     rand[:, 0] = ids[0, 0]
     ids = np.concatenate([ids, rand])
     ref = reference_residuals(export, ids)
@@ -73,27 +73,32 @@ def test_port_matches_reference_forward_and_rasp_labels(export):
 
 
 def test_labels_and_variables_are_consistent_with_the_program(export):
-    """The stored variables obey the program's definitions (independent of tracr)."""
+    """The stored RASP variables and labels equal the program's plain-Python oracle."""
+    from npeff.tracr import nli_program as P
+
     names = export.variable_names
+    assert names == list(P.VARIABLES)
     V = np.asarray(export.dataset["variables"])
-    col = {n: V[:, i] for i, n in enumerate(names)}
-    assert (
-        col["content_conflict"]
-        == (col["subj_conflict"] | col["colour_conflict"] | col["place_conflict"])
-    ).all()
-    assert (col["is_contradiction"] == (col["content_conflict"] | col["polarity_conflict"])).all()
+    tokens = export.meta["input_encoding"]
+    ref_v, ref_y = [], []
+    for row in np.asarray(export.dataset["inputs"]):
+        words = [tokens[t] for t in row[1:]]
+        ref = P.reference_variables(words)
+        ref_v.append([ref[n] for n in names])
+        ref_y.append(P.reference_label(words))
+    np.testing.assert_array_equal(V, np.asarray(ref_v))
     labels = [export.meta["output_encoding"][y] for y in export.dataset["outputs"]]
-    want = np.where(
-        col["is_contradiction"],
-        "contradiction",
-        np.where(col["adds_detail"], "neutral", "entailment"),
-    )
-    assert (np.asarray(labels) == want).all()
-    # every variable is held by some examples and missed by others, and every label occurs
+    assert labels == ref_y
+    # every variable is held by some examples and missed by others; labels are balanced
     assert V.any(axis=0).all() and (~V).any(axis=0).all()
-    assert set(labels) == {"contradiction", "neutral", "entailment"}
-    # each variable is written by exactly one block
-    assert all(len(v["blocks"]) == 1 for v in export.meta["variables"])
+    counts = np.bincount(export.dataset["outputs"], minlength=3)
+    assert counts.min() > 0.3 * len(labels)
+    # each variable is written by exactly one block; the ORs come after what they combine
+    blocks = {v["name"]: v["blocks"] for v in export.meta["variables"]}
+    assert all(len(b) == 1 for b in blocks.values())
+    layer = {n: int(b[0].split("/")[0].split("_")[1]) for n, b in blocks.items()}
+    assert layer["content_conflict"] > layer["subj_conflict"]
+    assert layer["is_neutral"] > layer["neutral_by_adding"] > layer["adds_detail"]
 
 
 def test_per_example_grads_under_vmap_match_a_loop(export):
@@ -124,7 +129,7 @@ def test_task_and_model_from_configs():
     assert logits.shape == (100, 3)
     assert (logits.argmax(-1) == batch["labels"]).all()
     rec = task.examples("eval")[0]
-    assert len(rec["text"].split()) == 4 and len(rec["text_pair"].split()) == 4
+    assert len(rec["text"].split()) == 5 and len(rec["text_pair"].split()) == 5
 
 
 def test_bad_inputs(tmp_path, export):
