@@ -76,6 +76,15 @@ def run(
     concepts = task.concepts(split)[: W.shape[0]]
     names = task.concept_names
     analysis = analyze_concepts(W, concepts, names, k=k, n_shuffles=n_shuffles, seed=0)
+    within = analyze_concepts(
+        W,
+        concepts,
+        names,
+        k=k,
+        n_shuffles=n_shuffles,
+        seed=0,
+        strata=task.labels(split)[: W.shape[0]],
+    )
     base_rates = dict(zip(names, concepts.mean(axis=0).tolist()))
     shared = [c.shared_concepts for c in analysis.components]
 
@@ -110,6 +119,7 @@ def run(
         "concept_top_k": analysis.top_k,
         "concept_components": analysis.n_all_share,
         "concept_components_shuffled": float(analysis.shuffled_n_all_share.mean()),
+        "concept_components_within_label_shuffled": float(within.shuffled_n_all_share.mean()),
         "n_components": analysis.n_components,
         "n_examples": int(W.shape[0]),
         "paper": {"32": "30/32", "128": "92/128", "n_examples": 1616, "top_k": 128},
@@ -148,6 +158,7 @@ def report_tables(check: dict) -> dict[str, list[tuple[str, str]]]:
             "concept_top_k",
             "concept_components",
             "concept_components_shuffled",
+            "concept_components_within_label_shuffled",
             "n_components",
             "n_examples",
         )

@@ -17,6 +17,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,10 +94,12 @@ class TracrTransformer(nn.Module):
         self.readout_position = meta.get("readout_position")
         d = int(export.token_embed.shape[1])
         self.register_buffer(
-            "token_embed", torch.as_tensor(export.token_embed, dtype=torch.float32)
+            "token_embed", torch.tensor(np.array(export.token_embed), dtype=torch.float32)
         )
-        self.register_buffer("pos_embed", torch.as_tensor(export.pos_embed, dtype=torch.float32))
-        self.register_buffer("unembed", torch.as_tensor(export.unembed, dtype=torch.float32))
+        self.register_buffer(
+            "pos_embed", torch.tensor(np.array(export.pos_embed), dtype=torch.float32)
+        )
+        self.register_buffer("unembed", torch.tensor(np.array(export.unembed), dtype=torch.float32))
         self.causal = bool(cfg.get("causal", False))
         self.layers = nn.ModuleList(
             _Layer(d, int(cfg["num_heads"]), int(cfg["key_size"]), int(cfg["mlp_hidden_size"]))
@@ -115,7 +118,9 @@ class TracrTransformer(nn.Module):
             )
         with torch.no_grad():
             for n, p in own.items():
-                value = torch.as_tensor(export.params[self._tracr_name(n)], dtype=torch.float32)
+                value = torch.tensor(
+                    np.array(export.params[self._tracr_name(n)]), dtype=torch.float32
+                )
                 if value.shape != p.shape:
                     raise ValueError(
                         f"weight {n}: exported shape {tuple(value.shape)}, model {tuple(p.shape)}"
