@@ -73,7 +73,9 @@ def test_every_task_option_composes_and_builds(task, small_csv):
     from npeff.models import forward_logits
 
     assert forward_logits(model, batch).shape == (4, t.num_classes)
-    assert cfg.optim.name in ("adam", "adamw", "sgd") and cfg.trainer.max_epochs > 0
+    assert cfg.optim.name in ("adam", "adamw", "sgd")
+    # every task trains its model, except a compiled tracr model (the train stage only evaluates)
+    assert cfg.trainer.max_epochs > 0 or task == "tracr"
 
 
 MODEL_TASK = {

@@ -29,7 +29,7 @@ def test_planted_mass_is_found_on_the_writing_units():
     G[0, masks.unit[a][cols]] = rng.normal(size=int(masks.unit[a][cols].sum()))  # all on a's units
     G[1] = rng.normal(size=cols.size)  # spread over everything
     G[2, masks.unit[b][cols]] = 1.0
-    G[2, ~masks.block[b][cols]] = 0.01
+    G[2, ~masks.block[b][cols]] = 0.001
     base = {n: 0.1 for n in names} | {f"{a}&{b}": 0.05}
     out = layer_check(G, cols, masks, [[a], [a], [f"{a}&{b}", a]], base)
     rows = {r["component"]: r for r in out["components"]}
