@@ -12,6 +12,7 @@ from npeff.models.core import set_trainable
 from npeff.models.hf import build_hf_local, build_tiny_bert
 from npeff.models.simple import MLP, GroupMLP, SmallCNN
 from npeff.models.vision import build_torchvision
+from npeff.tracr.model import build_tracr
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "tiny_bert": build_tiny_bert,
     "hf_local": build_hf_local,
     "torchvision": build_torchvision,
+    "tracr": build_tracr,
 }
 # Keys of a model config that are not arguments of the builder.
 RESERVED_KEYS = ("name", "trainable")

@@ -128,6 +128,8 @@ def prepare_report(
     title: str = "NPEFF report",
     sources: dict[str, Any] | None = None,
     comparison: dict[str, dict] | None = None,
+    concept_top_k: int | None = None,
+    tables: dict[str, list] | None = None,
 ) -> ReportContent:
     """Collect the report's numbers, cards and figures.
 
@@ -141,7 +143,11 @@ def prepare_report(
       label_names: class names for labels and predictions, or None (shown as numbers).
       coeffs: a coefficient file (``Decomposition``) or W [n, r] fitted on the report's examples.
       comparison: {method: metrics} of NPEFF and baselines (``npeff.baselines.compare``), or None.
+      concept_top_k: top examples per component for the concept statistic (paper §3.2: 128;
+        clipped to n); None = ``top_k``. ``top_k`` still sets the per-card error count.
+      tables: extra ``{title: [(name, value), ...]}`` tables shown with the summary.
     """
+    concept_k = int(top_k if concept_top_k is None else concept_top_k)
     W = _coefficients(decomposition, coeffs)
     n, r = W.shape
     if pefs is not None and pefs.n_examples != n:
@@ -262,13 +268,19 @@ def prepare_report(
     analysis = None
     if concepts is not None and np.size(concepts) and np.asarray(concepts).shape[1] > 0:
         analysis = analyze_concepts(
-            W, concepts, concept_names, k=top_k, n_shuffles=n_shuffles, seed=seed
+            W, concepts, concept_names, k=concept_k, n_shuffles=n_shuffles, seed=seed
         )
         summary["concepts"] = analysis.summary()
         if labels is not None:
             # Stricter control: shuffle only within each true label, keeping concept–label links.
             strat = analyze_concepts(
-                W, concepts, concept_names, k=top_k, n_shuffles=n_shuffles, seed=seed, strata=labels
+                W,
+                concepts,
+                concept_names,
+                k=concept_k,
+                n_shuffles=n_shuffles,
+                seed=seed,
+                strata=labels,
             )
             summary["concepts"].update(
                 within_label_shuffled_n_all_share_mean=float(strat.shuffled_n_all_share.mean())
@@ -365,6 +377,8 @@ def prepare_report(
         )
     if sources:
         summary["sources"] = {k: str(v) for k, v in sources.items() if v is not None}
+    if tables:
+        summary["tables"] = {str(t): [tuple(r) for r in rows] for t, rows in tables.items()}
     summary["n_cards"] = len(cards)
     return ReportContent(
         title=title,

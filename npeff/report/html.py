@@ -97,7 +97,7 @@ def _summary_tables(summary: dict[str, Any]) -> str:
     run = [
         (k, _fmt(v))
         for k, v in summary.items()
-        if k not in ("concepts", "sources") and k not in _PERTURBATION_KEYS
+        if k not in ("concepts", "sources", "tables") and k not in _PERTURBATION_KEYS
     ]
     pert = [(k, _fmt(summary[k])) for k in _PERTURBATION_KEYS if k in summary]
     conc = [(k, _fmt(v)) for k, v in (summary.get("concepts") or {}).items()]
@@ -108,6 +108,10 @@ def _summary_tables(summary: dict[str, Any]) -> str:
         + _table(pert, "perturbations")
         + _table(conc, "concepts (top-k vs shuffled coefficients)")
         + _table(src, "inputs")
+        + "".join(  # extra tables of a stage (e.g. the tracr ground-truth checks)
+            _table([(str(k), escape(str(v))) for k, v in rows], str(title))
+            for title, rows in (summary.get("tables") or {}).items()
+        )
         + "</div>"
     )
 

@@ -51,6 +51,8 @@ PIPELINE_ONLY = (
     "hydra",
     "baselines",
     "group_analysis",
+    "tracr_compile",
+    "tracr_check",
 )
 
 
@@ -188,6 +190,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             "set flawed.enabled=true with fisher=lrm decomp=lrm_npeff (experiment=shortcut_fix)"
         )
     stages = StageTimer(output_dir)
+    tracr = str(cfg.model.get("name")) == "tracr"
+    if tracr:  # a compiled model: export it first when model.path does not exist yet
+        from npeff.tracr import check as tracr_check
+
+        stages("tracr_compile", tracr_check.ensure_model, cfg, single=True)
 
     # one W&B run per job: stages attach to it, their finish_tracking waits for the job's end
     with common.pipeline_tracking(cfg, output_dir):
@@ -264,20 +271,29 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             stages("shortcut", shortcut.run, sc_cfg, stages.dir("shortcut"), single=True)
             sections.append(str(stages.dir("shortcut") / "section.html"))
 
-        report_cfg = stage_config(
-            cfg,
-            "report",
-            split="eval",
-            inputs={
-                "checkpoint": str(ckpt),
-                "decomposition": str(decomposition),
-                "coeffs": str(coeffs),
-                "pefs": str(eval_pefs),
-                "perturbation": str(perturbation),
-                **({"comparison": str(comparison)} if comparison else {}),
-                "sections": sections,
-            },
-        )
+        report_inputs = {
+            "checkpoint": str(ckpt),
+            "decomposition": str(decomposition),
+            "coeffs": str(coeffs),
+            "pefs": str(eval_pefs),
+            "perturbation": str(perturbation),
+            **({"comparison": str(comparison)} if comparison else {}),
+            "sections": sections,
+        }
+        if tracr:  # ground-truth checks; their tables go into the report
+            check_dir = stages.dir("tracr_check")
+            stages(
+                "tracr_check",
+                tracr_check.run,
+                cfg,
+                check_dir,
+                ckpt,
+                decomposition,
+                coeffs,
+                single=True,
+            )
+            report_inputs["tables"] = str(check_dir / "tracr_check.json")
+        report_cfg = stage_config(cfg, "report", split="eval", inputs=report_inputs)
         stages("report", report.run, report_cfg, stages.dir("report"), single=True)
 
     if not common.is_global_zero():
@@ -424,8 +440,12 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         "frac_kl_ratio_above_norm_ratio": _first(
             (pert, "frac_kl_ratio_above_norm_ratio"), (rep, "frac_kl_ratio_above_norm_ratio")
         ),
+        "concept_top_k": rep.get("concept_top_k"),
         "concept_components": rep.get("concept_n_all_share"),
         "concept_components_shuffled": rep.get("concept_shuffled_n_all_share_mean"),
+        "concept_components_within_label_shuffled": rep.get(
+            "concept_within_label_shuffled_n_all_share_mean"
+        ),
         "train_cached": bool(train_metrics.get("cached", False)),
         "seconds": dict(stages.seconds),
     }
@@ -438,6 +458,20 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         out["groups"] = {k: v for k, v in m["groups"].items() if k != "section"}
     if m.get("shortcut", {}).get("shortcut") is not None:
         out["shortcut"] = m["shortcut"]["shortcut"]
+    tracr = m.get("tracr_check", {})
+    for key in ("tracr_port_max_abs_err", "tracr_rasp_agreement", "mean_p_label", "temperature"):
+        if key in tracr:
+            out[key if key.startswith("tracr") else f"tracr_{key}"] = tracr[key]
+    for key in (
+        "layer_unit_share_mean",
+        "layer_unit_share_other_variables_mean",
+        "layer_block_share_mean",
+        "layer_block_share_other_variables_mean",
+        "layer_block_param_fraction_mean",
+        "layer_n_components_checked",
+    ):
+        if key in tracr:
+            out[f"tracr_{key}"] = tracr[key]
     return out
 
 
@@ -467,7 +501,8 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
     if metrics.get("concept_components") is not None:
         lines.append(
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
-            f" (shuffled control {fmt(metrics['concept_components_shuffled'])})"
+            f" (top {fmt(metrics.get('concept_top_k'))}; shuffled control "
+            f"{fmt(metrics['concept_components_shuffled'])})"
         )
     for name, row in (metrics.get("methods") or {}).items():
         lines.append(

@@ -108,6 +108,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         comparison = json.loads(Path(str(inputs.comparison)).read_text())["methods"]
 
     rc = cfg.report
+    tables = None
+    if inputs.get("tables"):  # a stage's JSON with "report_tables" (e.g. tracr_check.json)
+        import json
+
+        tables = json.loads(Path(str(inputs.tables)).read_text()).get("report_tables")
     content = prepare_report(
         decomposition,
         pefs,
@@ -115,6 +120,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         perturbation=perturbation,
         title=str(rc.title),
         top_k=int(rc.top_k),
+        concept_top_k=int(rc.get("concept_top_k") or rc.top_k),
+        tables=tables,
         n_display=int(rc.n_display),
         max_cards=int(rc.max_cards),
         n_shuffles=int(rc.n_shuffles),

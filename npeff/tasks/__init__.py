@@ -16,6 +16,7 @@ from npeff.tasks.digits import DigitsTask
 from npeff.tasks.group import GroupTask
 from npeff.tasks.text_csv import TextCsvTask
 from npeff.tasks.toy_nli import ToyNliTask
+from npeff.tasks.tracr import TracrTask
 
 TASKS: dict[str, type[NpeffTask]] = {
     "toy_nli": ToyNliTask,
@@ -23,6 +24,7 @@ TASKS: dict[str, type[NpeffTask]] = {
     "digits": DigitsTask,
     "text_csv": TextCsvTask,
     "digits_backdoor": DigitsBackdoorTask,
+    "tracr": TracrTask,
 }
 
 

@@ -92,6 +92,7 @@ def artifacts(tmp_path_factory):
             f"inputs.pefs={root / 'pefs' / 'pefs.h5'}",
             f"inputs.perturbation={root / 'perturb' / 'perturbation.h5'}",
             "report.n_shuffles=10",
+            "report.concept_top_k=16",  # a small example set: the smaller k (default 128)
         ],
     }
 

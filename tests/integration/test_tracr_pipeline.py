@@ -1,0 +1,39 @@
+"""`npeff experiment=tracr_nli` end to end on a small config (the packaged export; no jax)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.test_pipeline import run_pipeline
+
+SMALL = [
+    "experiment=tracr_nli",
+    "logger=none",
+    "progress=false",
+    "task.n_fit=160",
+    "task.n_eval=160",
+    "fisher.n_values=500",
+    "decomp.n_components=4",
+    "decomp.n_iters_g_only=5",
+    "decomp.n_iters_joint=30",
+    "perturb.n_top=16",
+    "+stages.fit.fit.n_iters=50",
+    "stages.report.report.concept_top_k=16",
+    "+stages.report.report.n_shuffles=5",
+    "tracr_check.n_shuffles=5",
+    "trainer.enable_model_summary=false",
+]
+
+
+def test_tracr_pipeline(tmp_path):
+    m = run_pipeline(SMALL + [f"paths.output_dir={tmp_path / 'out'}"], tmp_path / "run")
+    assert m["model_accuracy"] == 1.0  # the compiled model reproduces RASP's labels
+    assert m["concept_top_k"] == 16
+    assert m["concept_components"] is not None and m["concept_components_shuffled"] is not None
+    assert m["tracr_port_max_abs_err"] <= 1e-5 and m["tracr_rasp_agreement"] == 1.0
+    if m["tracr_layer_n_components_checked"]:
+        assert 0.0 <= m["tracr_layer_unit_share_mean"] <= 1.0
+    check = json.loads((tmp_path / "run" / "tracr_check" / "tracr_check.json").read_text())
+    assert check["concept_top_k"] == 16 and len(check["concept_table"]) >= 19
+    html = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert "tracr ground truth" in html and "layer check" in html and "negation_present" in html
