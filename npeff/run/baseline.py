@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.baselines import BASELINES
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
+from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +334,7 @@ def run_comparison(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="baseline")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("baseline", run)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import write_json_atomic
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
+from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 ATTRIBUTIONS_NAME = "attributions.h5"
@@ -211,9 +210,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="coar")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("coar", run)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, log_stage_metrics, write_metrics
+from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 EDIT_JSON = "edit.json"
@@ -210,9 +209,7 @@ def load_stored_coar(att) -> dict | None:
     return cfg.get("coar")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="coar_edit")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("coar_edit", run, single_process=True)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +237,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="groups")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("groups", run, single_process=True)
 
 
 if __name__ == "__main__":
