@@ -33,12 +33,11 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
-from npeff.run.common import CONFIG_PATH, hydra_output_dir, write_metrics
+from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +390,7 @@ def section_html(summary: dict) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="shortcut")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
+main = stage_main("shortcut", run, single_process=True)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import write_json_atomic
 from npeff.artifacts.tracr_model import TracrExport, save_tracr_model
-from npeff.run.common import CONFIG_PATH, hydra_output_dir
 from npeff.tracr.model import TracrTransformer
 from npeff.tracr.programs import ProgramSpec, get_program, sample_sequences
 
@@ -503,12 +501,3 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     write_json_atomic(Path(output_dir) / "metrics.json", metrics)
     print(f"npeff-tracr-compile: {cfg.program} -> {metrics['output']}\n  {metrics}", flush=True)
     return metrics
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="tracr_compile")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra_output_dir())
-
-
-if __name__ == "__main__":
-    main()
