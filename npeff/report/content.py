@@ -291,6 +291,15 @@ def prepare_report(
                 else None,
                 within_label_p_value=strat.p_value,
             )
+        if int(top_k) < concept_k:  # also at the cards' smaller k, readable on small example sets
+            small = analyze_concepts(
+                W, concepts, concept_names, k=top_k, n_shuffles=n_shuffles, seed=seed
+            ).summary()
+            summary["concepts"].update(
+                small_top_k=small["top_k"],
+                small_n_all_share=small["n_all_share"],
+                small_shuffled_n_all_share_mean=small["shuffled_n_all_share_mean"],
+            )
         concept_names = analysis.concept_names
         concepts = np.asarray(concepts, dtype=bool)
 

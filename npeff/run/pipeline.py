@@ -446,6 +446,9 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         "concept_components_within_label_shuffled": rep.get(
             "concept_within_label_shuffled_n_all_share_mean"
         ),
+        "concept_small_top_k": rep.get("concept_small_top_k"),
+        "concept_components_small_k": rep.get("concept_small_n_all_share"),
+        "concept_components_small_k_shuffled": rep.get("concept_small_shuffled_n_all_share_mean"),
         "train_cached": bool(train_metrics.get("cached", False)),
         "seconds": dict(stages.seconds),
     }
@@ -503,6 +506,12 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
             f"  components whose top examples share a concept: {fmt(metrics['concept_components'])}"
             f" (top {fmt(metrics.get('concept_top_k'))}; shuffled control "
             f"{fmt(metrics['concept_components_shuffled'])})"
+        )
+    if metrics.get("concept_components_small_k") is not None:
+        lines.append(
+            f"  ... with the top {fmt(metrics['concept_small_top_k'])}:"
+            f" {fmt(metrics['concept_components_small_k'])}"
+            f" (shuffled control {fmt(metrics['concept_components_small_k_shuffled'])})"
         )
     for name, row in (metrics.get("methods") or {}).items():
         lines.append(

@@ -170,6 +170,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             concept_shuffled_mean_purity=c["shuffled_mean_purity"],
             concept_p_value=c["p_value"],
         )
+        if "small_top_k" in c:
+            metrics.update(
+                concept_small_top_k=c["small_top_k"],
+                concept_small_n_all_share=c["small_n_all_share"],
+                concept_small_shuffled_n_all_share_mean=c["small_shuffled_n_all_share_mean"],
+            )
         if "within_label_p_value" in c:
             metrics.update(
                 concept_within_label_shuffled_n_all_share_mean=c[

@@ -91,6 +91,24 @@ def test_summary_numbers_match_brute_force(tmp_path):
     )
 
 
+def test_concept_statistic_at_paper_k_and_at_the_cards_k():
+    inp = synthetic_inputs(kind="text")
+    names = inp.pop("concept_names")
+    content = prepare_report(**inp, concept_names=names, top_k=4, concept_top_k=16)
+    W, concepts = inp["decomposition"].W, inp["concepts"]
+
+    def n_all(k):
+        return sum(
+            any(all(concepts[i, c] for i in _brute_top(W, j, k)) for c in range(concepts.shape[1]))
+            for j in range(W.shape[1])
+        )
+
+    c = content.summary["concepts"]
+    assert (c["top_k"], c["n_all_share"]) == (16, n_all(16))
+    assert (c["small_top_k"], c["small_n_all_share"]) == (4, n_all(4))
+    assert n_all(4) >= n_all(16)
+
+
 def test_image_task_gets_thumbnails_and_norm_ratio_without_perturbation(tmp_path):
     path, inp = _build(tmp_path, kind="image", perturbation=None)
     html = path.read_text()
