@@ -32,6 +32,22 @@ BIN = Path(sys.executable).parent
 TIMEOUT_S = 240
 
 
+def wait_all(procs: list[subprocess.Popen], what: str) -> list[str]:
+    """The outputs of ``procs`` (killed past TIMEOUT_S); each must have exited with status 0."""
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"{what} {i} failed:\n{out[-4000:]}"
+    return outs
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -68,18 +84,7 @@ def torchrun_two_nodes(exe: str, args: list[str], cwd: Path) -> list[str]:
         )
         for node in (0, 1)
     ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    for node, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"node {node} failed:\n{out[-4000:]}"
-    return outs
+    return wait_all(procs, "node")
 
 
 def the_run_dir(outputs: Path, stage: str) -> Path:
@@ -157,17 +162,7 @@ def srun_two_nodes(exe: str, args: list[str], cwd: Path) -> None:
         )
         for r in (0, 1)
     ]
-    outs = []
-    try:
-        for p in procs:
-            outs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    for r, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"task {r} failed:\n{out[-4000:]}"
+    wait_all(procs, "task")
 
 
 def test_decompose_srun_two_nodes_equals_one_process(tmp_path):
