@@ -8,6 +8,7 @@ sparsified at once, so memory is bounded by chunk_size·C·m and never grows wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from npeff.artifacts.pefs import PefsWriter, save_dataset_fisher
 from npeff.fisher.classes import ClassSelection, select_rows
 from npeff.fisher.fast import ENGINES, FisherEngine
 from npeff.fisher.grads import LABELS_KEY, select_named_parameters
+from npeff.fisher.projection import projected_rows
 from npeff.fisher.sparsify import sparsify_diag, sparsify_rows
 
 DSF_MODES = ("expectation", "sampling")
@@ -68,6 +70,8 @@ def compute_pefs(
     on_chunk: Callable[[int], None] | None = None,
     index_offset: int = 0,
     engine: str = "auto",
+    classes=None,
+    compression: dict | None = None,
 ) -> Path:
     """Compute the PEFs of ``model`` on every example of ``loader`` and write them to ``path``.
 
@@ -92,10 +96,43 @@ def compute_pefs(
       engine: "auto" (per-layer fast path where it covers a parameter, torch.func elsewhere),
         "fast" (error if it does not cover all) or "func" (torch.func for all). The choice per
         parameter is stored in the file's metadata under ``fisher_engine``; values are the same.
+      classes: an :class:`npeff.fisher.lm_classes.LMClasses` (next-token classes of a language
+        model: all | top_p | sample | label_words); it sets the kind (top_p: lvrm, else lrm) and
+        replaces top_k_classes / min_prob_class / max_classes. Recorded as ``fisher_classes``.
+      compression: None (top-K) or {"kind": "projection", "projection": "sparse_jl"|"sign_hash",
+        "d": d, "seed": .., "s": ..}: rows projected to d dims and stored densely (n_values is
+        then C·d), see :mod:`npeff.fisher.projection`. Recorded as ``compression``.
 
     Rerunning with the same arguments after an interruption resumes after the last committed
     chunk; a complete file is left as it is. Returns ``path``.
     """
+    # -- issue 18: next-token classes (npeff.fisher.lm_classes), projection (fisher.projection)
+    if classes is not None:
+        if kind not in ("lrm", classes.pef_kind) or any(
+            v is not None for v in (top_k_classes, min_prob_class, max_classes)
+        ):
+            raise ValueError(
+                f"fisher.classes={classes.mode} sets the PEF kind ({classes.pef_kind}) and the "
+                "classes itself; leave kind=lrm and top_k_classes/min_prob_class/max_classes unset"
+            )
+        kind = classes.pef_kind
+        lvrm = kind == "lvrm"
+        min_prob_class, max_classes = (0.0, int(classes.k)) if lvrm else (None, None)
+        if dataset_fisher == "expectation" and classes.mode in ("top_p", "sample"):
+            raise ValueError(
+                f"dataset_fisher=expectation sums over every class, which fisher.classes="
+                f"{classes.mode} exists to avoid; use fisher.dataset_fisher_mode=sampling"
+            )
+    if compression is not None and compression.get("kind", "topk") == "topk":
+        compression = None
+    if compression is not None:
+        if compression.get("kind") != "projection":
+            raise ValueError(
+                f"fisher.compression={compression.get('kind')!r}; choose topk or projection"
+            )
+        if kind == "diag":
+            raise ValueError("fisher.compression=projection applies to LRM/LVRM PEFs, not diag")
+    # -- end issue 18
     sel = ClassSelection(kind, top_k_classes, min_prob_class, max_classes)
     if n_values < 1:
         raise ValueError(f"n_values must be ≥ 1, got {n_values}")
@@ -114,6 +151,17 @@ def compute_pefs(
     engine = FisherEngine(model, named, engine)
     m = engine.n_parameters
     keep_large_allocations()
+    proj = None
+    if compression is not None:  # issue 18: validated against m (d ≤ m) before any work
+        from npeff.fisher.projection import SparseProjection
+
+        proj = SparseProjection(
+            m,
+            int(compression["d"]),
+            int(compression.get("seed", 0)),
+            str(compression.get("projection", "sparse_jl")),
+            int(compression.get("s", 4)),
+        )
     if kind == "diag" and n_values > m:
         raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
     n_total = _loader_len(loader)
@@ -128,11 +176,19 @@ def compute_pefs(
         "seed": int(seed) if dataset_fisher == "sampling" else None,
         "n_examples": n_total,
     }
+    if classes is not None:
+        fingerprint["classes"] = classes.settings()
+    if proj is not None:
+        fingerprint["compression"] = proj.settings()
     meta = dict(metadata or {})
     meta.setdefault(
         "model_identity",
         {"model_class": f"{type(model).__module__}.{type(model).__qualname__}"},
     )
+    if classes is not None:
+        meta["fisher_classes"] = classes.settings()
+    if proj is not None:
+        meta["compression"] = {**proj.settings(), "layout": engine.layout.to_json()}
     writer = PefsWriter(path, fingerprint=fingerprint) if path.exists() else None
     if writer is not None and writer.done:
         writer.close()
@@ -144,7 +200,9 @@ def compute_pefs(
 
     bar = tqdm(total=n_total, initial=start, unit="ex", desc=f"{kind} PEFs", disable=not progress)
     n_done = start
+    restrict = classes.restricted(model) if classes is not None else contextlib.nullcontext()
     try:
+        restrict.__enter__()
         for batch in _batches_from(loader, start):
             if LABELS_KEY not in batch:
                 raise ValueError(
@@ -157,7 +215,9 @@ def compute_pefs(
             logits = engine.logits(batch, keep=chunk_size >= len(batch[LABELS_KEY]))
             n_logits = int(logits.shape[-1])
             if writer is None:
-                n_rows = sel.n_rows(n_logits)
+                n_rows = classes.n_rows(n_logits) if classes is not None else sel.n_rows(n_logits)
+                if proj is not None:  # every projected entry is stored
+                    n_values, m_file = n_rows * proj.d, proj.d
                 if kind in ("lrm", "lvrm") and n_values > n_rows * m:
                     # LVRM examples of lower rank pad with explicit zeros (sparsify_rows)
                     raise ValueError(
@@ -169,11 +229,11 @@ def compute_pefs(
                     fingerprint=fingerprint,
                     kind=kind,
                     n_values=n_values,
-                    n_parameters=m,
+                    n_parameters=m if proj is None else m_file,
                     n_rows=n_rows,
                     n_logits=n_logits,
                     min_prob_class=sel.min_prob_class,
-                    layout=engine.layout,
+                    layout=engine.layout if proj is None else None,
                     metadata=meta,
                     dataset_fisher_mode=dataset_fisher,
                 )
@@ -188,6 +248,8 @@ def compute_pefs(
                 dsf_sum,
                 seed,
                 index_offset + n_done,
+                classes,
+                proj,
             )
             writer.append(chunk, dsf_sum if dataset_fisher else None)
             n_done = writer.n_written
@@ -209,6 +271,7 @@ def compute_pefs(
             )
         writer.finalize({"fisher_engine": engine.assignment()})
     finally:
+        restrict.__exit__(None, None, None)
         bar.close()
         if writer is not None:
             writer.close()
@@ -226,14 +289,16 @@ def _process_batch(
     dsf_sum: np.ndarray,
     seed: int,
     first_index: int,
+    classes=None,
+    proj=None,
 ) -> dict[str, np.ndarray]:
     """PEFs of one loader batch as a writer chunk; adds the batch to ``dsf_sum`` in place."""
-    rows = select_rows(sel, logits)
+    rows = select_rows(sel, logits) if classes is None else classes.select(logits, first_index)
     n_logits = logits.shape[-1]
     b = logits.shape[0]
     pieces: dict[str, list] = {}
     # Rows already hold every class with weight sqrt(p_c): their squares sum to the D-PEF.
-    rows_are_full = (sel.kind == "lrm" and sel.top_k_classes is None) or (
+    rows_are_full = (sel.kind == "lrm" and sel.top_k_classes is None and classes is None) or (
         sel.kind == "diag" and sel.min_prob_class is None
     )
     for lo in range(0, b, chunk_size):
@@ -246,7 +311,10 @@ def _process_batch(
         else:
             a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
             ranks = None if rows.ranks is None else rows.ranks[lo:hi]
-            sp = sparsify_rows(a, n_values, ranks)
+            if proj is None:
+                sp = sparsify_rows(a, n_values, ranks)
+            else:  # issue 18: all d projected entries of each row, dense norms
+                sp = projected_rows(proj, a, ranks)
             _add(pieces, values=sp.values, indices=sp.row_indices, norms=sp.norms)
             if sel.kind == "lrm":
                 zero = torch.zeros(hi - lo, 1, dtype=sp.counts.dtype, device=sp.counts.device)
@@ -270,7 +338,8 @@ def _process_batch(
     chunk = {
         k: torch.cat(v).numpy() if isinstance(v[0], torch.Tensor) else v for k, v in pieces.items()
     }
-    chunk["labels"] = batch[LABELS_KEY].cpu().numpy()
+    labels = batch[LABELS_KEY] if classes is None else classes.map_labels(batch[LABELS_KEY])
+    chunk["labels"] = labels.cpu().numpy()
     chunk["logits"] = logits.float().cpu().numpy()
     chunk["example_indices"] = np.arange(first_index, first_index + b, dtype=np.int64)
     return chunk

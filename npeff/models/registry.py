@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from npeff.models.causal_lm import build_hf_causal_lm, build_tiny_gpt2
 from npeff.models.core import set_trainable
 from npeff.models.hf import build_hf_local, build_tiny_bert
 from npeff.models.simple import MLP, GroupMLP, SmallCNN
@@ -22,6 +23,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "hf_local": build_hf_local,
     "torchvision": build_torchvision,
     "tracr": build_tracr,
+    "tiny_gpt2": build_tiny_gpt2,  # causal LMs (issue 18): next-token logits at a position
+    "hf_causal_lm": build_hf_causal_lm,
 }
 # Keys of a model config that are not arguments of the builder.
 RESERVED_KEYS = ("name", "trainable")
