@@ -157,17 +157,18 @@ def _hard(x: torch.Tensor, k: int) -> torch.Tensor:
 def fit_components(
     pefs_topk,
     W: np.ndarray,
-    init: np.ndarray | None = None,
+    init: np.ndarray,
     *,
     n_iters: int = 300,
-    lr: float = 3e-2,
-    seed: int = 0,
+    lr: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """G [r, m'] in parameter space for fixed W [n, r], fitted to top-K PEFs of the same examples.
 
     Minimises the LRM-NPEFF loss Σ_i ‖F̃_i − Σ_k W_ik g_k g_kᵀ‖²_F (F̃_i: the normalised top-K
-    PEFs) over G with W fixed, by Adam on the exact gradient (``npeff.decomp.lrm``); ``init``
-    [r, m] (e.g. Sᵀg̃ of the projected components) restricted to the kept columns, else random.
+    PEFs) over G with W fixed, by Adam on the exact gradient (``npeff.decomp.lrm``), steps of
+    ``lr`` × the mean |entry| of the start; ``init`` [r, m] is the start (Sᵀg̃ of the projected
+    components), restricted to the top-K PEFs' columns. (A random start with the projected W
+    diverged in the tests: the start must carry the projected components' scale.)
     Returns (G [r, m'], new_to_old_col_indices [m'], final loss / constant term).
     """
     from npeff.decomp import lrm
@@ -179,12 +180,10 @@ def fit_components(
         raise ValueError(f"W has {n} examples, the top-K PEFs {mat.n_examples}")
     blocks = ColumnBlocks(mat.A, 0, mat.n_cols, dtype=torch.float64)
     Wt = torch.as_tensor(W, dtype=torch.float64)
-    if init is not None:
-        Gt = torch.as_tensor(np.asarray(init)[:, mat.new_to_old_col_indices].T, dtype=torch.float64)
-        Gt = Gt.clone()
-    else:
-        gen = torch.Generator().manual_seed(int(seed))
-        Gt = torch.randn(mat.n_cols, r, generator=gen, dtype=torch.float64) * (2 / r) ** 0.5
+    init = np.asarray(init)
+    if init.shape != (r, mat.n_parameters):
+        raise ValueError(f"init must be [r={r}, m={mat.n_parameters}], got {list(init.shape)}")
+    Gt = torch.as_tensor(init[:, mat.new_to_old_col_indices].T, dtype=torch.float64).clone()
     rows = mat.rows
     m1, m2 = torch.zeros_like(Gt), torch.zeros_like(Gt)
     b1, b2 = 0.9, 0.999

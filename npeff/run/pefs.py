@@ -99,8 +99,12 @@ def build_loader(task, split: str, batch_size: int, n_examples: int | None):
     return loader
 
 
-def fisher_kwargs(fc: DictConfig, params: DictConfig | None, seed: int) -> dict:
-    """compute_pefs keyword arguments from the ``fisher`` and ``params`` config groups."""
+def fisher_kwargs(fc: DictConfig, params: DictConfig | None, seed: int, task=None) -> dict:
+    """compute_pefs keyword arguments from the ``fisher`` and ``params`` config groups.
+
+    ``fisher.classes`` (language models, conf/fisher/lm.yaml) and ``fisher.compression`` add
+    ``classes`` / ``compression``; ``task`` encodes text label words (``word_token_ids``).
+    """
     mode = fc.get("dataset_fisher_mode", "expectation") if fc.get("dataset_fisher") else None
 
     inc = params.get("include") if params is not None else None
@@ -117,7 +121,48 @@ def fisher_kwargs(fc: DictConfig, params: DictConfig | None, seed: int) -> dict:
         dataset_fisher=mode,
         seed=int(seed),
         engine=str(fc.get("engine", "auto")),
+        **lm_fisher_kwargs(fc, seed, task),
     )
+
+
+def lm_fisher_kwargs(fc: DictConfig, seed: int, task=None) -> dict:
+    """``classes`` and ``compression`` from ``fisher.classes`` / ``fisher.compression`` (issue
+    18); {} when neither is set, so classifier runs call compute_pefs exactly as before."""
+    out: dict = {}
+    mode = fc.get("classes")
+    if mode is not None:
+        from npeff.fisher.lm_classes import LMClasses, label_word_ids
+
+        words = fc.get("label_words")
+        ids = None
+        if str(mode) == "label_words":
+            if not words:
+                raise ValueError(
+                    "fisher.classes=label_words needs fisher.label_words=[w1, w2, ...]"
+                )
+            ids = label_word_ids(list(words), getattr(task, "word_token_ids", None))
+        out["classes"] = LMClasses(
+            str(mode),
+            q=float(fc.get("q", 0.9)),
+            k=int(fc.get("k", 16)),
+            n_samples=int(fc.get("n_samples", 8)),
+            label_token_ids=ids,
+            seed=int(seed),
+            max_all=int(fc.get("max_all", 1024)),
+        )
+    comp = fc.get("compression")
+    if comp is not None and str(comp) != "topk":
+        if str(comp) != "projection":
+            raise ValueError(f"fisher.compression={comp!r}; choose topk or projection")
+        pr = fc.get("projection") or {}
+        out["compression"] = {
+            "kind": "projection",
+            "projection": str(pr.get("kind", "sparse_jl")),
+            "d": int(pr.get("d", 4096)),
+            "s": int(pr.get("s", 4)),
+            "seed": int(pr.get("seed", 0)),
+        }
+    return out
 
 
 def stage_device(accelerator: str):
@@ -151,8 +196,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     if split not in ("train", "fit", "eval"):
         raise ValueError(f"split must be one of train, fit, eval; got {split!r}")
     loaded = load_checkpoint(cfg.inputs.checkpoint)
+    kwargs = fisher_kwargs(cfg.fisher, cfg.get("params"), cfg.get("seed", 0), loaded.task)
     loader = build_loader(loaded.task, split, int(cfg.batch_size), cfg.get("n_examples"))
-    kwargs = fisher_kwargs(cfg.fisher, cfg.get("params"), cfg.get("seed", 0))
 
     trainer = cfg.get("trainer") or {}
     devices = trainer.get("devices", 1)

@@ -15,8 +15,10 @@ from npeff.tasks.base import SPLITS, NpeffTask, SplitData, TaskInfo
 from npeff.tasks.digits import DigitsTask
 from npeff.tasks.group import GroupTask
 from npeff.tasks.text_csv import TextCsvTask
+from npeff.tasks.tiny_lm import TinyLmTask
 from npeff.tasks.toy_nli import ToyNliTask
 from npeff.tasks.tracr import TracrTask
+from npeff.tasks.zero_shot import ToyNliZeroShotTask
 
 TASKS: dict[str, type[NpeffTask]] = {
     "toy_nli": ToyNliTask,
@@ -25,6 +27,8 @@ TASKS: dict[str, type[NpeffTask]] = {
     "text_csv": TextCsvTask,
     "digits_backdoor": DigitsBackdoorTask,
     "tracr": TracrTask,
+    "tiny_lm": TinyLmTask,  # causal-LM tasks (issue 18)
+    "toy_nli_zero_shot": ToyNliZeroShotTask,
 }
 
 
