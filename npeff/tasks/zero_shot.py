@@ -21,8 +21,25 @@ class ToyNliZeroShotTask(ToyNliTask):
 
     name = "toy_nli_zero_shot"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        n_train: int = 4000,
+        n_fit: int = 1000,
+        n_eval: int = 1000,
+        max_length: int = 24,
+        drop_with_conflict: float = 0.0,
+        seed: int = 0,
+        batch_size: int | None = 64,
+    ):
+        super().__init__(
+            n_train=n_train,
+            n_fit=n_fit,
+            n_eval=n_eval,
+            max_length=max_length,
+            drop_with_conflict=drop_with_conflict,
+            seed=seed,
+            batch_size=batch_size,
+        )
         from npeff.tasks.tokenizer import WordTokenizer
 
         self.tokenizer = WordTokenizer([*self.tokenizer.vocab, *LABEL_WORDS])

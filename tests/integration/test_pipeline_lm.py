@@ -1,0 +1,112 @@
+"""`npeff experiment=tiny_lm` and `experiment=toy_nli_zero_shot` end to end on shrunk configs:
+a tiny GPT-2 from a config → next-token PEFs (fisher.classes top_p / label_words) → LRM-NPEFF →
+coefficients → perturbations → report; and bad label words refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from npeff.artifacts.pefs import load_pefs
+from tests.integration.test_pipeline import run_pipeline
+
+COMMON = [
+    "logger=none",
+    "progress=false",
+    "task.n_train=256",
+    "task.n_fit=48",
+    "task.n_eval=48",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
+    "fisher.n_values=300",
+    "decomp.n_components=4",
+    "decomp.n_iters_g_only=5",
+    "decomp.n_iters_joint=30",
+    "perturb.n_top=8",
+    "+stages.fit.fit.n_iters=30",
+    "+stages.report.report.n_shuffles=2",
+]
+
+
+def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
+    out = tmp_path / "run"
+    over = ["experiment=tiny_lm", "fisher.k=3", *COMMON]
+    metrics = run_pipeline(over + [f"paths.output_dir={tmp_path / 'outputs'}"], out)
+    assert metrics["n_components"] == 4 and metrics["kl_ratio_median"] > 0
+    pefs = load_pefs(out / "pefs_fit" / "pefs.h5")
+    assert pefs.kind == "lvrm" and pefs.metadata["fisher_classes"] == {
+        "mode": "top_p",
+        "q": 0.9,
+        "k": 3,
+    }
+    assert pefs.logits.shape[1] == 26 and 1 <= pefs.ranks.min() and pefs.ranks.max() <= 3
+    assert pefs.metadata["fisher_engine"]["func"] == []  # GPT-2 wholly on the fast path
+    assert (out / "report" / "report.html").is_file()
+    assert "concept_components" in json.loads((out / "metrics.json").read_text())
+
+
+def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
+    """The pefs stage (fisher=lm, classes=label_words with text label words) on an untrained
+    tiny GPT-2 checkpoint of toy_nli_zero_shot; the pipeline run is the same stages as above."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from npeff.models import build_model, save_checkpoint
+    from npeff.run.common import CONFIG_PATH
+    from npeff.run.pefs import run
+    from npeff.tasks import build_task
+
+    task_cfg = {"name": "toy_nli_zero_shot", "n_train": 8, "n_fit": 12, "n_eval": 6}
+    model_cfg = {"name": "tiny_gpt2", "hidden_size": 16, "num_layers": 1}
+    task = build_task(task_cfg)
+    torch.manual_seed(0)
+    model = build_model(model_cfg, task.model_hints())
+    ckpt = tmp_path / "model.ckpt"
+    save_checkpoint(ckpt, model, {"model": model_cfg, "task": task_cfg})
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "pefs",
+            [
+                f"inputs.checkpoint={ckpt}",
+                "progress=false",
+                "batch_size=4",
+                "split=fit",
+                "fisher=lm",
+                "fisher.classes=label_words",
+                "fisher.label_words=[yes,maybe,no]",
+                "fisher.n_values=200",
+            ],
+        )
+    metrics = run(cfg, tmp_path / "pefs")
+    pefs = load_pefs(tmp_path / "pefs" / "pefs.h5")
+    assert metrics["kind"] == "lrm" and pefs.n_classes == 3 and pefs.logits.shape == (12, 3)
+    ids = [task.word_token_ids(w)[0] for w in ("yes", "maybe", "no")]
+    assert pefs.metadata["fisher_classes"] == {"mode": "label_words", "label_token_ids": ids}
+    # stored labels: the index of the gold label word (toy NLI's label order)
+    np.testing.assert_array_equal(
+        pefs.labels, task.labels("fit").tolist() and [ids.index(t) for t in task.labels("fit")]
+    )
+
+
+def test_pefs_stage_refuses_bad_lm_fisher_settings_before_work():
+    from omegaconf import OmegaConf
+
+    from npeff.run.pefs import lm_fisher_kwargs
+    from npeff.tasks import build_task
+
+    task = build_task({"name": "toy_nli_zero_shot", "n_train": 4, "n_fit": 2, "n_eval": 2})
+    fc = OmegaConf.load("conf/fisher/lm.yaml")
+    good = OmegaConf.merge(fc, {"classes": "label_words", "label_words": ["yes", "maybe", "no"]})
+    got = lm_fisher_kwargs(good, 0, task)["classes"].label_token_ids
+    assert got == tuple(task.word_token_ids(w)[0] for w in ("yes", "maybe", "no"))
+    bad = OmegaConf.merge(good, {"label_words": ["yes", "not sure", "no"]})
+    with pytest.raises(ValueError, match="'not sure' is 2 tokens"):
+        lm_fisher_kwargs(bad, 0, task)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        lm_fisher_kwargs(OmegaConf.merge(fc, {"q": 1.5}), 0, task)
+    with pytest.raises(ValueError, match="choose topk or projection"):
+        lm_fisher_kwargs(OmegaConf.merge(fc, {"compression": "pca"}), 0, task)
