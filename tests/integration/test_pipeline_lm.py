@@ -87,9 +87,7 @@ def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
     ids = [task.word_token_ids(w)[0] for w in ("yes", "maybe", "no")]
     assert pefs.metadata["fisher_classes"] == {"mode": "label_words", "label_token_ids": ids}
     # stored labels: the index of the gold label word (toy NLI's label order)
-    np.testing.assert_array_equal(
-        pefs.labels, task.labels("fit").tolist() and [ids.index(t) for t in task.labels("fit")]
-    )
+    np.testing.assert_array_equal(pefs.labels, [ids.index(t) for t in task.labels("fit")])
 
 
 def test_pefs_stage_refuses_bad_lm_fisher_settings_before_work():
