@@ -23,6 +23,8 @@ from npeff.artifacts.pefs import PefsWriter, save_dataset_fisher
 from npeff.fisher.classes import ClassSelection, select_rows
 from npeff.fisher.fast import ENGINES, FisherEngine
 from npeff.fisher.grads import LABELS_KEY, select_named_parameters
+from npeff.fisher.lm_answers import answer_length, answer_logits, answer_rows, has_answers
+from npeff.fisher.lm_answers import expand as expand_answers
 from npeff.fisher.projection import projected_rows
 from npeff.fisher.sparsify import sparsify_diag, sparsify_rows
 
@@ -210,12 +212,19 @@ def compute_pefs(
                     f"inputs; got keys {sorted(batch)}"
                 )
             batch = {k: v.to(engine.device) for k, v in batch.items()}
-            engine.prepare(batch)
+            multi = classes is not None and has_answers(batch)  # issue 18: multi-token answers
+            if multi and dataset_fisher:
+                raise ValueError("dataset_fisher is not supported with multi-token answers")
+            engine.prepare(expand_answers(batch)[0] if multi else batch)
             meta["fisher_engine"] = engine.assignment()
-            logits = engine.logits(batch, keep=chunk_size >= len(batch[LABELS_KEY]))
+            if multi:
+                logits = answer_logits(engine, batch)
+            else:
+                logits = engine.logits(batch, keep=chunk_size >= len(batch[LABELS_KEY]))
             n_logits = int(logits.shape[-1])
             if writer is None:
                 n_rows = classes.n_rows(n_logits) if classes is not None else sel.n_rows(n_logits)
+                n_rows *= answer_length(batch) if classes is not None else 1
                 if proj is not None:  # every projected entry is stored
                     n_values, m_file = n_rows * proj.d, proj.d
                 if kind in ("lrm", "lvrm") and n_values > n_rows * m:
@@ -293,7 +302,11 @@ def _process_batch(
     proj=None,
 ) -> dict[str, np.ndarray]:
     """PEFs of one loader batch as a writer chunk; adds the batch to ``dsf_sum`` in place."""
-    rows = select_rows(sel, logits) if classes is None else classes.select(logits, first_index)
+    multi = classes is not None and has_answers(batch)
+    if classes is None:
+        rows = select_rows(sel, logits)
+    elif not multi:
+        rows = classes.select(logits, first_index)
     n_logits = logits.shape[-1]
     b = logits.shape[0]
     pieces: dict[str, list] = {}
@@ -309,8 +322,11 @@ def _process_batch(
             sp = sparsify_diag(dense, n_values)
             _add(pieces, values=sp.values, indices=sp.indices, norms=sp.norms)
         else:
-            a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
-            ranks = None if rows.ranks is None else rows.ranks[lo:hi]
+            if multi:  # issue 18: the answer positions' rows stacked (npeff.fisher.lm_answers)
+                a, ranks, _ = answer_rows(engine, classes, sub, first_index + lo)
+            else:
+                a = engine.class_grads(sub, rows.classes[lo:hi], n_logits, rows.weights[lo:hi])
+                ranks = None if rows.ranks is None else rows.ranks[lo:hi]
             if proj is None:
                 sp = sparsify_rows(a, n_values, ranks)
             else:  # issue 18: all d projected entries of each row, dense norms

@@ -115,8 +115,15 @@ class LMClasses:
         return out
 
     # ------------------------------------------------------------------ rows
-    def select(self, logits: torch.Tensor, first_index: int) -> Rows:
-        """Class rows for logits [B, C_model] of examples first_index, first_index+1, …"""
+    def select(
+        self,
+        logits: torch.Tensor,
+        first_index: int,
+        indices: torch.Tensor | None = None,
+        slots: torch.Tensor | None = None,
+    ) -> Rows:
+        """Class rows for logits [B, C_model] of examples first_index, first_index+1, … (or of
+        the global example ``indices`` [B] at answer positions ``slots`` [B], lm_answers)."""
         b, c = logits.shape
         probs = torch.softmax(logits.double(), dim=-1)
         if self.mode in ("all", "label_words"):
@@ -124,7 +131,7 @@ class LMClasses:
             return Rows(classes, probs.sqrt().to(logits.dtype), None)
         if self.mode == "top_p":
             return top_p_rows(probs, float(self.q), self.n_rows(c), logits.dtype)
-        y = sample_tokens(probs, int(self.n_samples), int(self.seed), first_index)
+        y = sample_tokens(probs, int(self.n_samples), int(self.seed), first_index, indices, slots)
         w = torch.full(y.shape, float(self.n_samples) ** -0.5, dtype=logits.dtype)
         return Rows(y.to(logits.device), w.to(logits.device), None)
 
@@ -169,13 +176,25 @@ def top_p_rows(probs: torch.Tensor, q: float, k: int, dtype: torch.dtype) -> Row
     return Rows(order[:, :k], weights, n_keep)
 
 
-def sample_tokens(probs: torch.Tensor, n: int, seed: int, first_index: int) -> torch.Tensor:
+def sample_tokens(
+    probs: torch.Tensor,
+    n: int,
+    seed: int,
+    first_index: int,
+    indices: torch.Tensor | None = None,
+    slots: torch.Tensor | None = None,
+) -> torch.Tensor:
     """int64 [B, n]: n i.i.d. draws from each row of probs [B, V], seeded per example by
-    (seed, global index) so the draw is independent of batching, resumption and ranks."""
+    (seed, global index[, answer position if > 0]) so the draw is independent of batching,
+    resumption and ranks. ``indices`` [B] default to first_index + row."""
     p = probs.double().cpu().numpy()
     out = np.empty((p.shape[0], n), dtype=np.int64)
     for i in range(p.shape[0]):
-        u = np.random.default_rng([int(seed), int(first_index) + i, 18]).random(n)
+        idx = int(first_index) + i if indices is None else int(indices[i])
+        key = [int(seed), idx, 18]
+        if slots is not None and int(slots[i]) > 0:
+            key.append(int(slots[i]))
+        u = np.random.default_rng(key).random(n)
         cdf = np.cumsum(p[i])
         out[i] = np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), p.shape[1] - 1)
     return torch.from_numpy(out)

@@ -8,6 +8,8 @@ treats it as a classifier over the vocabulary:
 - ``input_ids`` ``[B, L]`` (right padding), ``attention_mask`` ``[B, L]`` (1 = token, optional);
 - ``explain_pos`` int ``[B]`` (optional): the position whose next-token distribution is explained;
   default: the last non-padding token (``attention_mask.sum(1) − 1``, or ``L − 1`` without a mask).
+  ``[B, T]`` (a multi-token answer, −1 = unused) gives logits ``[B, T, V]``; ``compute_pefs`` then
+  sums the positions' PEFs (teacher forcing, :mod:`npeff.fisher.lm_answers`).
 
 The position is picked from the hidden states by a one-hot product before the LM head (vmap-safe,
 and the head runs on one position instead of L). The 2-D padding mask is turned into the full 4-D
@@ -20,9 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npeff.fisher.lm_answers import EXPLAIN_KEY  # noqa: F401 (re-exported)
 from npeff.tasks.files import resolve_path
-
-EXPLAIN_KEY = "explain_pos"
 
 
 def additive_causal_mask(attention_mask: torch.Tensor | None, length: int, dtype, device):
@@ -77,10 +78,14 @@ class CausalLMExplainer(nn.Module):
         dtype = self.lm.get_output_embeddings().weight.dtype
         mask = additive_causal_mask(attention_mask, length, dtype, input_ids.device)
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        pos = explained_positions(input_ids, attention_mask, explain_pos)  # [B]
-        onehot = (torch.arange(length, device=input_ids.device)[None, :] == pos[:, None]).to(dtype)
-        h = torch.einsum("bl,blh->bh", onehot, hidden)  # [B, H]
-        return self.lm.get_output_embeddings()(h)  # [B, V]
+        pos = explained_positions(input_ids, attention_mask, explain_pos)  # [B] or [B, T]
+        grid = torch.arange(length, device=input_ids.device)
+        onehot = (grid == pos[..., None]).to(dtype)  # [B, (T,) L]; a position −1 selects nothing
+        if onehot.ndim == 2:
+            h = torch.einsum("bl,blh->bh", onehot, hidden)  # [B, H]
+        else:
+            h = torch.einsum("btl,blh->bth", onehot, hidden)  # [B, T, H]
+        return self.lm.get_output_embeddings()(h)  # [B, V] or [B, T, V]
 
 
 def build_tiny_gpt2(

@@ -299,3 +299,57 @@ def test_hf_causal_lm_loads_a_local_gpt2_folder(lm, tmp_path):
             loaded.double()(x["input_ids"], x["attention_mask"]),
             model(x["input_ids"], x["attention_mask"]),
         )
+
+
+# ------------------------------------------------------------------ multi-token answers
+@pytest.mark.parametrize("engine", ["auto", "func"])
+def test_a_multi_token_answer_sums_its_positions_fishers(lm, tmp_path, engine):
+    model, batch, lengths, _ = lm
+    # answers at the last 2 or 3 real positions (teacher forcing: the inputs hold the answer);
+    # example 2 has a 2-token answer (third slot unused)
+    pos = torch.stack([lengths - 3, lengths - 2, lengths - 1], 1)
+    pos[2, 0] = -1
+    pos[2] = torch.tensor([lengths[2] - 2, lengths[2] - 1, -1])
+    ans = {**batch, "explain_pos": pos}
+    params = [p for _, p in model.named_parameters()]
+
+    def exact_at(i, t):  # exact rows sqrt(p_c) ∇log p_c(· | prefix up to t), example alone
+        x = batch["input_ids"][i : i + 1, : int(lengths[i])]
+        logp = torch.log_softmax(model.lm(input_ids=x).logits[0, t], -1)
+        g = [
+            torch.cat(
+                [q.reshape(-1) for q in torch.autograd.grad(logp[c], params, retain_graph=True)]
+            )
+            for c in range(V)
+        ]
+        return logp.exp().detach().numpy(), (
+            logp.exp().sqrt()[:, None] * torch.stack(g)
+        ).detach().numpy()
+
+    P = pefs_of(model, ans, tmp_path, "ans_all", LMClasses("all"), engine, n_values=500)
+    assert P.n_classes == 3 * V
+    m = sum(q.numel() for q in params)
+    T = pefs_of(
+        model, ans, tmp_path, "ans_top", LMClasses("top_p", q=0.6, k=4), engine, n_values=12 * m
+    )
+    for i in range(N):
+        used = [int(t) for t in pos[i] if t >= 0]
+        per = [exact_at(i, t) for t in used]
+        A = np.concatenate([r for _, r in per])  # F = Σ_t A_tᵀA_t
+        aa = A @ A.T
+        np.testing.assert_allclose(P.norms[i], np.sqrt((aa**2).sum()), rtol=1e-6)
+        kept = []
+        for p, r in per:
+            order = np.argsort(-p, kind="stable")
+            kept.append(r[order[: min(int(np.searchsorted(np.cumsum(p[order]), 0.6) + 1), 4)]])
+        assert T.ranks[i] == sum(len(k) for k in kept)
+        np.testing.assert_allclose(file_rows(T, i), np.concatenate(kept), atol=1e-6)
+    # stored logits: the first answer position's
+    with torch.no_grad():
+        first = model(
+            batch["input_ids"], batch["attention_mask"], explain_pos=pos[:, 0].clamp_min(0)
+        )
+    first[2] = model(
+        batch["input_ids"][2:3], batch["attention_mask"][2:3], explain_pos=pos[2:3, 0]
+    )[0].detach()
+    np.testing.assert_allclose(P.logits, first.numpy(), rtol=1e-5, atol=1e-6)
