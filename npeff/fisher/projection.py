@@ -200,3 +200,69 @@ def fit_components(
     P, S = lrm.products(blocks, Gt)
     final = lrm.loss(mat.const, Wt, lrm.numerator(P, n, rows), S) / max(mat.const, 1e-30)
     return Gt.T.contiguous().numpy(), mat.new_to_old_col_indices, float(final)
+
+
+RECOVERY_METHODS = ("fit", "sparse")
+
+
+def components_to_parameter_space(
+    dec,
+    pefs_topk,
+    proj: SparseProjection,
+    *,
+    method: str = "fit",
+    sparsity: int | None = None,
+    n_iters: int = 300,
+):
+    """A decomposition of projected PEFs with its components brought back to parameter space.
+
+    dec: the :class:`~npeff.artifacts.decomposition.Decomposition` of a projected PEF file (G is
+    [r, d'] over projected coordinates). pefs_topk: top-K PEFs of the same examples in parameter
+    space (``method="fit"``, the default: :func:`fit_components` with W fixed) — also the source
+    of the parameter layout. ``method="sparse"``: :func:`sparse_recover` with ``sparsity``
+    non-zeros per component (needs no top-K PEFs' values, only their layout; for sparse
+    components). Returns a parameter-space LRM Decomposition (same W) that the perturbation,
+    report and COAR comparison stages read like any other; metadata ``recovery`` says how.
+    """
+    from npeff.artifacts.decomposition import Decomposition
+
+    if method not in RECOVERY_METHODS:
+        raise ValueError(f"recovery method {method!r}; choose one of {RECOVERY_METHODS}")
+    if dec.kind != "lrm" or dec.G is None:
+        raise ValueError("only an LRM decomposition with G can be brought back to parameter space")
+    if dec.n_parameters != proj.d:
+        raise ValueError(
+            f"the decomposition has {dec.n_parameters} columns but the projection maps to {proj.d}"
+        )
+    if pefs_topk.n_parameters != proj.m:
+        raise ValueError(
+            f"the top-K PEFs have {pefs_topk.n_parameters} parameters, the projection {proj.m}"
+        )
+    r = dec.W.shape[1]
+    Gp = torch.zeros(r, int(proj.d), dtype=torch.float64)
+    Gp[:, torch.as_tensor(dec.new_to_old_col_indices, dtype=torch.long)] = torch.as_tensor(
+        np.asarray(dec.G), dtype=torch.float64
+    )
+    info: dict = {"method": method, "projection": proj.settings()}
+    if method == "fit":
+        init = proj.adjoint(Gp).numpy()
+        G, cols, rel = fit_components(pefs_topk, np.asarray(dec.W), init, n_iters=n_iters)
+        info.update(relative_loss=rel, n_iters=int(n_iters))
+    else:
+        if sparsity is None or int(sparsity) < 1:
+            raise ValueError("method='sparse' needs sparsity ≥ 1 (non-zeros per component)")
+        full = sparse_recover(proj, Gp, int(sparsity)).numpy()
+        cols = np.flatnonzero(np.abs(full).sum(0) > 0)
+        G = full[:, cols]
+        info.update(sparsity=int(sparsity))
+    meta = {**dict(dec.metadata), "recovery": info}
+    return Decomposition(
+        kind="lrm",
+        W=np.asarray(dec.W, dtype=np.float32),
+        G=np.asarray(G, dtype=np.float32),
+        new_to_old_col_indices=np.asarray(cols, dtype=np.int64),
+        n_parameters=int(proj.m),
+        n_classes=dec.n_classes,
+        layout=pefs_topk.layout,
+        metadata=meta,
+    )

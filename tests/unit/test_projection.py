@@ -131,3 +131,23 @@ def test_planted_sparse_components_come_back_by_compressed_sensing(planted_proje
 def test_d_larger_than_m_is_refused():
     with pytest.raises(ValueError, match="larger than the 100 parameters"):
         SparseProjection(100, 128)
+
+
+@pytest.mark.parametrize("method", ["fit", "sparse"])
+def test_a_projected_decomposition_comes_back_as_a_parameter_space_file(
+    planted_projected, method, tmp_path
+):
+    from npeff.artifacts.decomposition import load_decomposition, save_decomposition
+    from npeff.fisher.projection import components_to_parameter_space
+
+    p = planted_projected
+    topk = lrm_pefs_from_dense(p["A"], 150)
+    back = components_to_parameter_space(
+        p["dec"], topk, p["proj"], method=method, sparsity=p["support"]
+    )
+    dec = load_decomposition(save_decomposition(back, tmp_path / "dec.h5"))
+    assert dec.n_parameters == p["G"].shape[1] and dec.metadata["recovery"]["method"] == method
+    full = np.zeros((dec.G.shape[0], dec.n_parameters))
+    full[:, dec.new_to_old_col_indices] = dec.G
+    assert best_abs_cos(full, p["G"]).mean() >= 0.9
+    np.testing.assert_array_equal(dec.W, p["dec"].W.astype(np.float32))
