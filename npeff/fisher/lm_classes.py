@@ -140,9 +140,8 @@ class LMClasses:
         none); other modes unchanged."""
         if self.mode != "label_words":
             return labels
-        ids = torch.tensor(self.label_token_ids, device=labels.device)
-        hit = labels[:, None] == ids[None, :]
-        return torch.where(hit.any(1), hit.long().argmax(1), torch.full_like(labels, -1))
+        out = stored_labels(labels.cpu().numpy(), {"fisher_classes": self.settings()})
+        return torch.as_tensor(out, dtype=labels.dtype, device=labels.device)
 
     @contextlib.contextmanager
     def restricted(self, model: nn.Module):
@@ -163,6 +162,18 @@ class LMClasses:
             yield model
         finally:
             handle.remove()
+
+
+def stored_labels(labels: np.ndarray, metadata: dict) -> np.ndarray:
+    """The labels a PEF file stores for task labels ``labels`` [n]: for ``label_words`` files
+    (metadata ``fisher_classes``) the label word's index (−1 if none), else unchanged."""
+    fc = (metadata or {}).get("fisher_classes") or {}
+    if fc.get("mode") != "label_words":
+        return np.asarray(labels).reshape(-1)
+    ids = np.asarray(fc["label_token_ids"])
+    labels = np.asarray(labels).reshape(-1)
+    hit = labels[:, None] == ids[None, :]
+    return np.where(hit.any(1), hit.argmax(1), -1)
 
 
 def top_p_rows(probs: torch.Tensor, q: float, k: int, dtype: torch.dtype) -> Rows:

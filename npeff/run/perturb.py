@@ -236,7 +236,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     else:
         n_needed = int(positions.max()) + 1 if len(positions) else 0
         cache = ExampleCache(loader, n_examples=n_needed).subset(positions, int(pc.batch_size))
-    if not np.array_equal(cache.labels.numpy(), np.asarray(pefs.labels).reshape(-1)):
+    from npeff.fisher.lm_classes import stored_labels  # label_words files store label indices
+
+    want = stored_labels(cache.labels.numpy(), pefs.metadata)
+    if not np.array_equal(want, np.asarray(pefs.labels).reshape(-1)):
         raise ValueError(
             f"the labels of the first {cache.n} examples of split {split!r} differ from the PEF "
             "file's; pass the split (and checkpoint) the PEFs were computed with"

@@ -89,6 +89,28 @@ def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
     # stored labels: the index of the gold label word (toy NLI's label order)
     np.testing.assert_array_equal(pefs.labels, [ids.index(t) for t in task.labels("fit")])
 
+    # the perturbation stage reads the file: its label check maps the task's token ids the same way
+    from npeff.decomp.module import DecompSettings
+    from npeff.decomp.runner import decompose
+    from npeff.run.perturb import run as perturb_run
+
+    s = DecompSettings(kind="lrm", n_components=2, n_iters_g_only=2, n_iters_joint=5, seed=0)
+    decompose(tmp_path / "pefs" / "pefs.h5", s, tmp_path / "dec", progress=False)
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        pcfg = compose(
+            "perturb",
+            [
+                f"inputs.checkpoint={ckpt}",
+                f"inputs.coeffs={tmp_path / 'dec' / 'decomposition.h5'}",
+                f"inputs.pefs={tmp_path / 'pefs' / 'pefs.h5'}",
+                "progress=false",
+                "perturb.n_top=4",
+                "perturb.n_baseline=4",
+            ],
+        )
+    pm = perturb_run(pcfg, tmp_path / "perturb")
+    assert pm["n_components"] + pm.get("n_skipped_components", 0) == 2
+
 
 def test_pefs_stage_refuses_bad_lm_fisher_settings_before_work():
     from omegaconf import OmegaConf

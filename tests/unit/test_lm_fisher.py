@@ -150,6 +150,13 @@ def test_sampled_pefs_are_unbiased_draws_converging_like_one_over_sqrt_s(lm, tmp
     P3 = pefs_of(model, batch, tmp_path, "s_b", LMClasses("sample", n_samples=S, seed=3), bs=3)
     np.testing.assert_array_equal(P1.indices, P3.indices)  # same draws, same rows
     np.testing.assert_allclose(P1.values, P3.values, atol=1e-12)
+    # a shard (as a DDP rank or a resumed run computes it: index_offset) draws the same tokens
+    shard = {k: v[2:] for k, v in batch.items()}
+    P2 = pefs_of(
+        model, shard, tmp_path, "s_c", LMClasses("sample", n_samples=S, seed=3), index_offset=2
+    )
+    np.testing.assert_array_equal(P2.indices, P1.indices[2:])
+    np.testing.assert_allclose(P2.values, P1.values[2:], atol=1e-12)
     for i in range(N):
         p, exact = rows[i]
         y = sample_tokens(torch.as_tensor(p)[None], S, 3, i)[0].numpy()
