@@ -126,6 +126,11 @@ def test_pefs_stage_refuses_bad_lm_fisher_settings_before_work():
     bad = OmegaConf.merge(good, {"label_words": ["yes", "not sure", "no"]})
     with pytest.raises(ValueError, match="'not sure' is 2 tokens"):
         lm_fisher_kwargs(bad, 0, task)
+    yaml_bools = OmegaConf.merge(good, OmegaConf.create("label_words: [yes, maybe, no]"))
+    with pytest.raises(ValueError, match="is a boolean: YAML reads unquoted yes/no"):
+        lm_fisher_kwargs(yaml_bools, 0, task)
+    exp = OmegaConf.load("conf/experiment/toy_nli_zero_shot.yaml")
+    assert list(exp.fisher.label_words) == ["yes", "maybe", "no"]  # quoted in the recipe
     with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
         lm_fisher_kwargs(OmegaConf.merge(fc, {"q": 1.5}), 0, task)
     with pytest.raises(ValueError, match="choose topk or projection"):
