@@ -39,7 +39,16 @@ def small_csv(tmp_path_factory) -> Path:
 
 
 def test_groups_have_the_expected_options():
-    assert options("task") == ["digits", "digits_backdoor", "group", "text_csv", "toy_nli", "tracr"]
+    assert options("task") == [
+        "digits",
+        "digits_backdoor",
+        "group",
+        "text_csv",
+        "tiny_lm",
+        "toy_nli",
+        "toy_nli_zero_shot",
+        "tracr",
+    ]
     assert set(options("model")) >= {
         "mlp",
         "cnn",
@@ -60,6 +69,8 @@ SMALL_TASK = {
     "digits": [],
     "digits_backdoor": [],
     "tracr": ["task.n_train=8", "task.n_fit=10", "task.n_eval=10"],
+    "tiny_lm": ["task.n_train=30", "task.n_fit=10", "task.n_eval=10"],
+    "toy_nli_zero_shot": ["task.n_train=30", "task.n_fit=10", "task.n_eval=10"],
 }
 
 
@@ -85,6 +96,8 @@ MODEL_TASK = {
     "group_mlp": "group",
     "tiny_bert": "toy_nli",
     "tracr": "tracr",
+    "tiny_gpt2": "tiny_lm",  # causal LMs need a task whose labels are token ids
+    "hf_causal_lm": "tiny_lm",
 }
 
 
@@ -106,6 +119,12 @@ def test_every_model_option_composes_and_builds(model, tmp_path):
         )
         tiny.hf.save_pretrained(tmp_path / "hf")
         overrides.append(f"model.path={tmp_path / 'hf'}")
+    if model == "hf_causal_lm":  # a local GPT-2 folder made on the spot
+        lm = build_model(
+            {"name": "tiny_gpt2", "hidden_size": 16, "num_layers": 1}, {"vocab_size": 26}
+        )
+        lm.lm.save_pretrained(tmp_path / "gpt2")
+        overrides.append(f"model.path={tmp_path / 'gpt2'}")
     cfg = _compose(overrides)
     assert cfg.model.name == model
     t = build_task(cfg.task)

@@ -229,7 +229,16 @@ def test_unknown_task_and_option_fail_with_what_is_available():
         build_task({"name": "group", "group": "Z3"}).dataloader("test")
     with pytest.raises(ValueError, match="unknown group"):
         build_task({"name": "group", "group": "Q8"})
-    assert sorted(TASKS) == ["digits", "digits_backdoor", "group", "text_csv", "toy_nli", "tracr"]
+    assert sorted(TASKS) == [
+        "digits",
+        "digits_backdoor",
+        "group",
+        "text_csv",
+        "tiny_lm",
+        "toy_nli",
+        "toy_nli_zero_shot",
+        "tracr",
+    ]
 
 
 # --- text_csv --------------------------------------------------------------------------------------
