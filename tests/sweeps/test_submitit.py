@@ -20,8 +20,17 @@ from npeff.artifacts.decomposition import load_decomposition
 
 BIN = Path(sys.executable).parent
 
+
+def _has_submitit_launcher() -> bool:
+    # find_spec of a dotted name raises when the parent namespace `hydra_plugins` is absent too.
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 needs_cluster_extra = pytest.mark.skipif(
-    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    not _has_submitit_launcher(),
     reason='the cluster extra (hydra-submitit-launcher) is not installed: pip install -e ".[cluster]"',
 )
 
