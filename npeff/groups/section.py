@@ -168,4 +168,19 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                 ],
             )
         )
+    coar = summary.get("coar")
+    if coar:
+        parts.append("<h3>COAR's top units per example against the irreps</h3>")
+        parts.append(
+            _table(
+                ["statistic", "examples", "shuffled control"],
+                [
+                    [
+                        f"mean irrep purity of the top-{coar['top_k']} units' |attribution|",
+                        coar["mean_purity"],
+                        coar["shuffled_mean_purity"],
+                    ]
+                ],
+            )
+        )
     return "\n".join(parts)

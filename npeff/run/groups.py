@@ -140,6 +140,30 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
     return out
 
 
+def _coar_analysis(cfg, na, zoo) -> dict | None:
+    """Irrep purity of COAR's top units per example (needs inputs.coar)."""
+    if not cfg.inputs.get("coar"):
+        return None
+    import npeff.coar
+    from npeff.groups.coar_units import coar_irrep_purity
+    from npeff.models import load_checkpoint
+
+    attr = npeff.coar.load_attributions(cfg.inputs.coar)
+    # the neuron analysis read here is the first seed's: the attributions must be that model's
+    first = zoo.path if zoo.path.name != "zoo.pt" else zoo.path.parent / "model.ckpt"
+    attr.check_model(load_checkpoint(first).model)
+    g = cfg.groups
+    return coar_irrep_purity(
+        attr,
+        na.irrep,
+        len(na.irrep_names),
+        na.live,
+        int(g.get("coar_top_k", 5)),
+        int(g.n_shuffles),
+        int(g.seed),
+    )
+
+
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     from npeff.groups import get_group
     from npeff.groups.network import seed_state
@@ -202,6 +226,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             component_irrep_purity_shuffled=comp["irrep_purity"]["shuffled_mean_purity"],
             component_coset_purity=comp["coset_purity"]["mean_purity"],
             component_coset_purity_shuffled=comp["coset_purity"]["shuffled_mean_purity"],
+        )
+    coar = _coar_analysis(cfg, na, zoo)
+    if coar is not None:
+        summary["coar"] = coar
+        summary["aggregate"].update(
+            coar_top_unit_irrep_purity=coar["mean_purity"],
+            coar_top_unit_irrep_purity_shuffled=coar["shuffled_mean_purity"],
         )
     order = np.lexsort((-na.purity, na.irrep))
     figures = {
