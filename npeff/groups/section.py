@@ -94,6 +94,7 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                 "circuits used",
                 "explained/live",
                 "bound s",
+                "verifier s",
                 "brute s",
             ],
             [
@@ -107,6 +108,7 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                     s["bound"]["n_circuits_used"],
                     f"{s['bound']['n_neurons_explained']}/{s['bound']['n_neurons_live']}",
                     s["bound"]["seconds"],
+                    s["bound"].get("seconds_verifier", float("nan")),
                     s["bound"]["brute_force_seconds"],
                 ]
                 for s in seeds

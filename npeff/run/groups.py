@@ -51,6 +51,8 @@ def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
         tol=float(cfg.circuit_tol),
         max_orbit=cfg.get("max_orbit"),
         min_coverage=float(cfg.min_coverage),
+        fourier_share=float(cfg.get("fourier_share", 0.01)),
+        block_size=int(cfg.get("block_size", 8)),
     )
     b = res.summary()
     b["seconds_with_irreps"] = b["seconds"] + t_irreps
@@ -85,6 +87,13 @@ def aggregate(seeds: list[dict], threshold_bound: float = 0.95) -> dict:
         "mean_bound": float(np.mean(bounds)),
         "mean_brute_force_accuracy": float(np.mean(accs)),
         "median_time_ratio": float(np.median(ratios)),
+        "median_time_ratio_verifier": float(
+            np.median([s["bound"]["time_ratio_verifier"] for s in seeds])
+        ),
+        "n_certified_wrong_all_seeds": int(sum(s["bound"]["n_certified_wrong"] for s in seeds)),
+        "median_slack_over_margin": float(
+            np.median([s["bound"]["median_slack_over_margin"] for s in seeds])
+        ),
         "median_time_ratio_with_irreps": float(np.median(ratios_irr)),
         "median_gap_over_margin": float(
             np.median(
