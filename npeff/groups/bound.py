@@ -339,6 +339,15 @@ def verify(
     rhs = [torch.from_numpy(ic.rh) for ic in ideal.circuits]
     xinv_z = tab[inv[:, None], torch.arange(n)[None, :]]  # [x, z]: x⁻¹ z
     qoff = np.cumsum([0] + [d * d for d in p.dims])
+    # y = Q_iᵀ (U a − ideal) for every irrep at once: [H, Σd²] and [Σ|O| + 1, Σd²] (zero rows
+    # for the neurons and orbit columns outside an irrep's set)
+    n_orb = sum(ic.orbit_size for ic in ideal.circuits)
+    A_cat = torch.zeros(L.shape[1], int(qoff[-1]), dtype=f64)
+    B_cat = torch.zeros(n_orb + 1, int(qoff[-1]), dtype=f64)
+    for k in range(n_f):
+        A_cat[p.J[k], qoff[k] : qoff[k + 1]] = p.A[k].T
+        if len(p.orbit_cols[k]):
+            B_cat[p.orbit_cols[k], qoff[k] : qoff[k + 1]] = p.B[k].T
     names = ("fourier", "act", "unembed", "mult", "exact")
     kind_ix = {kd: [k for k, s in enumerate(p.kinds) if s == kd] for kd in names[1:]}
     parts: dict[str, list] = {kd: [] for kd in (*names, "bias")}
@@ -367,24 +376,21 @@ def verify(
         )  # [M, Σ|O| + 1]: the ideal activations and a zero column
         M = len(xf)
         # Fourier part: y_i [M, d²]; its first-pass bound per irrep
-        yv, bf = [], []
+        bf = []
         zrep = zb.repeat_interleave(n)  # [M] z* of each row
+        ycat = act @ A_cat - iact @ B_cat  # [M, Σd²]: every y_i side by side
         for k in range(n_f):
-            y = act.index_select(1, p.J[k]) @ p.A[k].T
-            if len(p.orbit_cols[k]):
-                y -= iact.index_select(1, p.orbit_cols[k]) @ p.B[k].T
-            yv.append(y)
+            y = ycat[:, qoff[k] : qoff[k + 1]]
             at_star = (y.view(Z, n, -1) * p.Q[zb, None, qoff[k] : qoff[k + 1]]).sum(2).view(-1)
-            nrm = y.norm(dim=1)
+            nrm = (y * y).sum(1).sqrt()
             if p.real_type[k]:  # ‖C‖_* ≤ min(Σ column norms, Σ row norms)
                 d = p.dims[k]
-                cm = y.view(M, d, d)
-                nuc = torch.minimum(cm.norm(dim=1).sum(1), cm.norm(dim=2).sum(1))
+                sq = (y * y).view(M, d, d)
+                nuc = torch.minimum(sq.sum(1).sqrt().sum(1), sq.sum(2).sqrt().sum(1))
                 top = nuc * np.sqrt(d / n)
             else:
                 top = nrm * Qrow[k]
             bf.append(torch.minimum(nrm * DQmax[zrep, k], top - at_star))
-        ycat = torch.cat(yv, 1) if n_f else act[:, :0]
         bfs = torch.stack(bf, 1).sum(1) if n_f else torch.zeros(M, dtype=f64)
         # out-of-irrep blocks
         c = (
@@ -392,7 +398,7 @@ def verify(
             if len(p.pa)
             else act[:, :0]
         )  # [M, P]
-        nrm_k = ((c**2) @ p.S).sqrt_()  # [M, K]
+        nrm_k = ((c * c) @ p.S).sqrt_()  # [M, K]
         at_star = (c.view(Z, n, -1) * p.V[zb][:, None, :]).view(M, -1) @ p.S  # V_k(z*)·c_k
         bk = torch.minimum(nrm_k * Dmax[zrep], nrm_k * Vmax - at_star)
         parts["fourier"].append(bfs)
