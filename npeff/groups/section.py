@@ -94,6 +94,7 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                 "circuits used",
                 "explained/live",
                 "bound s",
+                "verifier s",
                 "brute s",
             ],
             [
@@ -107,6 +108,7 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                     s["bound"]["n_circuits_used"],
                     f"{s['bound']['n_neurons_explained']}/{s['bound']['n_neurons_live']}",
                     s["bound"]["seconds"],
+                    s["bound"].get("seconds_verifier", float("nan")),
                     s["bound"]["brute_force_seconds"],
                 ]
                 for s in seeds
@@ -165,6 +167,21 @@ def render_section(summary: dict, figures: dict[str, bytes]) -> str:
                         cp["per_component"][j],
                     ]
                     for j in range(len(ip["per_row_purity"]))
+                ],
+            )
+        )
+    coar = summary.get("coar")
+    if coar:
+        parts.append("<h3>COAR's top units per example against the irreps</h3>")
+        parts.append(
+            _table(
+                ["statistic", "examples", "shuffled control"],
+                [
+                    [
+                        f"mean irrep purity of the top-{coar['top_k']} units' |attribution|",
+                        coar["mean_purity"],
+                        coar["shuffled_mean_purity"],
+                    ]
                 ],
             )
         )

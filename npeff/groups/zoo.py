@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from npeff.groups.zoo_grad import zoo_loss_and_grads
+
 log = logging.getLogger(__name__)
 
 PARAM_KEYS = (
@@ -160,6 +162,7 @@ def train_zoo(
         history, start = list(st["history"]), int(st["epoch"])
         log.info("resuming the zoo from epoch %d (%s)", start, state_path)
     x, y, labels = train
+    n_seeds = int(params["hidden.bias"].shape[0])
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -167,14 +170,9 @@ def train_zoo(
         bar = tqdm(total=epochs, initial=start, desc="zoo", unit="epoch")
     t0 = time.perf_counter()
     for epoch in range(start, epochs):
-        opt.zero_grad(set_to_none=True)
-        logits = zoo_logits(params, x, y)  # [S, B, N]
-        s, b, n = logits.shape
-        loss = (
-            nn.functional.cross_entropy(logits.reshape(s * b, n), labels.repeat(s), reduction="sum")
-            / b
-        )
-        loss.backward()
+        loss, grads = zoo_loss_and_grads(params, x, y, labels)
+        for k, p in params.items():
+            p.grad = grads[k]
         opt.step()
         if bar is not None:
             bar.update(1)
@@ -182,7 +180,7 @@ def train_zoo(
         if done % check_every == 0 or done == epochs:
             row = {
                 "epoch": done,
-                "loss": float(loss.detach()) / s,
+                "loss": float(loss) / n_seeds,
                 "train_accuracy": zoo_accuracy(params, x, y, labels).tolist(),
             }
             if evals is not None:

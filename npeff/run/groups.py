@@ -51,6 +51,8 @@ def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
         tol=float(cfg.circuit_tol),
         max_orbit=cfg.get("max_orbit"),
         min_coverage=float(cfg.min_coverage),
+        fourier_share=float(cfg.get("fourier_share", 0.01)),
+        block_size=int(cfg.get("block_size", 8)),
     )
     b = res.summary()
     b["seconds_with_irreps"] = b["seconds"] + t_irreps
@@ -85,6 +87,13 @@ def aggregate(seeds: list[dict], threshold_bound: float = 0.95) -> dict:
         "mean_bound": float(np.mean(bounds)),
         "mean_brute_force_accuracy": float(np.mean(accs)),
         "median_time_ratio": float(np.median(ratios)),
+        "median_time_ratio_verifier": float(
+            np.median([s["bound"]["time_ratio_verifier"] for s in seeds])
+        ),
+        "n_certified_wrong_all_seeds": int(sum(s["bound"]["n_certified_wrong"] for s in seeds)),
+        "median_slack_over_margin": float(
+            np.median([s["bound"]["median_slack_over_margin"] for s in seeds])
+        ),
         "median_time_ratio_with_irreps": float(np.median(ratios_irr)),
         "median_gap_over_margin": float(
             np.median(
@@ -138,6 +147,30 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
             "shuffled_mean_purity": float("nan"),
         }
     return out
+
+
+def _coar_analysis(cfg, na, zoo) -> dict | None:
+    """Irrep purity of COAR's top units per example (needs inputs.coar)."""
+    if not cfg.inputs.get("coar"):
+        return None
+    import npeff.coar
+    from npeff.groups.coar_units import coar_irrep_purity
+    from npeff.models import load_checkpoint
+
+    attr = npeff.coar.load_attributions(cfg.inputs.coar)
+    # the neuron analysis read here is the first seed's: the attributions must be that model's
+    first = zoo.path if zoo.path.name != "zoo.pt" else zoo.path.parent / "model.ckpt"
+    attr.check_model(load_checkpoint(first).model)
+    g = cfg.groups
+    return coar_irrep_purity(
+        attr,
+        na.irrep,
+        len(na.irrep_names),
+        na.live,
+        int(g.get("coar_top_k", 5)),
+        int(g.n_shuffles),
+        int(g.seed),
+    )
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -202,6 +235,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             component_irrep_purity_shuffled=comp["irrep_purity"]["shuffled_mean_purity"],
             component_coset_purity=comp["coset_purity"]["mean_purity"],
             component_coset_purity_shuffled=comp["coset_purity"]["shuffled_mean_purity"],
+        )
+    coar = _coar_analysis(cfg, na, zoo)
+    if coar is not None:
+        summary["coar"] = coar
+        summary["aggregate"].update(
+            coar_top_unit_irrep_purity=coar["mean_purity"],
+            coar_top_unit_irrep_purity_shuffled=coar["shuffled_mean_purity"],
         )
     order = np.lexsort((-na.purity, na.irrep))
     figures = {

@@ -73,3 +73,38 @@ def test_zoo_bad_settings(tmp_path):
         train.run(_cfg("train", [*ZOO, "batch_size=16"]), tmp_path)
     with pytest.raises(ValueError, match="n_seeds must be >= 1"):
         train.run(_cfg("train", [*ZOO, "task.n_seeds=0", "task.zoo_trainer=true"]), tmp_path)
+
+
+def test_groups_stage_reads_coar_top_units_against_irreps(zoo_dir, tmp_path):
+    """COAR attributions of the zoo's first seed (npeff.coar's public API), read by npeff-groups:
+    per-example irrep purity of the top units next to the shuffled control; attributions of
+    another model are refused."""
+    from npeff.coar import compute_attributions
+
+    ck = load_checkpoint(zoo_dir / "model.ckpt")
+    units = [{"pattern": "hidden.weight", "granularity": "neuron"}]
+    loader = ck.task.dataloader("eval", 64)
+    path = tmp_path / "attributions.h5"
+    compute_attributions(
+        ck.model, loader, path, units=units, n_masks=120, evaluate=False, progress=False
+    )
+    cfg = _cfg("groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={path}", "progress=false"])
+    m = groups.run(cfg, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "groups_summary.json").read_text())
+    coar = summary["coar"]
+    assert coar["n_examples"] == len(ck.task.tensors("eval")["labels"]) and coar["top_k"] == 5
+    assert 0 < coar["mean_purity"] <= 1 and 0 < coar["shuffled_mean_purity"] <= 1
+    assert m["coar_top_unit_irrep_purity"] == coar["mean_purity"]
+    other = load_checkpoint(zoo_dir / "seeds" / "seed_001" / "model.ckpt")
+    compute_attributions(
+        other.model,
+        loader,
+        tmp_path / "other.h5",
+        units=units,
+        n_masks=120,
+        evaluate=False,
+        progress=False,
+    )
+    bad = _cfg("groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={tmp_path / 'other.h5'}"])
+    with pytest.raises(ValueError, match="differ"):
+        groups.run(bad, tmp_path / "bad")

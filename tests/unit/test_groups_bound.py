@@ -136,3 +136,60 @@ def test_coset_purity_planted_components():
     out = coset_purity(g, x, y, W, [(h, h)], top_k=16, n_shuffles=10)
     assert out["per_component"][0] == 1.0
     assert out["shuffled_mean_purity"] < 1.0
+
+
+def _true_margins(net, group) -> np.ndarray:
+    """float ``[N²]``: min_{z ≠ x·y} real(x·y) − real(z), float64 brute force."""
+    logits = all_logits(net, dtype=torch.float64).numpy()
+    t = group.table.reshape(-1)
+    right = logits[np.arange(len(t)), t].copy()
+    logits[np.arange(len(t)), t] = -np.inf
+    return right - logits.max(1)
+
+
+def test_verifier_lower_bound_never_exceeds_the_true_margin_per_input():
+    """Per input, the certified lower bound on the real margin (slack × ideal margin) is below
+    the brute-force margin, for noisy exact networks, a random one and an explanation fitted to
+    another network (a wrong explanation must weaken the bound, not break it)."""
+    from npeff.groups.bound import compact_bound, explain, verify
+
+    g = get_group("S3")
+    for sd in (
+        lookup_network(g, 0.05, 1),
+        lookup_network(g, 0.3, 2),
+        GroupMLP(6, 6, 8, 32).state_dict(),
+    ):
+        net = fold(sd)
+        na = analyze_neurons(g, net, subgroups=[])
+        res, _, cert = compact_bound(g, net, na.irrep, na.live, fourier_share=0.05)
+        true = _true_margins(net, g)
+        denom = cert.margin if cert.margin > 0 else 1.0
+        assert np.all(cert.slack * denom <= true + 1e-6)
+        assert not np.any(cert.certified & (true <= 0))
+    # the explanation of one network, verified on another
+    good, other = fold(lookup_network(g, 0.02, 3)), fold(lookup_network(g, 0.2, 4))
+    na = analyze_neurons(g, good, subgroups=[])
+    _, ideal, _, _ = explain(g, good, na.irrep, na.live)
+    cert = verify(
+        g, *(t.numpy() for t in (other.left, other.right, other.unembed, other.bias)), ideal
+    )
+    true = _true_margins(other, g)
+    assert not np.any(cert.certified & (true <= 0))
+    assert np.all(cert.slack * max(cert.margin, 1e-300) <= true + 1e-6)
+
+
+def test_fourier_part_is_exact_when_every_irrep_is_kept():
+    """With every irrep in the Fourier part (share 0) and no circuits, the per-class pass is the
+    real margin itself: the certificate equals brute-force correctness."""
+    from npeff.groups.bound import verify
+    from npeff.groups.ideal import IdealModel
+
+    g = get_group("S3")
+    torch.manual_seed(0)
+    net = fold(GroupMLP(6, 6, 8, 32).state_dict())
+    ideal = IdealModel([], np.ones(32), np.zeros(6))
+    parts = (t.numpy() for t in (net.left, net.right, net.unembed, net.bias))
+    cert = verify(g, *parts, ideal, fourier_share=0.0)
+    true = _true_margins(net, g)
+    assert np.array_equal(cert.certified, true > 1e-6 * (1.0 + np.abs(net.bias.numpy()).max()))
+    assert np.allclose(cert.slack, true, atol=1e-8)

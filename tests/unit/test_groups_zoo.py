@@ -77,3 +77,33 @@ def test_recipes_override_optim():
     cfg.task.recipe = "nope"
     with pytest.raises(ValueError, match="unknown recipe"):
         zoo_optim(cfg)
+
+
+def test_hand_written_gradients_equal_autograd_in_float64():
+    """zoo_loss_and_grads against autograd of zoo_logits + cross-entropy, with blocks that split
+    the batch (block < B) and that hold several seeds (block > B), with and without u."""
+    import pytest
+
+    from npeff.groups.zoo_grad import zoo_loss_and_grads
+
+    task = build_task({"name": "group", "group": "S3", "train_fraction": 0.5})
+    t = task.tensors("train")
+    x, y, labels = t["x"], t["y"], t["labels"]
+    for bias in (True, False):
+        p = {k: v.double() for k, v in init_params(3, 6, 8, 16, bias, seed=1).items()}
+        q = {k: v.clone().requires_grad_(True) for k, v in p.items()}
+        logits = zoo_logits(q, x, y)
+        s, b, n = logits.shape
+        ref = (
+            torch.nn.functional.cross_entropy(
+                logits.reshape(s * b, n), labels.repeat(s), reduction="sum"
+            )
+            / b
+        )
+        ref.backward()
+        for block in (5, 1000):
+            loss, grads = zoo_loss_and_grads(p, x, y, labels, block=block)
+            assert float(loss) == pytest.approx(float(ref), rel=1e-12)
+            assert set(grads) == set(p)
+            for k in p:
+                assert torch.allclose(grads[k], q[k].grad, rtol=1e-10, atol=1e-12), (k, block)

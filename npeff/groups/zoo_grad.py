@@ -1,0 +1,97 @@
+"""The zoo's loss and its gradients, written out by hand and cache-blocked (no autograd graph).
+
+For stacked ``GroupMLP`` parameters ``{key: [S, ...]}`` (see :mod:`npeff.groups.zoo`) and one
+full batch (x, y, labels) of B inputs, with D the embedding width, H the hidden width and N the
+number of classes:
+
+    L = E_l W_lᵀ + c,  R = E_r W_rᵀ                       # [S, N, H]
+    a = ReLU(L[x] + R[y])                                  # [S, B, H]
+    logits = a Uᵀ + u                                      # [S, B, N]
+    loss = Σ_s mean_b CE(logits[s, b], labels[b])
+
+    P = softmax(logits) − onehot(labels)                   # [S, B, N]  (= B · ∂loss/∂logits)
+    ∂U = Pᵀ a / B,  ∂u = Σ_b P / B,  ∂a = P U,  ∂pre = ∂a · [a > 0]
+    ∂L = scatter_x(∂pre) / B,  ∂R = scatter_y(∂pre) / B,  ∂c = Σ_n ∂L
+    ∂E_l = ∂L W_l,  ∂W_l = ∂Lᵀ E_l  (and the same on the right)
+
+The B inputs are processed in blocks of about ``block`` rows per seed (several seeds per block
+when B is small), so each block's activations and logits stay in cache and are updated in
+place: one gather-add, one ReLU, one softmax and one mask per element, against about twice as
+many passes through memory (and an [S, B, H] index-put) for the autograd graph of the same
+forward. Gradients equal autograd's (tested in float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+BLOCK_ROWS = 2048  # rows (seed × input) per block: ~1 MiB of float32 activations at H = 128
+
+
+def _blocks(n_seeds: int, n_rows: int, block: int):
+    """(seed slice, row slice) pairs covering [S] × [B] with about ``block`` seed-rows each."""
+    if n_rows >= block:
+        for s in range(n_seeds):
+            for a in range(0, n_rows, block):
+                yield slice(s, s + 1), slice(a, min(n_rows, a + block))
+    else:
+        per = max(1, block // max(n_rows, 1))
+        for s in range(0, n_seeds, per):
+            yield slice(s, min(n_seeds, s + per)), slice(0, n_rows)
+
+
+@torch.no_grad()
+def zoo_loss_and_grads(
+    params: Mapping[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    labels: torch.Tensor,
+    block: int = BLOCK_ROWS,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(Σ_s mean cross-entropy of model s, its gradient ``{key: [S, ...]}``), as autograd of
+    ``zoo_logits`` + ``cross_entropy`` would give them. x, y, labels: int64 ``[B]``."""
+    El, Er = params["embed_left"], params["embed_right"]  # [S, N, D]
+    W, c, U = params["hidden.weight"], params["hidden.bias"], params["unembed.weight"]
+    ub = params.get("unembed.bias")  # [S, N] or None
+    n_seeds, d = El.shape[0], El.shape[-1]
+    Wl, Wr = W[..., :d], W[..., d:]  # [S, H, D]
+    L = torch.baddbmm(c[:, None, :], El, Wl.transpose(1, 2))  # [S, N, H]
+    R = torch.bmm(Er, Wr.transpose(1, 2))
+    Ut = U.transpose(1, 2)  # [S, H, N]
+    dL, dR, dU = torch.zeros_like(L), torch.zeros_like(R), torch.zeros_like(U)
+    dub = torch.zeros(U.shape[:2], dtype=U.dtype)
+    loss = torch.zeros((), dtype=U.dtype)
+    n_rows = int(labels.shape[0])
+    for ss, rs in _blocks(n_seeds, n_rows, block):
+        xb, yb = x[rs], y[rs]
+        act = L[ss].index_select(1, xb)  # [s, b, H]
+        act += R[ss].index_select(1, yb)
+        act.relu_()
+        lg = torch.bmm(act, Ut[ss]) if ub is None else torch.baddbmm(ub[ss, None, :], act, Ut[ss])
+        lse = torch.logsumexp(lg, -1, keepdim=True)  # [s, b, 1]
+        lab = labels[rs].view(1, -1, 1).expand(lg.shape[0], -1, 1)
+        loss += lse.sum() - lg.gather(2, lab).sum()
+        lg.sub_(lse).exp_()  # softmax in place
+        lg.scatter_add_(2, lab, torch.full(lab.shape, -1.0, dtype=lg.dtype))  # − onehot
+        dU[ss].baddbmm_(lg.transpose(1, 2), act)
+        dub[ss] += lg.sum(1)
+        da = torch.ops.aten.threshold_backward(torch.bmm(lg, U[ss]), act, 0.0)  # [s, b, H]
+        dL[ss].index_add_(1, xb, da)
+        dR[ss].index_add_(1, yb, da)
+    inv = 1.0 / max(n_rows, 1)
+    dL.mul_(inv)
+    dR.mul_(inv)
+    grads = {
+        "embed_left": torch.bmm(dL, Wl),
+        "embed_right": torch.bmm(dR, Wr),
+        "hidden.weight": torch.cat(
+            [torch.bmm(dL.transpose(1, 2), El), torch.bmm(dR.transpose(1, 2), Er)], -1
+        ),
+        "hidden.bias": dL.sum(1),
+        "unembed.weight": dU.mul_(inv),
+    }
+    if ub is not None:
+        grads["unembed.bias"] = dub.mul_(inv)
+    return loss * inv, grads
