@@ -28,41 +28,76 @@ from npeff.artifacts.tracr_model import TracrExport, load_tracr_model
 PACKAGED_TOY_NLI = Path(__file__).resolve().parent / "data" / "toy_nli.h5"
 
 
+# our sub-module name -> tracr's name, per block (tracr stores w [in, out]; nn.Linear [out, in])
+_TRACR_SUB = {
+    "q_proj": "query",
+    "k_proj": "key",
+    "v_proj": "value",
+    "out_proj": "linear",
+    "linear_1": "linear_1",
+    "linear_2": "linear_2",
+}
+_TRACR_LEAF = {"weight": "w", "bias": "b"}
+
+
+def parse_param(param_name: str) -> tuple[int, str, str, str]:
+    """``layers.3.attn.q_proj.weight`` -> ``(3, "attn", "query", "w")`` (tracr's names)."""
+    parts = param_name.split(".")
+    if (
+        len(parts) != 5
+        or parts[0] != "layers"
+        or parts[2] not in ("attn", "mlp")
+        or parts[3] not in _TRACR_SUB
+        or parts[4] not in _TRACR_LEAF
+    ):
+        raise ValueError(f"{param_name!r} is not a TracrTransformer parameter name")
+    return int(parts[1]), parts[2], _TRACR_SUB[parts[3]], _TRACR_LEAF[parts[4]]
+
+
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    lin = nn.Linear(n_in, n_out)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+    return lin
+
+
 class _Attention(nn.Module):
+    """tracr's multi-head attention as ``q_proj/k_proj/v_proj/out_proj`` ``nn.Linear`` modules
+    (the per-layer Fisher fast path and the COAR ``heads`` preset recognise them)."""
+
     def __init__(self, d: int, heads: int, key_size: int):
         super().__init__()
-        self.heads, self.key_size = heads, key_size
+        self.num_heads, self.key_size = heads, key_size
         hk = heads * key_size
-        for name, shape in (("query", (d, hk)), ("key", (d, hk)), ("value", (d, hk))):
-            self.register_parameter(f"{name}_w", nn.Parameter(torch.zeros(shape)))
-            self.register_parameter(f"{name}_b", nn.Parameter(torch.zeros(hk)))
-        self.linear_w = nn.Parameter(torch.zeros(hk, d))
-        self.linear_b = nn.Parameter(torch.zeros(d))
+        self.q_proj, self.k_proj, self.v_proj = _linear(d, hk), _linear(d, hk), _linear(d, hk)
+        self.out_proj = _linear(hk, d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x [B, T, D] -> attention output [B, T, D]; mask bool [T, T] (True = may attend)."""
-        B, T, _ = x.shape
-        q = (x @ self.query_w + self.query_b).view(B, T, self.heads, self.key_size)
-        k = (x @ self.key_w + self.key_b).view(B, T, self.heads, self.key_size)
-        v = (x @ self.value_w + self.value_b).view(B, T, self.heads, self.key_size)
-        logits = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(self.key_size)
+        """x [B, T, D] -> attention output [B, T, D]; mask bool [T, T] (True = may attend).
+
+        Shapes are read from each projection's output (not from ``x``) so that forward hooks
+        may change the batch size between them (COAR's activation masking)."""
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        H, K = self.num_heads, self.key_size
+        q = q.view(*q.shape[:2], H, K)
+        k = k.view(*k.shape[:2], H, K)
+        v = v.view(*v.shape[:2], H, K)
+        logits = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(K)
         if mask is not None:
             logits = logits.masked_fill(~mask, -1e30)
         weights = torch.softmax(logits, dim=-1)
-        out = torch.einsum("bhts,bshd->bthd", weights, v).reshape(B, T, -1)
-        return out @ self.linear_w + self.linear_b
+        out = torch.einsum("bhts,bshd->bthd", weights, v)
+        return self.out_proj(out.reshape(*out.shape[:2], H * K))
 
 
 class _MLP(nn.Module):
     def __init__(self, d: int, hidden: int):
         super().__init__()
-        self.linear_1_w = nn.Parameter(torch.zeros(d, hidden))
-        self.linear_1_b = nn.Parameter(torch.zeros(hidden))
-        self.linear_2_w = nn.Parameter(torch.zeros(hidden, d))
-        self.linear_2_b = nn.Parameter(torch.zeros(d))
+        self.linear_1, self.linear_2 = _linear(d, hidden), _linear(hidden, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x @ self.linear_1_w + self.linear_1_b) @ self.linear_2_w + self.linear_2_b
+        return self.linear_2(torch.relu(self.linear_1(x)))
 
 
 class _Layer(nn.Module):
@@ -75,9 +110,10 @@ class _Layer(nn.Module):
 class TracrTransformer(nn.Module):
     """The compiled model of a :class:`TracrExport` (see the module docstring).
 
-    Parameter names: ``layers.<l>.attn.{query,key,value,linear}_{w,b}`` and
-    ``layers.<l>.mlp.linear_{1,2}_{w,b}``; :meth:`block_of` maps them to tracr's blocks
-    (``layer_<l>/attn``, ``layer_<l>/mlp``).
+    Parameter names: ``layers.<l>.attn.{q_proj,k_proj,v_proj,out_proj}.{weight,bias}`` and
+    ``layers.<l>.mlp.linear_{1,2}.{weight,bias}``, all ``nn.Linear`` (weights ``[out, in]``,
+    the transpose of tracr's ``w [in, out]``); :func:`parse_param` gives tracr's names and
+    :meth:`block_of` tracr's blocks (``layer_<l>/attn``, ``layer_<l>/mlp``).
     """
 
     def __init__(self, export: TracrExport, temperature: float | None = None):
@@ -121,6 +157,8 @@ class TracrTransformer(nn.Module):
                 value = torch.tensor(
                     np.array(export.params[self._tracr_name(n)]), dtype=torch.float32
                 )
+                if value.ndim == 2:  # tracr w [in, out] -> nn.Linear weight [out, in]
+                    value = value.T
                 if value.shape != p.shape:
                     raise ValueError(
                         f"weight {n}: exported shape {tuple(value.shape)}, model {tuple(p.shape)}"
@@ -129,16 +167,27 @@ class TracrTransformer(nn.Module):
 
     @staticmethod
     def _tracr_name(param_name: str) -> str:
-        """``layers.3.attn.query_w`` -> ``layer_3/attn/query/w``."""
-        _, layer, block, leaf = param_name.split(".")
-        sub, kind = leaf.rsplit("_", 1)
+        """``layers.3.attn.q_proj.weight`` -> ``layer_3/attn/query/w``."""
+        layer, block, sub, kind = parse_param(param_name)
         return f"layer_{layer}/{block}/{sub}/{kind}"
 
     @staticmethod
     def block_of(param_name: str) -> str:
         """The tracr block (``layer_<l>/attn`` or ``layer_<l>/mlp``) a parameter belongs to."""
-        _, layer, block, _ = param_name.split(".")
+        layer, block, _, _ = parse_param(param_name)
         return f"layer_{layer}/{block}"
+
+    def unit_preset_specs(self, preset: str) -> list[dict] | None:
+        """COAR unit presets on a compiled model (:func:`npeff.models.units.build_unit_map`):
+        ``neurons`` = the MLP hidden units (rows of every ``mlp.linear_1`` weight), ``heads`` =
+        every attention head; None for other presets (the generic rules apply)."""
+        n = len(self.layers)
+        if preset == "neurons":
+            return [{"pattern": f"layers.{i}.mlp.linear_1.weight", "granularity": "neuron"}
+                    for i in range(n)]
+        if preset == "heads":
+            return [{"pattern": f"layers.{i}.attn", "granularity": "head"} for i in range(n)]
+        return None
 
     @property
     def n_classes(self) -> int:
