@@ -12,9 +12,10 @@ Units are chosen by a list of specs ``{"pattern": <fnmatch>, "granularity": neur
 (a bare string is a pattern whose granularity follows from the weight's shape), or by a preset
 name: ``neurons`` (every Linear weight but the last, i.e. the classifier), ``channels`` (every
 conv weight), ``heads`` (every attention block); a model with a ``unit_preset_specs(preset)``
-method returning specs overrides them (the TRACR model: ``neurons`` = MLP hidden units). ``neuron``/``channel`` patterns match parameter
-names (e.g. ``hidden.weight``, ``features.*.weight``); ``head`` patterns match module names
-(e.g. ``hf.bert.encoder.layer.*.attention``).
+method returning specs overrides them (the TRACR model: ``neurons`` = MLP hidden units).
+``neuron``/``channel`` patterns match parameter names (e.g. ``hidden.weight``,
+``features.*.weight``); ``head`` patterns match module names (e.g.
+``hf.bert.encoder.layer.*.attention``).
 
 Ablating a unit zeroes its weight slices; biases are kept. :class:`UnitMap` holds, per unit, its
 slices ``(parameter, dim, start, stop)``; :meth:`UnitMap.flat_indices` places them in a
