@@ -11,9 +11,11 @@ A unit is one output row of a chosen weight:
 Units are chosen by a list of specs ``{"pattern": <fnmatch>, "granularity": neuron|channel|head}``
 (a bare string is a pattern whose granularity follows from the weight's shape), or by a preset
 name: ``neurons`` (every Linear weight but the last, i.e. the classifier), ``channels`` (every
-conv weight), ``heads`` (every attention block). ``neuron``/``channel`` patterns match parameter
-names (e.g. ``hidden.weight``, ``features.*.weight``); ``head`` patterns match module names
-(e.g. ``hf.bert.encoder.layer.*.attention``).
+conv weight), ``heads`` (every attention block); a model with a ``unit_preset_specs(preset)``
+method returning specs overrides them (the TRACR model: ``neurons`` = MLP hidden units).
+``neuron``/``channel`` patterns match parameter names (e.g. ``hidden.weight``,
+``features.*.weight``); ``head`` patterns match module names (e.g.
+``hf.bert.encoder.layer.*.attention``).
 
 Ablating a unit zeroes its weight slices; biases are kept. :class:`UnitMap` holds, per unit, its
 slices ``(parameter, dim, start, stop)``; :meth:`UnitMap.flat_indices` places them in a
@@ -233,6 +235,11 @@ def _preview(names: list[str], k: int = 25) -> str:
 
 
 def _preset_specs(model: nn.Module, preset: str) -> list[dict[str, Any]]:
+    # a model may define its own presets (e.g. TracrTransformer: neurons = MLP hidden units)
+    own = getattr(model, "unit_preset_specs", None)
+    specs = own(preset) if callable(own) else None
+    if specs is not None:
+        return list(specs)
     mods = _weight_modules(model)
     if preset == "neurons":
         lin = [n for n, m in mods.items() if isinstance(m, nn.Linear)]

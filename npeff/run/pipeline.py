@@ -281,6 +281,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             "sections": sections,
         }
         if tracr:  # ground-truth checks; their tables go into the report
+            extra = _tracr_extra_decompositions(cfg, stages, fit_pefs, eval_pefs)
             check_dir = stages.dir("tracr_check")
             stages(
                 "tracr_check",
@@ -290,6 +291,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
                 ckpt,
                 decomposition,
                 coeffs,
+                "eval",
+                extra,
                 single=True,
             )
             report_inputs["tables"] = str(check_dir / "tracr_check.json")
@@ -304,6 +307,32 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     write_metrics(output_dir, metrics)
     print_summary(metrics, output_dir)
     return metrics
+
+
+def _tracr_extra_decompositions(
+    cfg: DictConfig, stages: StageTimer, fit_pefs: Path, eval_pefs: Path
+) -> dict[int, tuple[Path, Path]]:
+    """``tracr_check.extra_n_components``: more decompositions of the same fit PEFs (e.g. the
+    paper's 128 next to 32), each with eval coefficients, for the tracr check's concept statistic
+    and layer check. Returns ``{n_components: (decomposition.h5, coeffs.h5)}``."""
+    from npeff.run import decompose, fit
+
+    out = {}
+    for r in (cfg.get("tracr_check") or {}).get("extra_n_components") or []:
+        r = int(r)
+        if r == int(cfg.decomp.n_components):
+            continue
+        dec_cfg = stage_config(
+            cfg, "decompose", inputs={"pefs": str(fit_pefs)}, decomp={"n_components": r}
+        )
+        stages(f"decompose_{r}", decompose.run, dec_cfg, stages.dir(f"decompose_{r}"))
+        dec = stages.dir(f"decompose_{r}") / "decomposition.h5"
+        fit_cfg = stage_config(
+            cfg, "fit", inputs={"pefs": str(eval_pefs), "decomposition": str(dec)}
+        )
+        stages(f"fit_{r}", fit.run, fit_cfg, stages.dir(f"fit_{r}"), single=True)
+        out[r] = (dec, stages.dir(f"fit_{r}") / "coeffs.h5")
+    return out
 
 
 def _flawed_expansion(cfg: DictConfig, stages: StageTimer, fit_pefs: Path, base: Path) -> Path:
@@ -465,6 +494,8 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
     for key in ("tracr_port_max_abs_err", "tracr_rasp_agreement", "mean_p_label", "temperature"):
         if key in tracr:
             out[key if key.startswith("tracr") else f"tracr_{key}"] = tracr[key]
+    if tracr.get("by_n_components"):
+        out["tracr_by_n_components"] = tracr["by_n_components"]
     for key in (
         "layer_unit_share_mean",
         "layer_unit_share_other_variables_mean",
@@ -542,6 +573,16 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
             f"{fmt(sc['other_acc_before'])}); NPEFF edit {fmt(sc['npeff']['conflict_acc_after'])} "
             f"(rest {fmt(sc['npeff']['other_acc_after'])}); Coar-Edit "
             f"{fmt(sc['coar']['conflict_acc_after'])} (rest {fmt(sc['coar']['other_acc_after'])})"
+        )
+    for r, d in (metrics.get("tracr_by_n_components") or {}).items():
+        lines.append(
+            f"  tracr, {r} components: {d['concept_components']}/{r} share a concept in their top"
+            f" {d['concept_top_k']} (shuffled {fmt(d['concept_components_shuffled'])}, within-label"
+            f" {fmt(d['concept_components_within_label_shuffled'])}; paper {d.get('paper') or '-'});"
+            f" with False values {d['concept_components_true_or_false']}/{r} (shuffled"
+            f" {fmt(d['concept_components_true_or_false_shuffled'])});"
+            f" layer unit share {fmt(d.get('layer_unit_share_mean'))} (other variables"
+            f" {fmt(d.get('layer_unit_share_other_variables_mean'))})"
         )
     lines.append(f"  seconds:           {fmt(metrics['seconds'].get('total'))}")
     print("\n".join(lines), flush=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.tracr_model import TracrExport
+from npeff.tracr.model import live_units, parse_param
 
 
 @dataclass
@@ -31,17 +32,20 @@ class VariableMasks:
 
 
 def variable_masks(export: TracrExport, layout: ParameterLayout) -> VariableMasks:
-    """Which parameters of ``layout`` (names ``layers.<l>.<attn|mlp>.<sub>_<w|b>``) belong to the
+    """Which parameters of ``layout`` (``TracrTransformer`` names, e.g.
+    ``layers.<l>.mlp.linear_1.weight``: ``nn.Linear`` weights ``[out, in]``; a compact model's
+    (dead units left out, :func:`~npeff.tracr.model.live_units`) or a full one's) belong to the
     blocks / units writing each recorded variable."""
     labels = export.meta["residual_labels"]
     heads, key = int(export.meta["config"]["num_heads"]), int(export.meta["config"]["key_size"])
+    parsed = [parse_param(name) for name in layout.names]
+    kept = live_units(export)
     block_m, unit_m = {}, {}
     for var in export.meta["variables"]:
         dims = [i for i, r in enumerate(labels) if r.split(":")[0] == var["label"]]
         bmask = np.zeros(layout.n_parameters, dtype=bool)
         umask = np.zeros(layout.n_parameters, dtype=bool)
-        for i, name in enumerate(layout.names):
-            _, layer, block, leaf = name.split(".")
+        for i, (layer, block, sub, kind) in enumerate(parsed):
             if f"layer_{layer}/{block}" not in var["blocks"]:
                 continue
             start, shape = layout.offsets[i], layout.shapes[i]
@@ -49,21 +53,25 @@ def variable_masks(export: TracrExport, layout: ParameterLayout) -> VariableMask
             bmask[sl] = True
             params = export.params
             if block == "mlp":
-                w2 = params[f"layer_{layer}/mlp/linear_2/w"]
+                w2 = params[f"layer_{layer}/mlp/linear_2/w"]  # tracr [hidden, D]
                 units = np.abs(w2[:, dims]).max(axis=1) > 0  # [hidden]
+                width = shape[0] if sub == "linear_1" else shape[-1]
+                if width != units.size:  # a compact model: its kept hidden units
+                    units = units[kept[layer][1]]
             else:
-                wo = params[f"layer_{layer}/attn/linear/w"]  # [heads·key, D]
+                wo = params[f"layer_{layer}/attn/linear/w"]  # tracr [heads·key, D]
                 per_head = np.abs(wo[:, dims]).reshape(heads, key, -1).max(axis=(1, 2)) > 0
+                width = shape[0] if sub != "linear" else shape[-1]
+                if width != heads * key:  # a compact model: its kept heads
+                    per_head = per_head[kept[layer][0]]
                 units = np.repeat(per_head, key)  # [heads·key]
             local = np.zeros(shape, dtype=bool)
-            sub = leaf.rsplit("_", 1)[0]
             if sub in ("linear_1", "query", "key", "value"):
-                local[..., units] = True  # columns (w [in, units]) or entries (b [units])
-            elif sub in ("linear_2", "linear"):
-                if len(shape) == 2:
-                    local[units, :] = True
-                else:
-                    local[dims] = True
+                local[units] = True  # rows of the weight [units, D] or entries of the bias
+            elif kind == "w":  # linear_2 / linear: weight [D, units]
+                local[:, units] = True
+            else:  # their bias [D]: the variable's residual directions
+                local[dims] = True
             umask[sl] = local.reshape(-1)
         block_m[var["name"]], unit_m[var["name"]] = bmask, umask
     return VariableMasks(block_m, unit_m)

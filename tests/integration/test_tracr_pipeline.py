@@ -21,6 +21,7 @@ SMALL = [
     "stages.report.report.concept_top_k=16",
     "+stages.report.report.n_shuffles=5",
     "tracr_check.n_shuffles=5",
+    "tracr_check.extra_n_components=[6]",
     "trainer.enable_model_summary=false",
 ]
 
@@ -35,5 +36,12 @@ def test_tracr_pipeline(tmp_path):
         assert 0.0 <= m["tracr_layer_unit_share_mean"] <= 1.0
     check = json.loads((tmp_path / "run" / "tracr_check" / "tracr_check.json").read_text())
     assert check["concept_top_k"] == 16 and len(check["concept_table"]) >= 19
+    # the second decomposition of the same fit PEFs (the paper's 32 and 128, shrunk to 4 and 6)
+    by_n = m["tracr_by_n_components"]
+    assert sorted(by_n) == ["4", "6"] and by_n["6"]["n_components"] == 6
+    assert by_n["4"]["concept_components"] == m["concept_components"]  # the report's, same k
+    assert 0 <= by_n["6"]["concept_components"] <= 6 and by_n["6"]["concept_top_k"] == 16
+    assert (tmp_path / "run" / "decompose_6" / "decomposition.h5").is_file()
     html = (tmp_path / "run" / "report" / "report.html").read_text()
     assert "tracr ground truth" in html and "layer check" in html and "negation_present" in html
+    assert "concept statistic by number of components" in html
