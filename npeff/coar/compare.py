@@ -25,7 +25,7 @@ from npeff.models.units import UnitMap
 
 
 def unit_shares(
-    vectors: np.ndarray,
+    vectors,
     layout: ParameterLayout,
     unit_map: UnitMap,
     kind: str = "lrm",
@@ -33,20 +33,32 @@ def unit_shares(
 ) -> np.ndarray:
     """``[r, |C|]`` share of each component's mass on each unit.
 
-    ``vectors`` ``[r, m']``: G (LRM; mass = g²) or H (D; mass = h ≥ 0) over the kept columns
-    ``col_indices`` (positions in ``layout``'s flat vector; None: all m columns).
+    ``vectors`` ``[r, m']`` (dense, or a scipy sparse matrix such as a sparsified D-NPEFF H): G
+    (LRM; mass = g²) or H (D; mass = h ≥ 0) over the kept columns ``col_indices`` (positions in
+    ``layout``'s flat vector; None: all m columns). A share is of the component's whole mass,
+    units or not, so a row sums to the fraction of the mass on unit weights.
     """
-    v = np.asarray(vectors, dtype=np.float64)
-    mass = v * v if kind != "diag" else np.clip(v, 0, None)
+    import scipy.sparse as sp
+
+    if sp.issparse(vectors):
+        v = sp.csr_matrix(vectors, dtype=np.float64)
+        mass = v.multiply(v) if kind != "diag" else v.maximum(0)
+        mass = sp.csr_matrix(mass)
+        total = np.asarray(mass.sum(1)).reshape(-1, 1)
+    else:
+        v = np.asarray(vectors, dtype=np.float64)
+        mass = v * v if kind != "diag" else np.clip(v, 0, None)
+        total = mass.sum(1, keepdims=True)
     owner = unit_map.unit_of_flat(layout).numpy()
     if col_indices is not None:
         owner = owner[np.asarray(col_indices, dtype=np.int64)]
     if owner.shape[0] != v.shape[1]:
         raise ValueError(f"{v.shape[1]} component columns but {owner.shape[0]} layout entries")
-    out = np.zeros((v.shape[0], unit_map.n_units))
-    keep = owner >= 0
-    np.add.at(out.T, owner[keep], mass[:, keep].T)
-    total = mass.sum(1, keepdims=True)
+    keep = np.flatnonzero(owner >= 0)
+    onehot = sp.csr_matrix(
+        (np.ones(len(keep)), (keep, owner[keep])), shape=(owner.shape[0], unit_map.n_units)
+    )
+    out = (mass @ onehot).toarray() if sp.issparse(mass) else np.asarray((onehot.T @ mass.T).T)
     return out / np.where(total > 0, total, 1.0)
 
 
