@@ -236,6 +236,7 @@ def compare(
     margin_diff = float(np.abs(base_np - att.base_margins[rows_a]).max())
 
     kls: dict[int, np.ndarray] = {}
+    kl_check: list[float] = []
     t_kl = 0.0
     if perturbation is not None and s.get("kl", True):
         t1 = time.perf_counter()
@@ -255,12 +256,24 @@ def compare(
         )
         vecs = _perturbation_vectors(ev, dec, perturbation, comps, dataset_fisher)
         idx = np.sort(rows_w)
+        where = {int(j): c for c, j in enumerate(perturbation.component_indices)}
+        pos = {int(r): i for i, r in enumerate(rows_w)}
         for j, (v, scale) in vecs.items():
             kls[j] = ev.example_kls(v, scale, idx)[inv]
+            c = where[j]
+            top_rows = [pos.get(int(t)) for t in perturbation.top_indices[c]]
+            if None not in top_rows:  # the recomputed KL against the perturbation stage's
+                ref = perturbation.kl_top[c, 0 if perturbation.best_sign[c] > 0 else 1]
+                got = float(kls[j][top_rows].mean())
+                kl_check.append(abs(got - ref) / max(abs(ref), 1e-12))
         t_kl = time.perf_counter() - t1
 
     W = np.asarray(dec.W, dtype=np.float64)[rows_w]
+    # top-k example sets: at most a fraction of the examples (top-128 of 144 would be trivial)
+    frac = s.get("top_examples_max_fraction")
     top = min(int(s["top_examples"]), W.shape[0])
+    if frac is not None:
+        top = max(1, min(top, int(float(frac) * W.shape[0])))
 
     def jac(a, b):
         return stats._jaccard(np.argsort(-a)[:top], np.argsort(-b)[:top])
@@ -324,6 +337,9 @@ def compare(
         "top_examples": top,
         "n_random": n_random,
         "n_components_with_kl": len(kls),
+        # max relative difference of the recomputed KL's mean over each component's top examples
+        # from the perturbation stage's kl_top (a check of the recomputation; null: not covered)
+        "kl_top_max_rel_diff_vs_perturbation": max(kl_check) if kl_check else None,
         "max_abs_base_margin_diff_vs_attributions": margin_diff,
         "seconds_ablations": t_ablate,
         "seconds_kl": t_kl,

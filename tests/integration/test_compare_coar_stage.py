@@ -180,6 +180,7 @@ def test_compare_coar_stage(run_files, tmp_path):
     # perturbation stage's kl_top at the reported sign
     res = load_perturbation(f["perturbation"])
     assert out["n_components_with_kl"] == res.n_components
+    assert out["kl_top_max_rel_diff_vs_perturbation"] < 1e-5
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_pefs
     from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
@@ -213,3 +214,44 @@ def test_compare_coar_refuses_another_checkpoint(run_files, tmp_path):
     with pytest.raises(ValueError, match="top_units=99"):
         compare_coar.run(_cfg("compare_coar", *_inputs(f), "compare_coar.top_units=99"), tmp_path)
     assert not (tmp_path / "compare_coar.json").exists()
+
+
+def test_pipeline_step_runs_coar_and_the_comparison(tmp_path):
+    """``npeff experiment=coar_compare_s4`` shrunk: COAR on the trained model's eval examples,
+    the comparison and both report sections, in one command."""
+    from npeff.run import pipeline
+
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose(
+            "pipeline",
+            overrides=[
+                "experiment=coar_compare_s4",
+                "logger=none",
+                "progress=false",
+                "task.group=S3",
+                "model.embed_dim=16",
+                "model.hidden=12",
+                "trainer.max_epochs=60",
+                "trainer.enable_model_summary=false",
+                "fisher.n_values=100",
+                "decomp.n_components=3",
+                "decomp.n_iters_g_only=5",
+                "decomp.n_iters_joint=20",
+                "perturb.n_top=4",
+                "+stages.fit.fit.n_iters=20",
+                "+stages.report.report.n_shuffles=2",
+                "stages.coar.coar.n_masks=40",
+                "stages.coar.coar.eval_masks=5",
+                "+stages.coar.coar.baselines=false",
+                "stages.compare_coar.compare_coar.top_units=3",
+                f"cache_dir={tmp_path / 'cache'}",
+            ],
+        )
+        metrics = pipeline.run(cfg, tmp_path / "run")
+    cc = metrics["coar_compare"]
+    assert cc["corr_heldout_mean"] is not None and cc["spearman_true_mean"] is not None
+    out = json.loads((tmp_path / "run" / "compare_coar" / "compare_coar.json").read_text())
+    assert out["n_components"] == 3 and out["n_units"] == 12 and out["n_examples"] == 9
+    assert out["kl_top_max_rel_diff_vs_perturbation"] < 1e-5
+    html = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert "NPEFF vs COAR on one model" in html and "COAR: component attribution" in html
