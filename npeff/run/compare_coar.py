@@ -53,6 +53,10 @@ STATS = (
     "pearson_coar_vs_true",
     "kl_spearman_true",
     "kl_spearman_random",
+    "spearman_true_kl",
+    "spearman_random_kl",
+    "kl_spearman_ablation_kl",
+    "kl_spearman_ablation_kl_random",
     "share_top_units",
     "share_all_units",
 )
@@ -222,15 +226,13 @@ def compare(
         base = torch.cat([margin(forward_logits(model, b), b[LABELS_KEY]) for b in batches])
     t0 = time.perf_counter()
     all_sets = np.concatenate([sets, *rng_sets])
-    effects = np.concatenate(
-        [
-            stats.true_effect(engine, batches, base, all_sets[lo : lo + 256])
-            for lo in range(0, len(all_sets), 256)
-        ]
-    )[:, inv]  # [(1 + n_random)·|comps|, n] in the order of rows_w
+    effects, abl_kl = stats.true_effect_and_kl(engine, batches, all_sets)
+    effects, abl_kl = effects[:, inv], abl_kl[:, inv]  # [(1 + n_random)·|comps|, n], rows_w order
     t_ablate = time.perf_counter() - t0
     true = effects[: len(comps)]
     rand = effects[len(comps) :].reshape(n_random, len(comps), -1)
+    true_kl = abl_kl[: len(comps)]
+    rand_kl = abl_kl[len(comps) :].reshape(n_random, len(comps), -1)
     pred = stats.coar_predicted_effect(att.weights[rows_a], sets)
     base_np = base.numpy()[inv]
     margin_diff = float(np.abs(base_np - att.base_margins[rows_a]).max())
@@ -300,6 +302,12 @@ def compare(
             if n_random
             else None,
             "pearson_coar_vs_true": _pearson(pred[i], true[i]),
+            "spearman_true_kl": _spearman(w, true_kl[i]),
+            "spearman_random_kl": float(
+                np.nanmean([_spearman(w, rand_kl[d, i]) for d in range(n_random)])
+            )
+            if n_random
+            else None,
             "mean_true_effect": float(true[i].mean()),
             "mean_abs_true_effect": float(t_abs.mean()),
         }
@@ -312,6 +320,13 @@ def compare(
                 else None
             )
             row["kl_spearman_coefficient"] = _spearman(kls[j], w)
+            # the same in distribution space: KL of the perturbation vs KL of ablating S_j
+            row["kl_spearman_ablation_kl"] = _spearman(kls[j], true_kl[i])
+            row["kl_spearman_ablation_kl_random"] = (
+                float(np.nanmean([_spearman(kls[j], rand_kl[d, i]) for d in range(n_random)]))
+                if n_random
+                else None
+            )
         rows.append(row)
 
     def mean(key):
@@ -362,6 +377,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
         "<tr><th>component</th><th>share S_j</th><th>ρ coef~|COAR pred|</th>"
         "<th>ρ coef~|true|</th><th>ρ coef~|random|</th><th>J128 COAR</th><th>J128 true</th>"
         "<th>J128 random</th><th>r COAR vs true</th><th>ρ KL~|true|</th><th>ρ KL~|random|</th>"
+        "<th>ρ coef~KL(ablate)</th><th>ρ KL~KL(ablate)</th><th>ρ KL~KL(random)</th>"
         "<th>S_j</th></tr>"
     )
     body = ""
@@ -378,6 +394,9 @@ def section_html(result: dict, coar_html: str = "") -> str:
             r["pearson_coar_vs_true"],
             r.get("kl_spearman_true"),
             r.get("kl_spearman_random"),
+            r.get("spearman_true_kl"),
+            r.get("kl_spearman_ablation_kl"),
+            r.get("kl_spearman_ablation_kl_random"),
         ]
         body += (
             "<tr>"
@@ -399,6 +418,9 @@ def section_html(result: dict, coar_html: str = "") -> str:
             "pearson_coar_vs_true",
             "kl_spearman_true",
             "kl_spearman_random",
+            "spearman_true_kl",
+            "kl_spearman_ablation_kl",
+            "kl_spearman_ablation_kl_random",
         )
     )
     return (
@@ -410,6 +432,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
         "across examples between the component's coefficient (or the NPEFF perturbation's "
         "per-example KL) and the size of the margin change when S_j is ablated, as COAR predicts "
         f"it and as measured; random: {result['n_random']} random unit sets of the same size. "
+        "KL(ablate): the per-example KL between the model's and the ablated model's predictions. "
         f"J128: Jaccard overlap of the top-{result['top_examples']} examples. Fraction of "
         f"components with ρ(true) > ρ(random): {f(result.get('frac_spearman_true_above_random'))}"
         ".</p>" + f'<table class="summary">{head}{body}<tr><td><b>mean</b></td>{mean}<td></td></tr>'
