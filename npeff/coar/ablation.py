@@ -280,9 +280,9 @@ class AblationEngine:
     def _self_check(self, keep: torch.Tensor, batch: Mapping) -> None:
         """Pick lazy or upfront expansion: lazy must run and agree with the loop reference."""
         self._checked = True
-        probe = keep[: min(2, keep.shape[0])]
-        if probe.shape[0] < 2:  # need two distinct masks to see the expansion
-            probe = torch.cat([probe, ~probe], 0)
+        # two distinct masks at least (the complement of the first), to see the expansion and
+        # the ablated units' values even when the first masks keep everything
+        probe = torch.cat([keep[: min(2, keep.shape[0])], ~keep[:1]], 0)
         ref = loop_logits(self.model, self.units, probe, batch)
         for mode in ("carry", "lazy", "upfront"):
             try:

@@ -373,10 +373,11 @@ def section_html(result: dict, coar_html: str = "") -> str:
     def f(v):
         return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else _fmt(v)
 
+    jk = f"J{result['top_examples']}"
     head = (
         "<tr><th>component</th><th>share S_j</th><th>ρ coef~|COAR pred|</th>"
-        "<th>ρ coef~|true|</th><th>ρ coef~|random|</th><th>J128 COAR</th><th>J128 true</th>"
-        "<th>J128 random</th><th>r COAR vs true</th><th>ρ KL~|true|</th><th>ρ KL~|random|</th>"
+        f"<th>ρ coef~|true|</th><th>ρ coef~|random|</th><th>{jk} COAR</th><th>{jk} true</th>"
+        f"<th>{jk} random</th><th>r COAR vs true</th><th>ρ KL~|true|</th><th>ρ KL~|random|</th>"
         "<th>ρ coef~KL(ablate)</th><th>ρ KL~KL(ablate)</th><th>ρ KL~KL(random)</th>"
         "<th>S_j</th></tr>"
     )
@@ -433,7 +434,8 @@ def section_html(result: dict, coar_html: str = "") -> str:
         "per-example KL) and the size of the margin change when S_j is ablated, as COAR predicts "
         f"it and as measured; random: {result['n_random']} random unit sets of the same size. "
         "KL(ablate): the per-example KL between the model's and the ablated model's predictions. "
-        f"J128: Jaccard overlap of the top-{result['top_examples']} examples. Fraction of "
+        f"{jk}: Jaccard overlap of the top-{result['top_examples']} example sets (top-128, at "
+        "most a quarter of the examples). Fraction of "
         f"components with ρ(true) > ρ(random): {f(result.get('frac_spearman_true_above_random'))}"
         ".</p>" + f'<table class="summary">{head}{body}<tr><td><b>mean</b></td>{mean}<td></td></tr>'
         "</table>"
