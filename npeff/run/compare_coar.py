@@ -74,10 +74,17 @@ def _split_of(meta: dict) -> str | None:
 def check_same_model(att, pefs, loaded) -> None:
     """The checkpoint must be the model of both the attributions and the PEF file (by file hash
     and, for the attributions, by weights); clear errors otherwise."""
-    from npeff.run.coar_edit import _check_identity
     from npeff.run.pefs import _file_sha256
 
-    _check_identity(att, loaded)  # attributions ↔ checkpoint (file hash + weights digest)
+    want = att.model_identity.get("sha256")  # attributions ↔ checkpoint: file hash, then weights
+    if want and want != _file_sha256(loaded.path):
+        raise ValueError(
+            f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
+            f"computed on ({att.model_identity.get('checkpoint')}): NPEFF and COAR must be "
+            "compared on the same checkpoint; run npeff-coar inputs.checkpoint=<the NPEFF run's "
+            "model.ckpt> coar.split=eval (or npeff ... coar_compare.enabled=true)"
+        )
+    att.check_model(loaded.model)
     pid = (pefs.metadata or {}).get("model_identity") or {}
     want = pid.get("sha256")
     if want and want != _file_sha256(loaded.path):
@@ -455,10 +462,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    inputs, s = cfg.inputs, cfg.compare_coar
+    inputs, s = _resolve_inputs(cfg.inputs), cfg.compare_coar
     for key in ("checkpoint", "coeffs", "pefs", "attributions"):
         if inputs.get(key) in (None, "", "???"):
-            raise ValueError(f"npeff-compare-coar needs inputs.{key}=<path>")
+            raise ValueError(
+                f"npeff-compare-coar needs inputs.{key}=<path> (or inputs.run=<an npeff run dir>)"
+            )
     att = load_attributions(inputs.attributions)
     k = int(s.top_units)
     if not 1 <= k <= att.n_units:
@@ -573,6 +582,37 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         metrics.get("kl_spearman_true_mean"),
     )
     return metrics
+
+
+# inputs.run=<npeff run dir>: where the pipeline puts each input (step/file)
+RUN_LAYOUT = {
+    "checkpoint": "train/model.ckpt",
+    "coeffs": "fit/coeffs.h5",
+    "pefs": "pefs_eval/pefs.h5",
+    "perturbation": "perturb/perturbation.h5",
+    "dataset_fisher": "pefs_fit/dsf.h5",
+    "attributions": "coar/attributions.h5",
+}
+
+
+def _resolve_inputs(inputs: DictConfig) -> DictConfig:
+    """``inputs`` with the files of ``inputs.run`` (an ``npeff`` run dir) filled in where unset."""
+    run_dir = inputs.get("run")
+    out = OmegaConf.to_container(inputs, resolve=True)
+    if run_dir in (None, ""):
+        return OmegaConf.create(out)
+    run_dir = Path(str(run_dir))
+    if not run_dir.is_dir():
+        raise ValueError(f"inputs.run={run_dir} is not a directory (an npeff run dir)")
+    for key, rel in RUN_LAYOUT.items():
+        if out.get(key) in (None, "", "???") and (run_dir / rel).is_file():
+            out[key] = str(run_dir / rel)
+    train = run_dir / "train" / "metrics.json"
+    if out.get("checkpoint") in (None, "", "???") and train.is_file():  # a cached training run
+        ckpt = json.loads(train.read_text()).get("checkpoint")
+        if ckpt and Path(ckpt).is_file():
+            out["checkpoint"] = str(ckpt)
+    return OmegaConf.create(out)
 
 
 def _att_config(att) -> dict:

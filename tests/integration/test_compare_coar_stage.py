@@ -211,6 +211,8 @@ def test_compare_coar_refuses_another_checkpoint(run_files, tmp_path):
     f = run_files
     with pytest.raises(ValueError, match="not the model the attributions"):
         compare_coar.run(_cfg("compare_coar", *_inputs(f, f["other"])), tmp_path)
+    with pytest.raises(ValueError, match="inputs.run=.* is not a directory"):
+        compare_coar.run(_cfg("compare_coar", f"inputs.run={tmp_path / 'nope'}"), tmp_path)
     with pytest.raises(ValueError, match="top_units=99"):
         compare_coar.run(_cfg("compare_coar", *_inputs(f), "compare_coar.top_units=99"), tmp_path)
     assert not (tmp_path / "compare_coar.json").exists()
