@@ -4,9 +4,11 @@ units, masks and data.
 
 Models (random init: throughput does not depend on training), each on its task's eval split:
   group_mlp  the S4 group MLP, units = its 128 hidden neurons (144 examples)
-  cnn        the digits CNN, units = conv-2 channels + hidden neurons (96; 400 examples)
-  cnn_all    the same CNN with conv-1 channels too (112 units): the batch is expanded at conv 1,
-             so only the Python overhead is saved (reported, not part of ``ratio``)
+  cnn        the digits CNN, units = conv-2 channels + hidden neurons (96; 400 examples); the
+             keep-mask is carried through BatchNorm/ReLU/max-pool and the batch expanded at the
+             flatten before the hidden Linear (``carry``)
+  cnn_all    the same CNN with conv-1 channels too (112 units): the batch is expanded at conv 2's
+             input, so conv 2 runs M times (reported, not part of ``ratio``)
   tiny_bert  tiny BERT (2 layers, 4 heads) on toy NLI, units = heads (upfront expansion)
 Both methods produce the same margins (checked). Prints one line per model, then as its last line
 one JSON object: per-model masks/s and ratios, ``ratio`` = min over group_mlp and cnn.

@@ -10,6 +10,13 @@ slices zeroed (biases kept). Three implementations give the same numbers:
   M·B rows at the first masked module (``lazy``; everything before it runs once), or up front
   (``upfront``, for models whose other inputs must match the expanded batch, e.g. BERT's
   attention mask). ``lazy`` is tried first and checked once against the loop reference.
+  Before it, ``carry``: the masked module's output stays unexpanded and the keep-mask is carried
+  through the per-channel (per-feature) modules that follow it (eval BatchNorm, elementwise
+  activations, pooling, eval dropout), together with the per-channel value an ablated unit has
+  there (its bias image pushed through the same modules: after eval BatchNorm that is BN's
+  shift, not 0); the batch is expanded (``where(keep, x, fill)``) only at the next other module
+  (a Linear/conv, a Flatten, ...). Same numbers as the loop, without paying the per-channel
+  modules M times.
 - ``vmap``: ``torch.func.functional_call`` under ``vmap`` over masked weight tensors (any
   parameter, e.g. embedding rows).
 - :func:`loop_margins`: the reference: zero the slices in place, run, restore; one mask at a time.
@@ -91,13 +98,19 @@ class AblationEngine:
         self.method = method
         self._mods = mods
         self._index = {p: unit_map.param_units(p) for p in unit_map.params}
-        self._expand = "lazy"
+        self._expand = "carry"
         self._checked = False
 
     # -- activation masking ---------------------------------------------------------------
     @contextlib.contextmanager
     def _hooks(self, state: dict):
         handles = []
+        if state["mode"] == "carry":  # first, so a carried mask is expanded before other hooks
+            for mod in self.model.modules():
+                if next(mod.children(), None) is None:  # leaf modules only
+                    handles.append(mod.register_forward_pre_hook(self._carry_pre_hook(state)))
+                    if _per_channel(mod) is not None:
+                        handles.append(mod.register_forward_hook(self._carry_hook(state)))
         for p, (mod, dim) in self._mods.items():
             idx = self._index[p][1]
             if dim == 0:
@@ -121,11 +134,60 @@ class AblationEngine:
             return t.view(m, b, *t.shape[1:])
         raise RuntimeError(f"unexpected batch size {t.shape[0]} (B={b}, M={m}) in a masked module")
 
+    # carry mode: the pending (unexpanded) output of a masked module and its keep-mask
+    @staticmethod
+    def _expand_pending(state: dict) -> torch.Tensor:
+        """``where(keep, x, fill)`` of the pending tensor, as ``[M·B, ...]``."""
+        p = state.pop("pending")
+        t, rows = p["t"], p["rows"] > 0.5  # [M, F] bool
+        m, b = state["M"], state["B"]
+        g = AblationEngine._grouped(t, state)  # [M|1, B, ...]
+        if p["conv"]:
+            mask = rows.view((m, 1, rows.shape[1]) + (1,) * (t.ndim - 2))
+        else:
+            mask = rows.view((m,) + (1,) * (t.ndim - 1) + (rows.shape[1],))
+        return torch.where(mask, g, p["fill"].unsqueeze(0)).reshape(m * b, *t.shape[1:])
+
+    def _carry_pre_hook(self, state: dict):
+        def hook(mod, args):
+            p = state.get("pending")
+            if p is None or not args or args[0] is not p["t"]:
+                return None
+            kind = _per_channel(mod)
+            if kind is not None and (kind == "any" or (kind == "channel") == p["conv"]):
+                p["fill"] = mod.forward(p["fill"])  # the ablated units' value after ``mod``
+                p["carrying"] = mod
+                return None
+            return (self._expand_pending(state),) + tuple(args[1:])
+
+        return hook
+
+    @staticmethod
+    def _carry_hook(state: dict):
+        def hook(mod, _inp, out):
+            p = state.get("pending")
+            if p is not None and p.get("carrying") is mod:
+                p["t"], p["carrying"] = out, None
+            return None
+
+        return hook
+
     def _out_hook(self, mod: nn.Module, idx: torch.Tensor, state: dict):
         conv = not isinstance(mod, nn.Linear)
 
         def hook(_m, _inp, out):
             m, b = state["M"], state["B"]
+            if state["mode"] == "carry":
+                if "pending" in state:
+                    raise RuntimeError("carry: two masked outputs pending at once")
+                f = out.shape[1] if conv else out.shape[-1]
+                fill = torch.zeros((1,) + tuple(out.shape[1:]), dtype=out.dtype, device=out.device)
+                if mod.bias is not None:  # an ablated unit outputs its bias alone
+                    shape = (1, f) + (1,) * (out.ndim - 2) if conv else (1,) * (out.ndim - 1) + (f,)
+                    fill = fill + mod.bias.view(shape)
+                rows = state["keep"][:, idx.to(out.device)]  # [M, F]
+                state["pending"] = {"t": out, "rows": rows, "fill": fill, "conv": conv}
+                return out
             g = self._grouped(out, state)  # [M|1, B, ...]
             rows = state["keep"][:, idx.to(out.device)]  # [M, F]
             if conv:  # out [N, F, *spatial]
@@ -160,7 +222,7 @@ class AblationEngine:
         b = int(batch[LABELS_KEY].shape[0])
         m = int(keep.shape[0])
         dtype = next(self.model.parameters()).dtype
-        state = {"M": m, "B": b, "keep": _ext(keep, dtype), "expanded": False}
+        state = {"M": m, "B": b, "keep": _ext(keep, dtype), "expanded": False, "mode": mode}
         if mode == "upfront":
             inputs = {
                 k: (
@@ -172,6 +234,8 @@ class AblationEngine:
             }
         with self._hooks(state):
             out = forward_logits(self.model, inputs)
+        if "pending" in state:
+            raise RuntimeError("carry: a masked output was never expanded")
         if out.shape[0] == b and m > 1:
             raise RuntimeError("no masked module was reached in the forward")
         return out.reshape(m, b, out.shape[-1])
@@ -216,11 +280,11 @@ class AblationEngine:
     def _self_check(self, keep: torch.Tensor, batch: Mapping) -> None:
         """Pick lazy or upfront expansion: lazy must run and agree with the loop reference."""
         self._checked = True
-        probe = keep[: min(2, keep.shape[0])]
-        if probe.shape[0] < 2:  # need two distinct masks to see the expansion
-            probe = torch.cat([probe, ~probe], 0)
+        # two distinct masks at least (the complement of the first), to see the expansion and
+        # the ablated units' values even when the first masks keep everything
+        probe = torch.cat([keep[: min(2, keep.shape[0])], ~keep[:1]], 0)
         ref = loop_logits(self.model, self.units, probe, batch)
-        for mode in ("lazy", "upfront"):
+        for mode in ("carry", "lazy", "upfront"):
             try:
                 got = self._activation_logits(probe, batch, mode)
             except RuntimeError:
@@ -241,6 +305,55 @@ class AblationEngine:
             row = [margin(self.logits(k, b), b[LABELS_KEY]) for b in batches]
             out.append(torch.cat(row, dim=1))
         return torch.cat(out, dim=0)
+
+
+# Modules through which a unit keep-mask can be carried: each output channel (conv: dim 1) or
+# feature (Linear: last dim) depends only on the same input channel / feature. "any": both.
+_ELEMENTWISE = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+)
+_POOLS = (
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+
+
+def _per_channel(mod: nn.Module) -> str | None:
+    """``"any"``, ``"channel"`` (dim 1 of a conv output only) or None (not per-channel)."""
+    if isinstance(mod, _ELEMENTWISE) or (
+        isinstance(mod, nn.Dropout | nn.Dropout1d | nn.Dropout2d | nn.Dropout3d)
+        and not mod.training
+    ):
+        return "any"
+    if isinstance(mod, _POOLS) and not getattr(mod, "return_indices", False):
+        return "channel"
+    if (
+        isinstance(mod, nn.BatchNorm2d | nn.BatchNorm3d)
+        and not mod.training
+        and mod.running_mean is not None
+    ):
+        return "channel"
+    return None
 
 
 def forward_logits_functional(functional_call, model, tensors, inputs) -> torch.Tensor:

@@ -5,7 +5,8 @@
 - :func:`top_unit_sets`: S_j, the ``k`` units with the largest share per component.
 - :func:`coar_predicted_effect`: COAR's predicted margin change of ablating S_j,
   ``−Σ_{c∈S_j} A[:, c]`` ``[n]`` per component.
-- :func:`true_effect`: the real margin change of ablating S_j (batched, via the engine).
+- :func:`true_effect`: the real margin change of ablating S_j (batched, via the engine);
+  :func:`true_effect_and_kl` with the per-example KL(p_θ ‖ p_ablated) too.
 - :func:`agreement`: per component, Spearman ρ across examples between NPEFF coefficients and an
   effect (COAR-predicted or true), and the Jaccard overlap of the top-``top`` example sets next to
   the same statistic for random unit sets of the same size.
@@ -25,7 +26,7 @@ from npeff.models.units import UnitMap
 
 
 def unit_shares(
-    vectors: np.ndarray,
+    vectors,
     layout: ParameterLayout,
     unit_map: UnitMap,
     kind: str = "lrm",
@@ -33,20 +34,32 @@ def unit_shares(
 ) -> np.ndarray:
     """``[r, |C|]`` share of each component's mass on each unit.
 
-    ``vectors`` ``[r, m']``: G (LRM; mass = g²) or H (D; mass = h ≥ 0) over the kept columns
-    ``col_indices`` (positions in ``layout``'s flat vector; None: all m columns).
+    ``vectors`` ``[r, m']`` (dense, or a scipy sparse matrix such as a sparsified D-NPEFF H): G
+    (LRM; mass = g²) or H (D; mass = h ≥ 0) over the kept columns ``col_indices`` (positions in
+    ``layout``'s flat vector; None: all m columns). A share is of the component's whole mass,
+    units or not, so a row sums to the fraction of the mass on unit weights.
     """
-    v = np.asarray(vectors, dtype=np.float64)
-    mass = v * v if kind != "diag" else np.clip(v, 0, None)
+    import scipy.sparse as sp
+
+    if sp.issparse(vectors):
+        v = sp.csr_matrix(vectors, dtype=np.float64)
+        mass = v.multiply(v) if kind != "diag" else v.maximum(0)
+        mass = sp.csr_matrix(mass)
+        total = np.asarray(mass.sum(1)).reshape(-1, 1)
+    else:
+        v = np.asarray(vectors, dtype=np.float64)
+        mass = v * v if kind != "diag" else np.clip(v, 0, None)
+        total = mass.sum(1, keepdims=True)
     owner = unit_map.unit_of_flat(layout).numpy()
     if col_indices is not None:
         owner = owner[np.asarray(col_indices, dtype=np.int64)]
     if owner.shape[0] != v.shape[1]:
         raise ValueError(f"{v.shape[1]} component columns but {owner.shape[0]} layout entries")
-    out = np.zeros((v.shape[0], unit_map.n_units))
-    keep = owner >= 0
-    np.add.at(out.T, owner[keep], mass[:, keep].T)
-    total = mass.sum(1, keepdims=True)
+    keep = np.flatnonzero(owner >= 0)
+    onehot = sp.csr_matrix(
+        (np.ones(len(keep)), (keep, owner[keep])), shape=(owner.shape[0], unit_map.n_units)
+    )
+    out = (mass @ onehot).toarray() if sp.issparse(mass) else np.asarray((onehot.T @ mass.T).T)
     return out / np.where(total > 0, total, 1.0)
 
 
@@ -69,6 +82,45 @@ def true_effect(
     for j, s in enumerate(np.asarray(sets)):
         keep[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = False
     return (engine.margins(keep, batches) - base[None, :]).numpy()
+
+
+def true_effect_and_kl(
+    engine: AblationEngine, batches: list[Mapping], sets: np.ndarray, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """``([r, n], [r, n])``: the real margin change (ablated − base) of ablating each S_j and the
+    per-example KL(p_θ ‖ p_ablated), from one batched pass (masks in chunks of ``chunk``)."""
+    from npeff.coar.ablation import margin
+    from npeff.models.core import LABELS_KEY, forward_logits
+    from npeff.perturb.metrics import per_example_kl
+
+    sets = np.asarray(sets)
+    with torch.no_grad():
+        base_logits = [forward_logits(engine.model, b) for b in batches]
+    eff, kls = [], []
+    for lo in range(0, len(sets), chunk):
+        part = sets[lo : lo + chunk]
+        keep = torch.ones(len(part), engine.units.n_units, dtype=torch.bool)
+        for j, s in enumerate(part):
+            keep[j, torch.from_numpy(np.asarray(s, dtype=np.int64))] = False
+        row_e, row_k = [], []
+        for mlo in range(0, len(part), engine.masks_per_forward):
+            k = keep[mlo : mlo + engine.masks_per_forward]
+            e_b, k_b = [], []
+            for b, base in zip(batches, base_logits):
+                logits = engine.logits(k, b)  # [M, B, K]
+                lab = b[LABELS_KEY]
+                e_b.append(margin(logits, lab) - margin(base, lab)[None])
+                k_b.append(
+                    per_example_kl(
+                        base.expand_as(logits).reshape(-1, base.shape[-1]),
+                        logits.reshape(-1, base.shape[-1]),
+                    ).view(logits.shape[:2])
+                )
+            row_e.append(torch.cat(e_b, 1))
+            row_k.append(torch.cat(k_b, 1))
+        eff.append(torch.cat(row_e, 0))
+        kls.append(torch.cat(row_k, 0))
+    return torch.cat(eff).double().numpy(), torch.cat(kls).numpy()
 
 
 def _jaccard(a: np.ndarray, b: np.ndarray) -> float:

@@ -132,6 +132,17 @@ class PerturbationEvaluator:
             logits = self._logits(idx)
         return float(per_example_kl(self.base_logits[idx], logits).mean())
 
+    def example_kls(
+        self, vector: ParameterVector, scale: float, indices: np.ndarray | None = None
+    ) -> np.ndarray:
+        """float64 ``[len(indices) or n]``: KL(p_θ ‖ p_θ+scale·v) of each example (``indices``
+        ascending and unique; None: all), e.g. to compare a perturbation's per-example effect
+        with another method's (npeff-compare-coar)."""
+        with self.perturber.perturbed(vector, scale):
+            logits = self._logits(indices)
+        orig = self.base_logits if indices is None else self.base_logits[indices]
+        return per_example_kl(orig, logits).double().numpy()
+
     def gradient_batches(self, indices: np.ndarray):
         """Batches of the given examples (for loss gradients), on the model's device."""
         device = next(self.model.parameters()).device

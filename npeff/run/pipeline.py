@@ -53,6 +53,7 @@ PIPELINE_ONLY = (
     "group_analysis",
     "tracr_compile",
     "tracr_check",
+    "coar_compare",
 )
 
 
@@ -253,6 +254,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             groups_cfg = stage_config(cfg, "groups", inputs=groups_inputs, split="eval")
             stages("groups", groups.run, groups_cfg, stages.dir("groups"), single=True)
             sections.append(str(stages.dir("groups") / "group_section.html"))
+        if (cfg.get("coar_compare") or {}).get("enabled"):  # COAR on the same model vs NPEFF
+            sections.append(
+                str(_coar_compare(cfg, stages, ckpt, eval_pefs_cfg, coeffs, eval_pefs, perturbation))
+            )
         if shortcut_fix:  # paper §3.5 on a planted shortcut, NPEFF next to Coar-Edit
             from npeff.run import shortcut
 
@@ -378,6 +383,40 @@ def _flawed_perturb_settings(cfg: DictConfig) -> DictConfig:
     )
 
 
+# --- NPEFF vs COAR ------------------------------------------------------------------------------
+def _coar_compare(
+    cfg: DictConfig,
+    stages: StageTimer,
+    ckpt: Path,
+    eval_pefs_cfg: DictConfig,
+    coeffs: Path,
+    eval_pefs: Path,
+    perturbation: Path,
+) -> Path:
+    """``npeff-coar`` on the trained model's eval examples (step ``coar``, settings from
+    ``stages.coar``), then ``npeff-compare-coar`` (step ``compare_coar``). Returns the section."""
+    from npeff.run import coar, compare_coar
+
+    coar_settings = {"split": "eval"}
+    if ((cfg.stages.get("coar") or {}).get("coar") or {}).get("n_examples") is None:
+        coar_settings["n_examples"] = eval_pefs_cfg.get("n_examples")
+    coar_cfg = stage_config(cfg, "coar", inputs={"checkpoint": str(ckpt)}, coar=coar_settings)
+    stages("coar", coar.run, coar_cfg, stages.dir("coar"))
+    cmp_inputs = {
+        "checkpoint": str(ckpt),
+        "coeffs": str(coeffs),
+        "pefs": str(eval_pefs),
+        "perturbation": str(perturbation),
+        "attributions": str(stages.dir("coar") / coar.ATTRIBUTIONS_NAME),
+    }
+    if str(cfg.decomp.kind) == "diag":
+        cmp_inputs["dataset_fisher"] = str(stages.dir("pefs_fit") / "dsf.h5")
+    cmp_cfg = stage_config(cfg, "compare_coar", inputs=cmp_inputs, split="eval")
+    step = stages.dir("compare_coar")
+    stages("compare_coar", compare_coar.run, cmp_cfg, step, single=True)
+    return step / compare_coar.SECTION_NAME
+
+
 # --- baselines ----------------------------------------------------------------------------------
 def _baseline_names(cfg: DictConfig) -> list[str]:
     """The configured ``baselines=[...]``, checked before any work."""
@@ -490,6 +529,21 @@ def headline_metrics(stages: StageTimer, train_metrics: dict) -> dict:
         out["groups"] = {k: v for k, v in m["groups"].items() if k != "section"}
     if m.get("shortcut", {}).get("shortcut") is not None:
         out["shortcut"] = m["shortcut"]["shortcut"]
+    cc = m.get("compare_coar", {})
+    if cc:  # NPEFF vs COAR (coar_compare.enabled)
+        out["coar_compare"] = {
+            k: cc.get(k)
+            for k in (
+                "spearman_coar_mean",
+                "spearman_true_mean",
+                "spearman_random_mean",
+                "jaccard_true_mean",
+                "jaccard_random_mean",
+                "kl_spearman_true_mean",
+                "kl_spearman_random_mean",
+                "frac_spearman_true_above_random",
+            )
+        } | {"corr_heldout_mean": m.get("coar", {}).get("corr_heldout_mean")}
     tracr = m.get("tracr_check", {})
     for key in ("tracr_port_max_abs_err", "tracr_rasp_agreement", "mean_p_label", "temperature"):
         if key in tracr:
@@ -573,6 +627,13 @@ def print_summary(metrics: dict, output_dir: Path) -> None:
             f"{fmt(sc['other_acc_before'])}); NPEFF edit {fmt(sc['npeff']['conflict_acc_after'])} "
             f"(rest {fmt(sc['npeff']['other_acc_after'])}); Coar-Edit "
             f"{fmt(sc['coar']['conflict_acc_after'])} (rest {fmt(sc['coar']['other_acc_after'])})"
+        )
+    cc = metrics.get("coar_compare")
+    if cc:
+        lines.append(
+            f"  NPEFF vs COAR: Spearman coef~|ablating S_j| {fmt(cc['spearman_true_mean'])} "
+            f"(COAR-predicted {fmt(cc['spearman_coar_mean'])}, random sets "
+            f"{fmt(cc['spearman_random_mean'])}); KL~|effect| {fmt(cc['kl_spearman_true_mean'])}"
         )
     for r, d in (metrics.get("tracr_by_n_components") or {}).items():
         lines.append(

@@ -48,3 +48,25 @@ def test_predicted_effect_equals_true_effect_on_linear_model(tmp_path):
     stats = compare.agreement(coeffs, pred, rand, top=10)
     assert np.all(stats["spearman"] > 0.95) and np.all(stats["jaccard"] > 0.5)
     assert stats["spearman_random"].shape == (2,)
+
+
+def test_true_effect_and_kl_equal_the_loop():
+    from npeff.coar.ablation import loop_logits
+    from npeff.perturb.metrics import per_example_kl
+
+    m, _, _, loader = _setup()
+    um = build_unit_map(m, "l2.weight")
+    sets = np.array([[0, 1, 2], [4, 5, 9], [3, 7, 8]])
+    eff, kl = compare.true_effect_and_kl(AblationEngine(m, um, masks_per_forward=2), loader, sets)
+    keep = torch.ones(3, um.n_units, dtype=torch.bool)
+    for j, s in enumerate(sets):
+        keep[j, s] = False
+    for b, lo in zip(loader, range(0, 40, 16)):
+        ref = loop_logits(m, um, keep, b)  # [3, B, 2], weights zeroed in place
+        base = m(b["x"]).detach()
+        sl = slice(lo, lo + len(b["labels"]))
+        assert np.allclose(
+            eff[:, sl], (margin(ref, b["labels"]) - margin(base, b["labels"])).numpy(), atol=1e-5
+        )
+        for j in range(3):
+            assert np.allclose(kl[j, sl], per_example_kl(base, ref[j]).numpy(), atol=1e-7)

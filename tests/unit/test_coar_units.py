@@ -137,3 +137,63 @@ def test_engine_matches_loop_bert_heads():
     for method in ("activation", "vmap"):
         got = AblationEngine(model, um, method=method, masks_per_forward=2).margins(keep, data)
         assert torch.allclose(got, ref, atol=1e-4), method
+
+
+def test_carry_mode_on_the_digits_cnn_equals_the_loop():
+    """Conv-2 channels + hidden neurons of the digits CNN: the keep-mask is carried through eval
+    BatchNorm (non-trivial statistics and shift, so an ablated channel is BN's shift, not 0),
+    ReLU and max-pool, and the margins equal the one-mask-at-a-time loop."""
+    torch.manual_seed(0)
+    m = build_model({"name": "cnn", "channels": [4, 6], "hidden": 8}, {"num_classes": 5}).eval()
+    with torch.no_grad():
+        for bn in (m.features[1], m.features[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    um = build_unit_map(m, ["features.3.weight", "head.1.weight"])
+    g = torch.Generator().manual_seed(2)
+    data = [
+        {
+            "x": torch.randn(9, 1, 8, 8, generator=g),
+            "labels": torch.randint(0, 5, (9,), generator=g),
+        }
+        for _ in range(2)
+    ]
+    keep = sample_masks(um.n_units, 0.3, 0, 0, 11)
+    eng = AblationEngine(m, um, masks_per_forward=4)
+    got = eng.margins(keep, data)
+    assert eng._expand == "carry"
+    ref = loop_margins(m, um, keep, data)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-6)
+    # all of conv 2 ablated: every channel is BN's shift pushed through ReLU and the pool
+    none = torch.zeros(1, um.n_units, dtype=torch.bool)
+    none[0, 6:] = True
+    assert torch.allclose(eng.margins(none, data), loop_margins(m, um, none, data), atol=1e-6)
+
+
+class Scaled(nn.Module):
+    """A functional op between the masked conv and the next module: carry cannot follow it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3 * 16, 2)
+
+    def forward(self, x):
+        return self.fc((2 * self.bn(self.conv(x))).flatten(1))
+
+
+def test_carry_falls_back_when_the_mask_cannot_be_carried():
+    torch.manual_seed(0)
+    m = Scaled().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+    um = build_unit_map(m, "conv.weight")
+    data = [{"x": torch.randn(6, 1, 4, 4), "labels": torch.randint(0, 2, (6,))}]
+    keep = sample_masks(um.n_units, 0.4, 0, 0, 5)
+    eng = AblationEngine(m, um, masks_per_forward=5)
+    got = eng.margins(keep, data)
+    assert eng._expand == "lazy"
+    assert torch.allclose(got, loop_margins(m, um, keep, data), atol=1e-6)
