@@ -309,7 +309,6 @@ def check_launch(cfg: Any) -> None:
 def check_launcher_plugins(argv: list[str]) -> None:
     """Refuse ``hydra/launcher=<name>`` when its plugin is not installed, with what to install
     (Hydra itself would only list the launchers it has)."""
-    import importlib.util
 
     for tok in argv:
         key, _, name = tok.partition("=")
@@ -319,12 +318,23 @@ def check_launcher_plugins(argv: list[str]) -> None:
         if plugin is None:
             continue
         module, extra = plugin
-        if importlib.util.find_spec(module) is None or importlib.util.find_spec("submitit") is None:
+        if not (_module_exists(module) and _module_exists("submitit")):
             raise LaunchError(
                 f"hydra/launcher={name} needs the Hydra submitit launcher plugin, which is not "
                 f'installed: pip install -e ".[{extra}]" (or pip install '
                 "hydra-submitit-launcher==1.2.0), then rerun with --multirun"
             )
+
+
+def _module_exists(name: str) -> bool:
+    """Whether ``name`` can be imported; False also when a parent package (the ``hydra_plugins``
+    namespace, say) is itself missing, where ``find_spec`` raises instead of returning None."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _has_override(argv: list[str], key: str) -> bool:

@@ -78,12 +78,18 @@ def test_launcher_process_count_must_match_trainer(clean_env):
         common.check_launch(cfg())
 
 
-def test_missing_launcher_plugin_is_one_clear_error(monkeypatch, capsys):
-    """Without the plugin, hydra/launcher=submitit_slurm stops before Hydra with what to install."""
+@pytest.mark.parametrize("namespace_missing", [False, True])
+def test_missing_launcher_plugin_is_one_clear_error(monkeypatch, capsys, namespace_missing):
+    """Without the plugin, hydra/launcher=submitit_slurm stops before Hydra with what to install,
+    also where no `hydra_plugins` namespace exists at all (find_spec then raises)."""
     real = importlib.util.find_spec
 
     def find_spec(name, *a, **k):
-        return None if name.startswith("hydra_plugins.hydra_submitit") else real(name, *a, **k)
+        if not name.startswith("hydra_plugins.hydra_submitit"):
+            return real(name, *a, **k)
+        if namespace_missing:
+            raise ModuleNotFoundError("No module named 'hydra_plugins'", name="hydra_plugins")
+        return None
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     monkeypatch.setattr(sys, "argv", ["npeff-decompose", "-m", "hydra/launcher=submitit_slurm"])
