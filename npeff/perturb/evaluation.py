@@ -16,6 +16,7 @@ from torch import nn
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.perturbation import PerturbationResult
+from npeff.perturb.batched import StackedForward, split_sets
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
 from npeff.perturb.metrics import (
     best_sign_index,
@@ -35,7 +36,9 @@ class EvalSettings:
     """n_top: top examples per component; n_baseline: random baseline size (capped at n);
     seed: baseline seed; batch_size: forward batch size; eval_all: also run all n examples per
     perturbation (needed for the accuracy on all examples, else NaN); cache_prefix: reuse the
-    outputs of the modules that run before the first perturbed one (npeff/perturb/prefix_cache.py)."""
+    outputs of the modules that run before the first perturbed one (npeff/perturb/prefix_cache.py);
+    sets_per_forward: perturbed parameter sets (components x signs) evaluated in one vmapped
+    forward (npeff/perturb/batched.py; 1 = one forward per set; memory grows with it)."""
 
     n_top: int = 128
     n_baseline: int = 10_000
@@ -43,6 +46,7 @@ class EvalSettings:
     batch_size: int = 64
     eval_all: bool = True
     cache_prefix: bool = True
+    sets_per_forward: int = 1
 
 
 @dataclass
@@ -105,6 +109,7 @@ class PerturbationEvaluator:
             if settings.cache_prefix
             else None
         )
+        self.stacker = StackedForward(self.perturber, self.forward, settings.sets_per_forward)
         self.labels = cache.labels.numpy()
         self.correct_before = (self.base_logits.argmax(-1).numpy() == self.labels).astype(
             np.float64
@@ -120,10 +125,35 @@ class PerturbationEvaluator:
         """Top examples of component j by coefficient, descending [min(n_top, n)]."""
         return top_indices(self.W, j, self.settings.n_top)
 
-    def _logits(self, indices: np.ndarray | None) -> torch.Tensor:
+    def _logits(self, indices: np.ndarray | None, forward: ForwardFn | None = None) -> torch.Tensor:
         if self.prefix is not None:
-            return self.prefix.logits(indices, self.settings.batch_size)
-        return self.cache.logits(self.model, indices, self.settings.batch_size, self.forward)
+            return self.prefix.logits(indices, self.settings.batch_size, forward)
+        return self.cache.logits(
+            self.model, indices, self.settings.batch_size, forward or self.forward
+        )
+
+    def _set_logits(
+        self, indices: np.ndarray | None, vectors: list[ParameterVector], scales: list[float]
+    ) -> list[torch.Tensor]:
+        """Logits [len(indices) or n, C] under θ + scales[p]·vectors[p] for every p: groups of
+        ``sets_per_forward`` stacked sets per forward where that works, else one by one."""
+        p_max = self.stacker.max_sets
+        if p_max > 1 and len(scales) > 1 and self.n:
+            device = next(self.model.parameters()).device
+            probe = next(self.cache.batches(np.arange(min(self.n, 4)), 4))
+            probe = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in probe.items()}
+            if self.stacker.check(probe, vectors[:p_max], scales[:p_max]):
+                out: list[torch.Tensor] = []
+                for lo in range(0, len(scales), p_max):
+                    vs, ss = vectors[lo : lo + p_max], scales[lo : lo + p_max]
+                    lg = self._logits(indices, self.stacker.forward_fn(vs, ss))
+                    out.extend(split_sets(lg, len(ss)).unbind(1))
+                return out
+        out = []
+        for v, s in zip(vectors, scales):
+            with self.perturber.perturbed(v, s):
+                out.append(self._logits(indices))
+        return out
 
     def mean_top_kl(self, indices: np.ndarray, vector: ParameterVector, scale: float) -> float:
         """Mean KL(p_θ ‖ p_θ+scale·v) over ``indices`` (any order)."""
@@ -153,44 +183,60 @@ class PerturbationEvaluator:
         self, j: int, vector: ParameterVector, scale: float, extra: dict | None = None
     ) -> ComponentRecord:
         """Apply θ ± scale·vector and score it for component j."""
-        top = self.top(j)
+        return self.evaluate_many([(j, vector, scale, extra)])[0]
+
+    def evaluate_many(
+        self, items: list[tuple[int, ParameterVector, float, dict | None]]
+    ) -> list[ComponentRecord]:
+        """``evaluate`` of several (j, vector, scale, extra) at once: their 2·len(items)
+        parameter sets share forwards (``sets_per_forward`` per forward)."""
         base = self.baseline
+        tops = [self.top(j) for j, *_ in items]
         if self.settings.eval_all:
             eval_idx = None
-            pos_top, pos_base = top, base
         else:
-            eval_idx = np.union1d(top, base)
-            pos_top = np.searchsorted(eval_idx, top)
-            pos_base = np.searchsorted(eval_idx, base)
+            eval_idx = np.unique(np.concatenate([*tops, base]))
         orig = self.base_logits if eval_idx is None else self.base_logits[eval_idx]
         labels = self.labels if eval_idx is None else self.labels[eval_idx]
-        f = {k: np.full(2, np.nan) for k in ("klt", "klb", "klrt", "klrb", "at", "ab", "aa")}
-        for s_i, sign in enumerate(SIGNS):
-            with self.perturber.perturbed(vector, sign * scale):
-                logits = self._logits(eval_idx)
-            kl = per_example_kl(orig, logits).numpy()
-            kl_rev = per_example_kl(logits, orig).numpy()
-            correct = (logits.argmax(-1).numpy() == labels).astype(np.float64)
-            f["klt"][s_i] = kl[pos_top].mean()
-            f["klb"][s_i] = kl[pos_base].mean()
-            f["klrt"][s_i] = kl_rev[pos_top].mean()
-            f["klrb"][s_i] = kl_rev[pos_base].mean()
-            f["at"][s_i] = correct[pos_top].mean()
-            f["ab"][s_i] = correct[pos_base].mean()
+        vectors = [v for _, v, _, _ in items for _ in SIGNS]
+        scales = [sign * sc for _, _, sc, _ in items for sign in SIGNS]
+        all_logits = self._set_logits(eval_idx, vectors, scales)
+        records = []
+        for i, ((j, _, _, extra), top) in enumerate(zip(items, tops)):
             if eval_idx is None:
-                f["aa"][s_i] = correct.mean()
-        return ComponentRecord(
-            component=int(j),
-            top=top,
-            kl_top=f["klt"],
-            kl_baseline=f["klb"],
-            kl_top_reverse=f["klrt"],
-            kl_baseline_reverse=f["klrb"],
-            acc_top_after=f["at"],
-            acc_baseline_after=f["ab"],
-            acc_all_after=f["aa"],
-            extra=dict(extra or {}),
-        )
+                pos_top, pos_base = top, base
+            else:
+                pos_top = np.searchsorted(eval_idx, top)
+                pos_base = np.searchsorted(eval_idx, base)
+            f = {k: np.full(2, np.nan) for k in ("klt", "klb", "klrt", "klrb", "at", "ab", "aa")}
+            for s_i in range(len(SIGNS)):
+                logits = all_logits[i * len(SIGNS) + s_i]
+                kl = per_example_kl(orig, logits).numpy()
+                kl_rev = per_example_kl(logits, orig).numpy()
+                correct = (logits.argmax(-1).numpy() == labels).astype(np.float64)
+                f["klt"][s_i] = kl[pos_top].mean()
+                f["klb"][s_i] = kl[pos_base].mean()
+                f["klrt"][s_i] = kl_rev[pos_top].mean()
+                f["klrb"][s_i] = kl_rev[pos_base].mean()
+                f["at"][s_i] = correct[pos_top].mean()
+                f["ab"][s_i] = correct[pos_base].mean()
+                if eval_idx is None:
+                    f["aa"][s_i] = correct.mean()
+            records.append(
+                ComponentRecord(
+                    component=int(j),
+                    top=top,
+                    kl_top=f["klt"],
+                    kl_baseline=f["klb"],
+                    kl_top_reverse=f["klrt"],
+                    kl_baseline_reverse=f["klrb"],
+                    acc_top_after=f["at"],
+                    acc_baseline_after=f["ab"],
+                    acc_all_after=f["aa"],
+                    extra=dict(extra or {}),
+                )
+            )
+        return records
 
     def result(
         self,

@@ -338,8 +338,15 @@ class PrefixCache:
         return plan_outputs(self.plan, out)
 
     @torch.no_grad()
-    def logits(self, indices: np.ndarray | None = None, batch_size: int = 64) -> torch.Tensor:
-        """Logits [len(indices) or n, C] (float32, CPU), like ``ExampleCache.logits``."""
+    def logits(
+        self,
+        indices: np.ndarray | None = None,
+        batch_size: int = 64,
+        forward: ForwardFn | None = None,
+    ) -> torch.Tensor:
+        """Logits [len(indices) or n, C] (float32, CPU), like ``ExampleCache.logits``;
+        ``forward`` (default: the cache's) runs the suffix (e.g. stacked perturbed sets)."""
+        forward = forward or self.forward
         idx_all = np.arange(self.cache.n) if indices is None else np.asarray(indices, np.int64)
         out, pos = [], 0
         for batch in self.cache.batches(idx_all, batch_size):
@@ -347,7 +354,7 @@ class PrefixCache:
             outputs = self._outputs_for(idx_all[pos : pos + b])
             pos += b
             with _stubs(self.model, outputs):
-                out.append(self.forward(self.model, _to_device(batch, self.device)).float().cpu())
+                out.append(forward(self.model, _to_device(batch, self.device)).float().cpu())
         if not out:
             return torch.zeros(0, 0)
         return torch.cat(out)

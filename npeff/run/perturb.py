@@ -251,6 +251,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         batch_size=int(pc.batch_size),
         eval_all=bool(pc.eval_all),
         cache_prefix=bool(pc.get("cache_prefix", True)),
+        sets_per_forward=int(pc.get("sets_per_forward", 1)),
     )
     progress = bool(cfg.get("progress", True))
     ev = PerturbationEvaluator(model, cache, layout, dec.W, pefs.norms, settings, progress=progress)

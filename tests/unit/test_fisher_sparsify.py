@@ -60,3 +60,31 @@ def test_sparsify_diag_and_gram_norm():
     a = torch.randn(2, 3, 5, dtype=torch.float64)
     for b in range(2):
         np.testing.assert_allclose(gram_frobenius_norms(a)[b], torch.linalg.norm(a[b].T @ a[b]))
+
+
+def test_blocked_top_k_equals_torch_topk():
+    """The blocked selection (N ≫ k) keeps exactly torch.topk's values, with ties, negatives,
+    a ragged tail, and the largest entries crowded into a few blocks."""
+    from npeff.fisher.sparsify import top_k
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in [(10_007, 50), (85_002, 1000), (4_000, 37)]:
+        x = torch.randn(5, n, generator=g)
+        x[0, : n // 2] = 0.0  # many ties at zero
+        x[1] = x[1].round()  # ties everywhere
+        x[2, :] = -1.0
+        x[2, -3:] = 5.0  # the largest only in the tail
+        s = int((n / k) ** 0.5)
+        x[3, torch.arange(7) * (n // s)] = 100.0  # all large entries in one strided block
+        x[4, 3] = float("nan")
+        for absolute in (False, True):
+            scores = x.abs() if absolute else x
+            ref = torch.topk(scores, k, dim=1, sorted=True).values
+            values, idx = top_k(x, k, absolute=absolute, sorted=True)
+            torch.testing.assert_close(values, ref, rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(torch.gather(scores, 1, idx), values, equal_nan=True)
+            assert all(len(set(r.tolist())) == k for r in idx)  # no index twice
+            unsorted, _ = top_k(x, k, absolute=absolute)
+            torch.testing.assert_close(
+                unsorted.sort(dim=1, descending=True).values, ref, equal_nan=True
+            )
