@@ -221,7 +221,7 @@ def label_word_ids(
         if isinstance(w, (bool, np.bool_)):
             raise ValueError(
                 f"label word {w!r} is a boolean: YAML reads unquoted yes/no/on/off as true/false; "
-                "quote the words (fisher.label_words: [\"yes\", \"maybe\", \"no\"])"
+                'quote the words (fisher.label_words: ["yes", "maybe", "no"])'
             )
         if isinstance(w, (int, np.integer)):
             out.append(int(w))

@@ -256,7 +256,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             sections.append(str(stages.dir("groups") / "group_section.html"))
         if (cfg.get("coar_compare") or {}).get("enabled"):  # COAR on the same model vs NPEFF
             sections.append(
-                str(_coar_compare(cfg, stages, ckpt, eval_pefs_cfg, coeffs, eval_pefs, perturbation))
+                str(
+                    _coar_compare(cfg, stages, ckpt, eval_pefs_cfg, coeffs, eval_pefs, perturbation)
+                )
             )
         if shortcut_fix:  # paper §3.5 on a planted shortcut, NPEFF next to Coar-Edit
             from npeff.run import shortcut

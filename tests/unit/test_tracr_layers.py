@@ -34,7 +34,9 @@ def test_planted_mass_is_found_on_the_writing_units():
     base = {n: 0.1 for n in names} | {f"{a}&{b}": 0.05}
     out = layer_check(G, cols, masks, [[a], [a], [f"{a}&{b}", a]], base)
     rows = {r["component"]: r for r in out["components"]}
-    assert rows[0]["unit_share"] == pytest.approx(1.0) and rows[0]["block_share"] == pytest.approx(1.0)
+    assert rows[0]["unit_share"] == pytest.approx(1.0) and rows[0]["block_share"] == pytest.approx(
+        1.0
+    )
     assert rows[0]["unit_share_other_variables"] < 0.01
     # the spread component's share is about the concept's parameter fraction
     assert abs(rows[1]["block_share"] - rows[1]["block_param_fraction"]) < 0.02
