@@ -47,6 +47,7 @@ PIPELINE_ONLY = (
     "stages",
     "cache_dir",
     "flawed",
+    "recovery",
     "shortcut_fix",
     "hydra",
     "baselines",
@@ -219,11 +220,20 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         stages("decompose", decompose.run, dec_cfg, stages.dir("decompose"))
         decomposition = stages.dir("decompose") / "decomposition.h5"
 
+        projected = _projected(cfg)
+        if projected:  # the components come back to parameter space for every later stage
+            decomposition = _recover_parameter_space(cfg, stages, ckpt, fit_pefs, decomposition)
+
         if cfg.flawed.enabled:
             decomposition = _flawed_expansion(cfg, stages, fit_pefs, decomposition)
 
         eval_pefs_cfg = stage_config(
-            cfg, "pefs", "pefs_eval", split="eval", inputs={"checkpoint": str(ckpt)}
+            cfg,
+            "pefs",
+            "pefs_eval",
+            split="eval",
+            inputs={"checkpoint": str(ckpt)},
+            **({"fisher": {"compression": "topk"}} if projected else {}),
         )
         stages("pefs_eval", pefs.run, eval_pefs_cfg, stages.dir("pefs_eval"))
         eval_pefs = stages.dir("pefs_eval") / "pefs.h5"
@@ -314,6 +324,60 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     write_metrics(output_dir, metrics)
     print_summary(metrics, output_dir)
     return metrics
+
+
+def _projected(cfg: DictConfig) -> bool:
+    return str((cfg.get("fisher") or {}).get("compression") or "topk") == "projection"
+
+
+def _recover_parameter_space(
+    cfg: DictConfig, stages: StageTimer, ckpt: Path, fit_pefs: Path, projected_dec: Path
+) -> Path:
+    """``fisher.compression=projection``: the decomposition of the projected fit PEFs, brought
+    back to parameter space (``npeff.fisher.projection.components_to_parameter_space``, method
+    ``recovery.method``: a G-only fit with W fixed on top-K PEFs of the same fit examples, which
+    this step computes, or sparse recovery) as an ordinary decomposition file that the fit,
+    perturbation and report stages read. Returns that file's path."""
+    from npeff.run import pefs
+
+    if cfg.flawed.enabled:
+        raise ValueError(
+            "flawed.enabled expands a decomposition with more components of the same PEFs; it "
+            "does not work on projected PEFs: use fisher.compression=topk"
+        )
+    rec = cfg.get("recovery") or {}
+    # top-K PEFs of the same fit examples: the values the fit needs, the layout both methods need
+    topk_cfg = stage_config(
+        cfg,
+        "pefs",
+        "pefs_fit",
+        split="fit",
+        inputs={"checkpoint": str(ckpt)},
+        fisher={"compression": "topk"},
+    )
+    stages("pefs_fit_topk", pefs.run, topk_cfg, stages.dir("pefs_fit_topk"))
+    topk_pefs = stages.dir("pefs_fit_topk") / "pefs.h5"
+    out = stages.dir("recover") / "decomposition.h5"
+
+    def recover() -> dict:
+        from npeff.artifacts.decomposition import load_decomposition, save_decomposition
+        from npeff.artifacts.pefs import load_pefs
+        from npeff.fisher.projection import SparseProjection, components_to_parameter_space
+
+        proj = SparseProjection.from_settings(load_pefs(fit_pefs).metadata["compression"])
+        back = components_to_parameter_space(
+            load_decomposition(projected_dec),
+            load_pefs(topk_pefs),
+            proj,
+            method=str(rec.get("method", "fit")),
+            sparsity=rec.get("sparsity"),
+            n_iters=int(rec.get("n_iters", 300)),
+        )
+        save_decomposition(back, out)
+        return {"recovery": dict(back.metadata["recovery"])}
+
+    stages("recover", recover, single=True)
+    return out
 
 
 def _tracr_extra_decompositions(

@@ -49,6 +49,36 @@ def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
     assert "concept_components" in json.loads((out / "metrics.json").read_text())
 
 
+def test_tiny_lm_pipeline_on_projected_pefs(tmp_path):
+    """fisher.compression=projection end to end: projected fit PEFs → decomposition → top-K fit
+    PEFs → components back in parameter space → coefficients on top-K eval PEFs → perturbations."""
+    from npeff.artifacts.decomposition import load_decomposition
+
+    out = tmp_path / "run"
+    over = [
+        "experiment=tiny_lm",
+        "fisher.classes=sample",
+        "fisher.n_samples=4",
+        "fisher.compression=projection",
+        "fisher.projection.d=256",
+        "recovery.n_iters=40",
+        *COMMON,
+    ]
+    metrics = run_pipeline(over + [f"paths.output_dir={tmp_path / 'outputs'}"], out)
+    projected = load_pefs(out / "pefs_fit" / "pefs.h5")
+    topk = load_pefs(out / "pefs_fit_topk" / "pefs.h5")
+    assert projected.n_parameters == 256 and projected.metadata["compression"]["d"] == 256
+    assert topk.n_parameters == projected.metadata["compression"]["m"] > 256
+    assert load_pefs(out / "pefs_eval" / "pefs.h5").n_parameters == topk.n_parameters
+    back = load_decomposition(out / "recover" / "decomposition.h5")
+    projected_dec = load_decomposition(out / "decompose" / "decomposition.h5")
+    assert back.n_parameters == topk.n_parameters and back.metadata["recovery"]["method"] == "fit"
+    np.testing.assert_array_equal(back.W, projected_dec.W.astype(np.float32))
+    assert np.isfinite(back.G).all() and np.abs(back.G).max() > 0
+    assert metrics["n_components"] == 4 and np.isfinite(metrics["kl_ratio_median"])
+    assert (out / "report" / "report.html").is_file()
+
+
 def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
     """The pefs stage (fisher=lm, classes=label_words with text label words) on an untrained
     tiny GPT-2 checkpoint of toy_nli_zero_shot; the pipeline run is the same stages as above."""
