@@ -60,6 +60,22 @@ STATS = (
     "share_top_units",
     "share_all_units",
 )
+# The comparison table's columns after the component (per component, then their means).
+TABLE_COLUMNS = (
+    "share_top_units",
+    "spearman_coar",
+    "spearman_true",
+    "spearman_random",
+    "jaccard_coar",
+    "jaccard_true",
+    "jaccard_random",
+    "pearson_coar_vs_true",
+    "kl_spearman_true",
+    "kl_spearman_random",
+    "spearman_true_kl",
+    "kl_spearman_ablation_kl",
+    "kl_spearman_ablation_kl_random",
+)
 
 
 def _split_of(meta: dict) -> str | None:
@@ -390,22 +406,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
     )
     body = ""
     for r in result["components"]:
-        cells = [
-            r["component"],
-            r["share_top_units"],
-            r["spearman_coar"],
-            r["spearman_true"],
-            r["spearman_random"],
-            r["jaccard_coar"],
-            r["jaccard_true"],
-            r["jaccard_random"],
-            r["pearson_coar_vs_true"],
-            r.get("kl_spearman_true"),
-            r.get("kl_spearman_random"),
-            r.get("spearman_true_kl"),
-            r.get("kl_spearman_ablation_kl"),
-            r.get("kl_spearman_ablation_kl_random"),
-        ]
+        cells = [r["component"], *(r.get(k) for k in TABLE_COLUMNS)]
         body += (
             "<tr>"
             + "".join(f"<td>{f(c)}</td>" for c in cells)
@@ -413,24 +414,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
             + (" …" if len(r["top_units"]) > 4 else "")
             + "</td></tr>"
         )
-    mean = "".join(
-        f"<td>{f(result.get(k + '_mean'))}</td>"
-        for k in (
-            "share_top_units",
-            "spearman_coar",
-            "spearman_true",
-            "spearman_random",
-            "jaccard_coar",
-            "jaccard_true",
-            "jaccard_random",
-            "pearson_coar_vs_true",
-            "kl_spearman_true",
-            "kl_spearman_random",
-            "spearman_true_kl",
-            "kl_spearman_ablation_kl",
-            "kl_spearman_ablation_kl_random",
-        )
-    )
+    mean = "".join(f"<td>{f(result.get(k + '_mean'))}</td>" for k in TABLE_COLUMNS)
     return (
         coar_html
         + "\n<h2>NPEFF vs COAR on one model</h2>"
