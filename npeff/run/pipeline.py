@@ -191,6 +191,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             "shortcut_fix.enabled needs the flawed-heuristic expansion on an LRM decomposition: "
             "set flawed.enabled=true with fisher=lrm decomp=lrm_npeff (experiment=shortcut_fix)"
         )
+    if _projected(cfg) and cfg.flawed.enabled:
+        raise ValueError(
+            "flawed.enabled expands a decomposition with more components of the same PEFs; it "
+            "does not work on projected PEFs: use fisher.compression=topk"
+        )
     stages = StageTimer(output_dir)
     tracr = str(cfg.model.get("name")) == "tracr"
     if tracr:  # a compiled model: export it first when model.path does not exist yet
@@ -340,11 +345,6 @@ def _recover_parameter_space(
     perturbation and report stages read. Returns that file's path."""
     from npeff.run import pefs
 
-    if cfg.flawed.enabled:
-        raise ValueError(
-            "flawed.enabled expands a decomposition with more components of the same PEFs; it "
-            "does not work on projected PEFs: use fisher.compression=topk"
-        )
     rec = cfg.get("recovery") or {}
     # top-K PEFs of the same fit examples: the values the fit needs, the layout both methods need
     topk_cfg = stage_config(
@@ -361,10 +361,10 @@ def _recover_parameter_space(
 
     def recover() -> dict:
         from npeff.artifacts.decomposition import load_decomposition, save_decomposition
-        from npeff.artifacts.pefs import load_pefs
+        from npeff.artifacts.pefs import load_pefs, read_pefs_header
         from npeff.fisher.projection import SparseProjection, components_to_parameter_space
 
-        proj = SparseProjection.from_settings(load_pefs(fit_pefs).metadata["compression"])
+        proj = SparseProjection.from_settings(read_pefs_header(fit_pefs)["meta"]["compression"])
         back = components_to_parameter_space(
             load_decomposition(projected_dec),
             load_pefs(topk_pefs),
