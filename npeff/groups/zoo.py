@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from npeff.groups.zoo_grad import zoo_loss_and_grads
+from npeff.groups.zoo_grad import LEFT, RIGHT, join_hidden, split_hidden, zoo_loss_and_grads
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,15 @@ def init_params(
 def zoo_logits(
     params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
-    """Logits ``[S, B, |G|]`` of every model for inputs x, y (int64 ``[B]``)."""
-    w = params["hidden.weight"]  # [S, H, 2D]
-    d = params["embed_left"].shape[-1]
-    left = torch.einsum("snd,shd->snh", params["embed_left"], w[..., :d])  # [S, N, H]
-    right = torch.einsum("snd,shd->snh", params["embed_right"], w[..., d:])
+    """Logits ``[S, B, |G|]`` of every model for inputs x, y (int64 ``[B]``); ``params`` with
+    ``GroupMLP`` keys or split as in :func:`npeff.groups.zoo_grad.split_hidden`."""
+    if "hidden.weight" in params:  # [S, H, 2D]
+        d = params["embed_left"].shape[-1]
+        wl, wr = params["hidden.weight"][..., :d], params["hidden.weight"][..., d:]
+    else:  # the trainer's split form (npeff.groups.zoo_grad.split_hidden)
+        wl, wr = params[LEFT], params[RIGHT]
+    left = torch.einsum("snd,shd->snh", params["embed_left"], wl)  # [S, N, H]
+    right = torch.einsum("snd,shd->snh", params["embed_right"], wr)
     pre = left[:, x] + right[:, y] + params["hidden.bias"][:, None, :]
     out = torch.relu(pre) @ params["unembed.weight"].transpose(1, 2)  # [S, B, |G|]
     if "unembed.bias" in params:
@@ -149,15 +153,17 @@ def train_zoo(
     """
     from npeff.artifacts.atomic import atomic_path
 
-    params = {k: nn.Parameter(v.clone()) for k, v in params.items()}
+    # optimised as the two halves of hidden.weight: the same element-wise Adam updates, and
+    # no [S, H, 2D] gradient concatenated per step
+    params = {k: nn.Parameter(v.clone()) for k, v in split_hidden(params).items()}
     opt = build_zoo_optimizer(params, optim)
     history: list[dict] = []
     start = 0
     if state_path is not None and Path(state_path).is_file():
         st = torch.load(state_path, weights_only=False)
         with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(st["params"][k])
+            for k, p in split_hidden(st["params"]).items():
+                params[k].copy_(p)
         opt.load_state_dict(st["optimizer"])
         history, start = list(st["history"]), int(st["epoch"])
         log.info("resuming the zoo from epoch %d (%s)", start, state_path)
@@ -193,7 +199,7 @@ def train_zoo(
                 with atomic_path(Path(state_path)) as tmp:
                     torch.save(
                         {
-                            "params": {k: p.detach() for k, p in params.items()},
+                            "params": join_hidden({k: p.detach() for k, p in params.items()}),
                             "optimizer": opt.state_dict(),
                             "history": history,
                             "epoch": done,
@@ -202,7 +208,7 @@ def train_zoo(
                     )
     if bar is not None:
         bar.close()
-    out = {k: p.detach() for k, p in params.items()}
+    out = join_hidden({k: p.detach() for k, p in params.items()})
     return ZooResult(out, history, epochs, time.perf_counter() - t0, start)
 
 

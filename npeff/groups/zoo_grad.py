@@ -28,6 +28,24 @@ from collections.abc import Mapping
 import torch
 
 BLOCK_ROWS = 2048  # rows (seed × input) per block: ~1 MiB of float32 activations at H = 128
+LEFT, RIGHT = "hidden.weight.left", "hidden.weight.right"
+
+
+def split_hidden(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``params`` with ``hidden.weight`` [S, H, 2D] replaced by its halves ``LEFT``/``RIGHT``
+    [S, H, D] (contiguous copies: the trainer optimises them as two tensors, so no gradient
+    has to be concatenated every step)."""
+    out = {k: v for k, v in params.items() if k != "hidden.weight"}
+    w, d = params["hidden.weight"], params["embed_left"].shape[-1]
+    out[LEFT], out[RIGHT] = w[..., :d].contiguous(), w[..., d:].contiguous()
+    return out
+
+
+def join_hidden(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`split_hidden`: ``GroupMLP`` keys, ``hidden.weight`` [S, H, 2D]."""
+    out = {k: v for k, v in params.items() if k not in (LEFT, RIGHT)}
+    out["hidden.weight"] = torch.cat([params[LEFT], params[RIGHT]], -1)
+    return out
 
 
 def _blocks(n_seeds: int, n_rows: int, block: int):
@@ -51,12 +69,18 @@ def zoo_loss_and_grads(
     block: int = BLOCK_ROWS,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(Σ_s mean cross-entropy of model s, its gradient ``{key: [S, ...]}``), as autograd of
-    ``zoo_logits`` + ``cross_entropy`` would give them. x, y, labels: int64 ``[B]``."""
+    ``zoo_logits`` + ``cross_entropy`` would give them. x, y, labels: int64 ``[B]``.
+
+    ``params`` has either ``GroupMLP`` keys or the split form of :func:`split_hidden`; the
+    gradient has the same keys as ``params``."""
+    if "hidden.weight" in params:
+        loss, grads = zoo_loss_and_grads(split_hidden(params), x, y, labels, block)
+        return loss, join_hidden(grads)
     El, Er = params["embed_left"], params["embed_right"]  # [S, N, D]
-    W, c, U = params["hidden.weight"], params["hidden.bias"], params["unembed.weight"]
+    Wl, Wr = params[LEFT], params[RIGHT]  # [S, H, D]
+    c, U = params["hidden.bias"], params["unembed.weight"]
     ub = params.get("unembed.bias")  # [S, N] or None
-    n_seeds, d = El.shape[0], El.shape[-1]
-    Wl, Wr = W[..., :d], W[..., d:]  # [S, H, D]
+    n_seeds = El.shape[0]
     L = torch.baddbmm(c[:, None, :], El, Wl.transpose(1, 2))  # [S, N, H]
     R = torch.bmm(Er, Wr.transpose(1, 2))
     Ut = U.transpose(1, 2)  # [S, H, N]
@@ -86,9 +110,8 @@ def zoo_loss_and_grads(
     grads = {
         "embed_left": torch.bmm(dL, Wl),
         "embed_right": torch.bmm(dR, Wr),
-        "hidden.weight": torch.cat(
-            [torch.bmm(dL.transpose(1, 2), El), torch.bmm(dR.transpose(1, 2), Er)], -1
-        ),
+        LEFT: torch.bmm(dL.transpose(1, 2), El),
+        RIGHT: torch.bmm(dR.transpose(1, 2), Er),
         "hidden.bias": dL.sum(1),
         "unembed.weight": dU.mul_(inv),
     }

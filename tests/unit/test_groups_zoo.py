@@ -84,7 +84,7 @@ def test_hand_written_gradients_equal_autograd_in_float64():
     the batch (block < B) and that hold several seeds (block > B), with and without u."""
     import pytest
 
-    from npeff.groups.zoo_grad import zoo_loss_and_grads
+    from npeff.groups.zoo_grad import join_hidden, split_hidden, zoo_loss_and_grads
 
     task = build_task({"name": "group", "group": "S3", "train_fraction": 0.5})
     t = task.tensors("train")
@@ -107,3 +107,8 @@ def test_hand_written_gradients_equal_autograd_in_float64():
             assert set(grads) == set(p)
             for k in p:
                 assert torch.allclose(grads[k], q[k].grad, rtol=1e-10, atol=1e-12), (k, block)
+            # the trainer's split form (two halves of hidden.weight) gives the same gradient
+            _, split_grads = zoo_loss_and_grads(split_hidden(p), x, y, labels, block=block)
+            assert set(split_grads) == set(split_hidden(p))
+            for k, g in join_hidden(split_grads).items():
+                assert torch.allclose(g, q[k].grad, rtol=1e-10, atol=1e-12), (k, block)
