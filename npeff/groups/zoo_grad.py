@@ -88,10 +88,15 @@ def zoo_loss_and_grads(
     dub = torch.zeros(U.shape[:2], dtype=U.dtype)
     loss = torch.zeros((), dtype=U.dtype)
     n_rows = int(labels.shape[0])
+    n_cls, hid = L.shape[1], L.shape[2]
     for ss, rs in _blocks(n_seeds, n_rows, block):
-        xb, yb = x[rs], y[rs]
-        act = L[ss].index_select(1, xb)  # [s, b, H]
-        act += R[ss].index_select(1, yb)
+        # rows of the block's seeds' tables flattened to [s·N, H]: 2-D gathers and index-adds
+        # along dim 0 are about twice as fast as along dim 1 of [s, N, H]
+        base = torch.arange(ss.start, ss.stop)[:, None] * n_cls  # [s, 1]
+        xb, yb = (base + x[rs]).reshape(-1), (base + y[rs]).reshape(-1)  # [s·b]
+        n_s = ss.stop - ss.start
+        act = L.view(-1, hid).index_select(0, xb).view(n_s, -1, hid)  # [s, b, H]
+        act += R.view(-1, hid).index_select(0, yb).view(n_s, -1, hid)
         act.relu_()
         lg = torch.bmm(act, Ut[ss]) if ub is None else torch.baddbmm(ub[ss, None, :], act, Ut[ss])
         lse = torch.logsumexp(lg, -1, keepdim=True)  # [s, b, 1]
@@ -102,8 +107,8 @@ def zoo_loss_and_grads(
         dU[ss].baddbmm_(lg.transpose(1, 2), act)
         dub[ss] += lg.sum(1)
         da = torch.ops.aten.threshold_backward(torch.bmm(lg, U[ss]), act, 0.0)  # [s, b, H]
-        dL[ss].index_add_(1, xb, da)
-        dR[ss].index_add_(1, yb, da)
+        dL.view(-1, hid).index_add_(0, xb, da.view(-1, hid))
+        dR.view(-1, hid).index_add_(0, yb, da.view(-1, hid))
     inv = 1.0 / max(n_rows, 1)
     dL.mul_(inv)
     dR.mul_(inv)
