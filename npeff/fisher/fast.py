@@ -60,6 +60,7 @@ class FisherEngine:
             )
         self.model = model
         self.mode = mode
+        self.stream_objectives = _has_pooling_or_conv(model)
         self.named = list(named_params)
         self.layout = ParameterLayout.from_named_tensors(self.named)
         self._owners = _owners(model, self.named) if mode != "func" else {}
@@ -296,16 +297,29 @@ class FisherEngine:
                 h.remove()
         return calls, logits
 
-    def _output_grads(self, calls, logits, classes, weights, fn=None):
-        """Gradients of the k objectives w.r.t. each call's output → list of [k, B, *out]."""
-        b, c = logits.shape
+    @staticmethod
+    def _seeds(logits, classes, weights) -> torch.Tensor:
+        """The k objectives' gradients at the logits, w_bj (e_c − p_b) → [k, B, C]."""
+        c = logits.shape[-1]
         probs = torch.softmax(logits.detach(), dim=-1)
         onehot = nn.functional.one_hot(classes, c).to(probs.dtype)  # [B, k, C]
         seed = onehot - probs[:, None, :]
         if weights is not None:
             seed = seed * weights[..., None].to(seed.dtype)
-        seed = seed.transpose(0, 1).contiguous()  # [k, B, C]
+        return seed.transpose(0, 1).contiguous()
+
+    def _output_grads(self, calls, logits, classes, weights, fn=None):
+        """Gradients of the k objectives w.r.t. each call's output → list of [k, B, *out]."""
+        seed = self._seeds(logits, classes, weights)
         k = seed.shape[0]
+        if fn is not None and self.stream_objectives and k > 1:
+            with torch.no_grad():
+                first = fn(seed[0])
+                grads = [torch.empty((k, *g.shape), dtype=g.dtype, device=g.device) for g in first]
+                for j in range(k):
+                    for dest, g in zip(grads, first if j == 0 else fn(seed[j])):
+                        dest[j].copy_(g)
+            return grads
         if fn is not None:
             with torch.no_grad():
                 return list(vmap(fn)(seed))
@@ -409,7 +423,6 @@ class FisherEngine:
         dtype, device = self.dtype, self.device
         diag = torch.empty((b, self.n_parameters), dtype=dtype, device=device)
         calls, lg, fn = self._forward_once(batch)
-        grads = self._output_grads(calls, lg, classes, weights, fn)
         n_calls: dict[int, int] = {}
         for m, _, _ in calls:
             n_calls[id(m)] = n_calls.get(id(m), 0) + 1
@@ -428,6 +441,7 @@ class FisherEngine:
                 direct[n] = diag[:, off : off + size].view(b, *shape)
             else:
                 dense[n] = torch.empty((b, k, *shape), dtype=dtype, device=device)
+        grads = self._output_grads(calls, lg, classes, weights, fn)
         self._accumulate(calls, grads, direct, diag=True)
         self._accumulate(calls, grads, dense, diag=False)
         del calls, grads
@@ -477,6 +491,15 @@ def _autograd_rows(model, batch, params, c) -> torch.Tensor:
     finally:
         for p, rg in saved:
             p.requires_grad_(rg)
+
+
+def _has_pooling_or_conv(model: nn.Module) -> bool:
+    """The model has a convolution or pooling layer. The batching rules of their backward (and
+    of a ReLU before a pool) expand the saved inputs to all k objectives, so the k objectives
+    are backpropagated one at a time instead of under ``vmap`` (faster on CPU; for matmul-only
+    models the batched backward is faster)."""
+    kinds = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+    return any(isinstance(m, kinds) for m in model.modules())
 
 
 def _batch_key(batch) -> tuple:

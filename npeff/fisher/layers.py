@@ -5,7 +5,8 @@ Each rule turns one call of a layer — its input ``a`` (batch first, B examples
 gradients of the layer's ``weight`` and ``bias``, accumulated into ``dest`` [B, k, *param shape].
 Positions that share a weight (sequence tokens, image locations) are summed over. Where a layer is
 applied once per example (no positions) a rule can also give the D-PEF contribution
-Σ_k (g_k∘g_k) ⊗ (a∘a) [B, *param shape] without materialising the k gradients.
+Σ_k (g_k∘g_k) ⊗ (a∘a) [B, *param shape] without materialising the k gradients (a convolution's
+D-PEF rule squares its per-objective gradients one objective at a time).
 
 Covered: ``nn.Linear``, HF ``Conv1D``, ``nn.Conv1d``/``nn.Conv2d`` (groups 1, zero padding given as
 numbers), ``nn.Embedding`` (no max_norm, no scale_grad_by_freq), ``nn.LayerNorm`` (affine).
@@ -139,25 +140,46 @@ def unfold(a: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tensor:
     return out.reshape(a.shape[0], c * kk, -1)
 
 
+def _conv_cols(module, a: torch.Tensor) -> torch.Tensor:
+    """The unfolded input of a Conv1d/Conv2d call → [B, C_in·kernel, L]."""
+    if isinstance(module, nn.Conv1d):
+        return unfold(
+            a.unsqueeze(2),
+            (1, module.kernel_size[0]),
+            (1, module.stride[0]),
+            (0, module.padding[0]),
+            (1, module.dilation[0]),
+        )
+    return unfold(a, module.kernel_size, module.stride, module.padding, module.dilation)
+
+
 def _conv(module, a, g, dests):
     """Conv1d/Conv2d by unfolding: ∇W[o, (c, kernel)] = Σ_l g[o, l] cols[(c, kernel), l]."""
     k, b = g.shape[:2]
     c_out = module.weight.shape[0]
     if "weight" in dests:
-        if isinstance(module, nn.Conv1d):
-            cols = unfold(
-                a.unsqueeze(2),
-                (1, module.kernel_size[0]),
-                (1, module.stride[0]),
-                (0, module.padding[0]),
-                (1, module.dilation[0]),
-            )
-        else:
-            cols = unfold(a, module.kernel_size, module.stride, module.padding, module.dilation)
-        gw = torch.einsum("kbol,bil->bkoi", g.reshape(k, b, c_out, -1), cols)
+        gw = torch.einsum("kbol,bil->bkoi", g.reshape(k, b, c_out, -1), _conv_cols(module, a))
         _write(dests, "weight", gw.reshape(dests["weight"].shape))
     if "bias" in dests:
         _write(dests, "bias", g.reshape(k, b, c_out, -1).sum(3).transpose(0, 1))
+
+
+def _conv_diag(module, a, g, dests):
+    """Σ_k ∇W_k² of a Conv1d/Conv2d: one objective at a time, g[k] [B, o, L] @ colsᵀ [B, L, I]
+    straight from g's class-major layout (the [B, k, o, I] gradients and the batch-first copy of
+    g that ``_conv``'s einsum needs are never formed)."""
+    k, b = g.shape[:2]
+    c_out = module.weight.shape[0]
+    g4 = g.reshape(k, b, c_out, -1)
+    if "weight" in dests:
+        cols_t = _conv_cols(module, a).transpose(1, 2)  # [B, L, I]
+        acc = None
+        for j in range(k):
+            gw = torch.bmm(g4[j], cols_t)  # [B, o, I]
+            acc = gw.square_() if acc is None else acc.addcmul_(gw, gw)
+        _write(dests, "weight", acc.reshape(dests["weight"].shape))
+    if "bias" in dests:
+        _write(dests, "bias", g4.sum(3).square().sum(0))
 
 
 def _embedding(module, ids, g, dests):
@@ -218,14 +240,19 @@ RULES: dict[str, Rule] = {
 DIAG_RULES: dict[str, Rule] = {
     "linear": _linear_diag,
     "hf_conv1d": _hf_conv1d_diag,
+    "conv": _conv_diag,
     "layernorm": _layernorm_diag,
 }
 
 
 def once_per_example(rule: str, module: nn.Module, a: torch.Tensor) -> bool:
-    """The call has no positions sharing the weight, so the D-PEF shortcut applies."""
+    """The layer's D-PEF rule applies to this call: it has no positions sharing the weight (the
+    Σ_k (g_k∘g_k) ⊗ (a∘a) shortcut), or it is a convolution, whose rule squares per-class
+    gradients itself."""
     if rule not in DIAG_RULES:
         return False
+    if rule == "conv":
+        return True
     if rule == "layernorm":
         return a.ndim == 1 + len(module.normalized_shape)
     return a.ndim == 2
