@@ -313,13 +313,18 @@ class FisherEngine:
         seed = self._seeds(logits, classes, weights)
         k = seed.shape[0]
         if fn is not None and self.stream_objectives and k > 1:
+            # stored batch-first [B, k, *out] (returned as [k, B, *out] views): a convolution's
+            # rule then multiplies all k objectives of an example in one matrix product
             with torch.no_grad():
                 first = fn(seed[0])
-                grads = [torch.empty((k, *g.shape), dtype=g.dtype, device=g.device) for g in first]
+                grads = [
+                    torch.empty((g.shape[0], k, *g.shape[1:]), dtype=g.dtype, device=g.device)
+                    for g in first
+                ]
                 for j in range(k):
                     for dest, g in zip(grads, first if j == 0 else fn(seed[j])):
-                        dest[j].copy_(g)
-            return grads
+                        dest[:, j].copy_(g)
+            return [g.transpose(0, 1) for g in grads]
         if fn is not None:
             with torch.no_grad():
                 return list(vmap(fn)(seed))

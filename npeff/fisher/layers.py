@@ -131,13 +131,18 @@ def _hf_conv1d_diag(module, a, g, dests):
 
 
 def unfold(a: torch.Tensor, kernel, stride, padding, dilation) -> torch.Tensor:
-    """``F.unfold`` of a [B, C, H, W] → [B, C·kh·kw, L], computed as a grouped convolution with
-    one-hot kernels (same values and order; ~10× faster than im2col on CPU)."""
-    c = a.shape[1]
-    kk = kernel[0] * kernel[1]
-    eye = torch.eye(kk, dtype=a.dtype, device=a.device).reshape(kk, 1, *kernel).repeat(c, 1, 1, 1)
-    out = F.conv2d(a, eye, None, stride, padding, dilation, groups=c)
-    return out.reshape(a.shape[0], c * kk, -1)
+    """``F.unfold`` of a [B, C, H, W] → [B, C·kh·kw, L] (same values and order): a strided view
+    of the zero-padded input [B, C, kh, kw, H_out, W_out] copied once into place (4-6× faster
+    than im2col or a one-hot grouped convolution on CPU)."""
+    b, c = a.shape[:2]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    if ph or pw:
+        a = F.pad(a, (pw, pw, ph, ph))
+    h_out = (a.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    w_out = (a.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    s0, s1, s2, s3 = a.stride()
+    view = a.as_strided((b, c, kh, kw, h_out, w_out), (s0, s1, dh * s2, dw * s3, sh * s2, sw * s3))
+    return view.reshape(b, c * kh * kw, h_out * w_out)
 
 
 def _conv_cols(module, a: torch.Tensor) -> torch.Tensor:
@@ -165,21 +170,26 @@ def _conv(module, a, g, dests):
 
 
 def _conv_diag(module, a, g, dests):
-    """Σ_k ∇W_k² of a Conv1d/Conv2d: one objective at a time, g[k] [B, o, L] @ colsᵀ [B, L, I]
-    straight from g's class-major layout (the [B, k, o, I] gradients and the batch-first copy of
-    g that ``_conv``'s einsum needs are never formed)."""
+    """Σ_k ∇W_k² of a Conv1d/Conv2d without copying g into another layout: when g is stored
+    batch-first ([B, k, o, L] memory), one product [B, k·o, L] @ colsᵀ [B, L, I]; when it is
+    class-major, one objective at a time, g[k] [B, o, L] @ colsᵀ, its square added as it comes."""
     k, b = g.shape[:2]
     c_out = module.weight.shape[0]
-    g4 = g.reshape(k, b, c_out, -1)
     if "weight" in dests:
         cols_t = _conv_cols(module, a).transpose(1, 2)  # [B, L, I]
-        acc = None
-        for j in range(k):
-            gw = torch.bmm(g4[j], cols_t)  # [B, o, I]
-            acc = gw.square_() if acc is None else acc.addcmul_(gw, gw)
+        batch_first = g.transpose(0, 1)
+        if batch_first.is_contiguous():
+            gw = torch.bmm(batch_first.reshape(b, k * c_out, -1), cols_t)  # [B, k·o, I]
+            acc = gw.square_().view(b, k, c_out, -1).sum(1)
+        else:
+            g4 = g.reshape(k, b, c_out, -1)
+            acc = None
+            for j in range(k):
+                gw = torch.bmm(g4[j], cols_t)  # [B, o, I]
+                acc = gw.square_() if acc is None else acc.addcmul_(gw, gw)
         _write(dests, "weight", acc.reshape(dests["weight"].shape))
     if "bias" in dests:
-        _write(dests, "bias", g4.sum(3).square().sum(0))
+        _write(dests, "bias", g.reshape(k, b, c_out, -1).sum(3).square().sum(0))
 
 
 def _embedding(module, ids, g, dests):

@@ -189,3 +189,48 @@ def test_stage_device_follows_trainer_accelerator():
     else:
         with pytest.raises(ValueError, match="no CUDA device"):
             stage_device("gpu")
+
+
+def test_unfold_equals_torch_unfold():
+    """The strided-view unfold against F.unfold: kernels, strides, padding, dilation, and a
+    non-contiguous input."""
+    import itertools
+
+    from npeff.fisher.layers import unfold
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 3, 9, 8, generator=g)
+    permuted = torch.randn(2, 8, 9, 3, generator=g).permute(0, 3, 2, 1)
+    for k, s, p, d in itertools.product(
+        [(3, 2), (1, 1)], [(1, 1), (2, 1)], [(0, 0), (1, 2)], [(1, 1), (2, 1)]
+    ):
+        for x in (a, permuted):
+            ref = torch.nn.functional.unfold(x, k, dilation=d, padding=p, stride=s)
+            assert torch.equal(unfold(x, k, s, p, d), ref), (k, s, p, d)
+
+
+def test_conv_diag_rule_in_both_gradient_layouts():
+    """The convolution's D-PEF rule equals its per-objective rule squared and summed, for output
+    gradients stored class-major [k, B, ...] and batch-first (a [k, B, ...] view of [B, k, ...])."""
+    from npeff.fisher.layers import DIAG_RULES, FRESH, RULES
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1)).double()
+    a = torch.randn(4, 2, 7, 6, dtype=torch.float64)
+    out_shape = conv(a).shape
+    g = torch.randn(5, *out_shape, dtype=torch.float64)
+    full = {
+        "weight": torch.empty(4, 5, *conv.weight.shape, dtype=torch.float64),
+        "bias": torch.empty(4, 5, 3, dtype=torch.float64),
+        FRESH: {"weight", "bias"},
+    }
+    RULES["conv"](conv, a, g, full)
+    for grads in (g, g.transpose(0, 1).contiguous().transpose(0, 1)):
+        diag = {
+            "weight": torch.empty(4, *conv.weight.shape, dtype=torch.float64),
+            "bias": torch.empty(4, 3, dtype=torch.float64),
+            FRESH: {"weight", "bias"},
+        }
+        DIAG_RULES["conv"](conv, a, grads, diag)
+        for attr in ("weight", "bias"):
+            torch.testing.assert_close(diag[attr], full[attr].square().sum(1))
