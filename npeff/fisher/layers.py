@@ -83,6 +83,22 @@ def _write_product(dests, attr, u, v):
         dests[attr].addcmul_(u, v)
 
 
+def _products_into(dests, attr, lhs, rhs, shape):
+    """dest[:, j] (+)= lhs[j] @ rhs[j] for each objective j, written in place into the (strided)
+    destination: lhs [k, B, p, s], rhs [k, B, s, q] (either may be expanded over k), dest
+    [B, k, *param shape] seen as ``shape`` = (B, p, q) per objective. (One product per objective
+    with ``out=`` is ~4× faster than an einsum into a temporary and a copy, whose batch-first
+    layout also costs a permute of the gradients.)"""
+    dest = dests[attr]
+    fresh = attr in dests.get(FRESH, ())
+    for j in range(lhs.shape[0]):
+        view = dest[:, j].view(shape)
+        if fresh:
+            torch.bmm(lhs[j], rhs[j], out=view)
+        else:
+            view.baddbmm_(lhs[j], rhs[j])
+
+
 def _outer_into(dests, attr, u, v):
     """dest [B, k, p, q] (+)= u [B, k, p] ⊗ v [B, q]."""
     _write_product(dests, attr, u[..., None], v[:, None, None, :])
@@ -96,7 +112,8 @@ def _linear(module, a, g, dests):
     if "weight" in dests and a.ndim == 2:  # once per example: an outer product
         _outer_into(dests, "weight", g4[:, :, 0].transpose(0, 1), a)
     elif "weight" in dests:
-        _write(dests, "weight", torch.einsum("kbso,bsi->bkoi", g4, _positions(a, i)))
+        rhs = _positions(a, i).expand(k, -1, -1, -1)  # [k, B, S, i]
+        _products_into(dests, "weight", g4.transpose(2, 3), rhs, (b, o, i))
     if "bias" in dests:
         _write(dests, "bias", g4.sum(2).transpose(0, 1))
 
@@ -116,7 +133,8 @@ def _hf_conv1d(module, a, g, dests):
     i, o = module.weight.shape
     g4 = g.reshape(k, b, -1, o)
     if "weight" in dests:
-        _write(dests, "weight", torch.einsum("kbso,bsi->bkio", g4, _positions(a, i)))
+        lhs = _positions(a, i).transpose(1, 2).expand(k, -1, -1, -1)  # [k, B, i, S]
+        _products_into(dests, "weight", lhs, g4, (b, i, o))
     if "bias" in dests:
         _write(dests, "bias", g4.sum(2).transpose(0, 1))
 
@@ -163,8 +181,9 @@ def _conv(module, a, g, dests):
     k, b = g.shape[:2]
     c_out = module.weight.shape[0]
     if "weight" in dests:
-        gw = torch.einsum("kbol,bil->bkoi", g.reshape(k, b, c_out, -1), _conv_cols(module, a))
-        _write(dests, "weight", gw.reshape(dests["weight"].shape))
+        cols_t = _conv_cols(module, a).transpose(1, 2)  # [B, L, I]
+        rhs = cols_t.expand(k, -1, -1, -1)
+        _products_into(dests, "weight", g.reshape(k, b, c_out, -1), rhs, (b, c_out, -1))
     if "bias" in dests:
         _write(dests, "bias", g.reshape(k, b, c_out, -1).sum(3).transpose(0, 1))
 
