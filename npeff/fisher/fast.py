@@ -29,6 +29,8 @@ from npeff.fisher.layers import DIAG_RULES, FRESH, RULES, once_per_example, rule
 ENGINES = ("auto", "fast", "func")
 # model → {(fast candidates, mode): parameters that passed prepare()'s check}
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model → {(fast parameters, input shapes): output shapes of the hooked calls}
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -74,7 +76,6 @@ class FisherEngine:
                 )
         self._prepared = mode == "func" or not self.fast_names
         self._kept = None
-        self._shapes: dict = {}
         self._func: PerExampleGrads | None = None
         self._rebuild_func()
 
@@ -138,14 +139,20 @@ class FisherEngine:
         ``vmap(vjp_fn)`` backpropagates the k seeds with torch.func's batching rules, which fold
         them into the batch (convolution and pooling backward included; 2-3x faster on a CNN
         than ``is_grads_batched``, the fallback with ``vjp_fn`` None). The zero offsets added to
-        the outputs (the primals) need the outputs' shapes: taken once per input shape.
+        the outputs (the primals) need the outputs' shapes: taken once per model, parameters
+        and input shapes (a hooked forward), and checked at every call.
         """
         key = tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
         try:
-            shapes = self._shapes.get(key)
+            # per model, shared by its engines (each compute_pefs call makes a new one)
+            known = _SHAPES.setdefault(self.model, {})
+            fast = set(self.fast_names)
+            params = tuple((n, p.data_ptr(), tuple(p.shape)) for n, p in self.named if n in fast)
+            key = (params, key)
+            shapes = known.get(key)
             if shapes is None:
                 calls, _ = self._forward(batch)
-                shapes = self._shapes[key] = [tuple(out.shape) for _, _, out in calls]
+                shapes = known[key] = [tuple(out.shape) for _, _, out in calls]
                 del calls
             return self._functional_forward(batch, shapes)
         except Exception:  # noqa: BLE001 — any transform failure: the autograd path
@@ -174,7 +181,10 @@ class FisherEngine:
                     out = out.expand(b, *out.shape[1:])
                 order.append(module)
                 inputs.append(a)
-                return out + next(it)
+                eps = next(it)
+                if eps.shape != out.shape:  # not the shapes recorded: the autograd path
+                    raise RuntimeError("the layers' output shapes changed")
+                return out + eps
 
             handles = [m.register_forward_hook(hook) for m in modules.values()]
             try:
