@@ -322,7 +322,7 @@ class FisherEngine:
         """Gradients of the k objectives w.r.t. each call's output → list of [k, B, *out]."""
         seed = self._seeds(logits, classes, weights)
         k = seed.shape[0]
-        if fn is not None and self.stream_objectives and k > 1:
+        if fn is not None and self.stream_objectives and k > 1 and seed.device.type == "cpu":
             # stored batch-first [B, k, *out] (returned as [k, B, *out] views): a convolution's
             # rule then multiplies all k objectives of an example in one matrix product
             with torch.no_grad():
@@ -511,8 +511,8 @@ def _autograd_rows(model, batch, params, c) -> torch.Tensor:
 def _has_pooling_or_conv(model: nn.Module) -> bool:
     """The model has a convolution or pooling layer. The batching rules of their backward (and
     of a ReLU before a pool) expand the saved inputs to all k objectives, so the k objectives
-    are backpropagated one at a time instead of under ``vmap`` (faster on CPU; for matmul-only
-    models the batched backward is faster)."""
+    are backpropagated one at a time instead of under ``vmap`` on CPU (measured faster there;
+    for matmul-only models, and on GPUs, where launches cost more, the batched backward)."""
     kinds = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
     return any(isinstance(m, kinds) for m in model.modules())
 
