@@ -254,9 +254,11 @@ class _Plan:
     neurons and, after them, of each member's ideal orbit element (l̂(g_a⁻¹ x), r̂(y h_b⁻¹)), so
     that one gather and one ReLU give a, â side by side.
 
-    Fourier part, per used irrep i: ``Qs[i]`` ``[N, d_i²]``; ``LJ[i]``/``RJ[i]`` ``[N, |J_i|]``
-    the pre-activations of its neurons and ``AT[i]`` ``[|J_i|, d_i²]`` = (Q_iᵀ U[:, J_i])ᵀ;
-    ``BT[i]``: (circuit, (α Q_iᵀ Û_C)ᵀ ``[|O_C|, d_i²]``) for the circuits whose set holds i.
+    Fourier part, the used irreps' coefficients side by side (irrep i at columns
+    qoff[i] … qoff[i+1] − 1, basis ``Qs[i]`` ``[N, d_i²]``): ``AM`` ``[m, Σd²]`` = (Q_iᵀ U_j)ᵀ
+    of each member j in the irreps of its set (zero elsewhere); per irrep, the exact neurons in
+    its set: pre-activations ``LJx[i]``/``RJx[i]`` ``[N, |J_i|]`` and ``ATx[i]``
+    ``[|J_i|, d_i²]``; per circuit ``BC[c]`` ``[|O_C|, Σd²]`` = α (Q_iᵀ Û_C)ᵀ in its set's irreps.
 
     Out-of-irrep blocks, bs columns each (zero-padded): ``pieces`` (kind, source, start, count)
     with source ``diff`` (a − â of members), ``ideal`` (â of members), ``exact`` (a of the exact
@@ -268,10 +270,12 @@ class _Plan:
     real_type: list[bool]
     dims: list[int]
     Qs: list[torch.Tensor]
-    LJ: list[torch.Tensor]
-    RJ: list[torch.Tensor]
-    AT: list[torch.Tensor]
-    BT: list[list[tuple[int, torch.Tensor]]]
+    qoff: list[int]
+    AM: torch.Tensor
+    LJx: list[torch.Tensor]
+    RJx: list[torch.Tensor]
+    ATx: list[torch.Tensor]
+    BC: list[torch.Tensor]
     n_members: int
     Le: torch.Tensor
     Re: torch.Tensor
@@ -324,22 +328,39 @@ def _plan(
     uh = [torch.from_numpy(ic.uh).reshape(n, -1) for ic in ideal.circuits]  # [N, |O_C|]
     U_perp = U.clone()
     uh_perp = [u.clone() for u in uh]
-    LJ, RJ, AT, BT = [], [], [], []
-    for i in used:
+    # members circuit by circuit, each in orbit-slot order (the blocks' order too)
+    orders = [np.lexsort((ic.circuit.slot_r, ic.circuit.slot_l)) for ic in ideal.circuits]
+    members = np.concatenate(
+        [ic.members[o] for ic, o in zip(ideal.circuits, orders)] + [np.zeros(0, dtype=np.int64)]
+    ).astype(np.int64)
+    m = len(members)
+    d2 = [bases[i].shape[1] for i in used]
+    qoff = [int(v) for v in np.cumsum([0] + d2)]
+    AM = torch.zeros(m, qoff[-1], dtype=f64)
+    BC = [torch.zeros(u.shape[1], qoff[-1], dtype=f64) for u in uh]
+    LJx, RJx, ATx = [], [], []
+    is_member = np.zeros(H, dtype=bool)
+    is_member[members] = True
+    for k, i in enumerate(used):
         q = bases[i]
-        j = torch.as_tensor(np.nonzero(active & sets[:, i].numpy())[0])
-        a = q.T @ U[:, j]
-        LJ.append(L[:, j].contiguous())
-        RJ.append(R[:, j].contiguous())
-        AT.append(a.T.contiguous())
-        U_perp[:, j] -= q @ a
-        bt = []
+        sl = slice(qoff[k], qoff[k + 1])
+        inset = sets[:, i].numpy()
+        jm = np.nonzero(inset[members])[0]  # member positions
+        jmt = torch.as_tensor(members[jm])
+        a = q.T @ U[:, jmt]
+        AM[torch.as_tensor(jm), sl] = a.T
+        U_perp[:, jmt] -= q @ a
+        jx = torch.as_tensor(np.nonzero(active & inset & ~is_member)[0])
+        a = q.T @ U[:, jx]
+        LJx.append(L[:, jx].contiguous())
+        RJx.append(R[:, jx].contiguous())
+        ATx.append(a.T.contiguous())
+        U_perp[:, jx] -= q @ a
         for ci, ic in enumerate(ideal.circuits):
             if circ_sets[ci][i]:
                 proj = q.T @ uh[ci]
                 uh_perp[ci] -= q @ proj
-                bt.append((ci, (proj * ic.alpha).T.contiguous()))
-        BT.append(bt)
+                BC[ci][:, sl] = (proj * ic.alpha).T
     bs = int(block_size)
     pieces, cols, kinds, mult_idx, mult_coef = [], [], [], [], []
 
@@ -354,7 +375,7 @@ def _plan(
     s = 0
     for ci, ic in enumerate(ideal.circuits):
         c = ic.circuit
-        order = np.lexsort((c.slot_r, c.slot_l))
+        order = orders[ci]
         mem = c.members[order]
         sl = c.slot_l[order] * ic.mult.shape[1] + c.slot_r[order]  # into the orbit
         order_all.append(mem)
@@ -370,7 +391,6 @@ def _plan(
         if len(off):
             add_piece("mult", ci, 0, uh_perp[ci][:, off])
         s += len(mem)
-    m = s
     if len(exact):
         add_piece("exact", "exact", 0, U_perp[:, exact])
     e = len(exact)
@@ -431,10 +451,12 @@ def _plan(
         [fb[i][1] for i in used],
         [int(round(np.sqrt(bases[i].shape[1]))) for i in used],
         [bases[i] for i in used],
-        LJ,
-        RJ,
-        AT,
-        BT,
+        qoff,
+        AM,
+        LJx,
+        RJx,
+        ATx,
+        BC,
         m,
         Le,
         Re,
@@ -485,10 +507,31 @@ def verify(
     eye = torch.eye(n, dtype=torch.bool)
     Dmax = p.D.masked_fill(eye[:, None, :], 0.0).amax(2)  # [z*, K]
     Vmax = (p.V**2).view(n, K, bs).sum(2).amax(0).sqrt()  # [K]: max_z ‖V_k(z)‖
-    DQmax = [irrep_spread(group, i) for i in p.irreps]  # [z*] per irrep
-    Qrow = [q.norm(dim=1).max() for q in p.Qs]
-    QTs = [q.T.contiguous() for q in p.Qs]  # [d², N]
-    QZ = [q[:, :, None] for q in p.Qs]  # [N, d², 1]
+    # per irrep k: DQ[:, k] = max_z ‖Q_k(z) − Q_k(z*)‖, Qrow_t[k] = max_z ‖Q_k(z)‖; indicator
+    # matrices Sel [Σd², n_f] (irrep of each coefficient), Ccol / Crow [Σd², Σd] (column b /
+    # row a of C_k for the coefficient C_k[a, b]), Sd [Σd, n_f]
+    DQ = (
+        torch.stack([irrep_spread(group, i) for i in p.irreps], 1)
+        if n_f
+        else torch.zeros(n, 0, dtype=f64)
+    )
+    Qrow_t = torch.as_tensor([float(q.norm(dim=1).max()) for q in p.Qs], dtype=f64)
+    dsum = np.cumsum([0] + p.dims)
+    Sel = torch.zeros(p.qoff[-1], n_f, dtype=f64)
+    Ccol = torch.zeros(p.qoff[-1], int(dsum[-1]), dtype=f64)
+    Crow = torch.zeros_like(Ccol)
+    Sd = torch.zeros(int(dsum[-1]), n_f, dtype=f64)
+    for k, d in enumerate(p.dims):
+        ab = torch.arange(d * d)
+        Sel[p.qoff[k] : p.qoff[k + 1], k] = 1.0
+        Ccol[p.qoff[k] + ab, int(dsum[k]) + ab % d] = 1.0
+        Crow[p.qoff[k] + ab, int(dsum[k]) + ab // d] = 1.0
+        Sd[int(dsum[k]) : int(dsum[k + 1]), k] = 1.0
+    real_mask = torch.as_tensor(p.real_type, dtype=torch.bool)
+    top_scale = torch.as_tensor([np.sqrt(d / n) for d in p.dims], dtype=f64)
+    Qcat = torch.cat(p.Qs, 1) if n_f else torch.zeros(n, 0, dtype=f64)  # [N, Σd²]
+    QTcat = Qcat.T.contiguous()[None]  # [1, Σd², N]
+    Lm, Rm = p.Le[:, :m].contiguous(), p.Re[:, :m].contiguous()
     dbias = b[None, :] - b[:, None]  # [z*, z]: b(z) − b(z*)
     dbias_d = dbias + p.dropped  # the pieces left out, in every per-class bound
     bmax = dbias.masked_fill(eye, -torch.inf).amax(1)  # [z*]
@@ -518,7 +561,6 @@ def verify(
         M = Z * n
         ys = tab[inv[xs_all][None, :], zb[:, None]]  # [Z, x]: y = x⁻¹ z*
         yf = ys.reshape(-1)
-        zrep = zb.repeat_interleave(n)  # [M] z* of each row
         # ideal activations of every orbit: [M, |O_C|] per circuit
         iact = [
             (lh + rh.index_select(0, yf).view(Z, n, 1, -1)).clamp_min_(0.0).view(M, -1)
@@ -527,30 +569,31 @@ def verify(
         # the first pass's own terms are skipped once it has certified under half of the
         # first chunk's inputs: the per-class pass then decides every input on its own
         fp = z0 == 0 or run_first
-        # Fourier part: y_i [M, d²], its value at z* and its first-pass bound, per irrep
-        ys_f, bf = [], []
-        fstar = torch.zeros(M, dtype=f64)  # Σ_i Q_i(z*)·y_i
+        # Fourier part: y_i [M, d²] side by side, its value at z* and first-pass bound per irrep
+        if m:
+            am = (Lm + Rm.index_select(0, yf).view(Z, n, -1)).clamp_min_(0.0).view(M, m)
+            ycat = am @ p.AM  # [M, Σd²]
+        else:
+            ycat = torch.zeros(M, p.qoff[-1], dtype=f64)
+        for ci, bc in enumerate(p.BC):
+            ycat.addmm_(iact[ci], bc, alpha=-1.0)
         for k in range(n_f):
-            aj = (p.LJ[k] + p.RJ[k].index_select(0, yf).view(Z, n, -1)).clamp_min_(0.0)
-            y = aj.view(M, -1) @ p.AT[k]
-            for ci, bt in p.BT[k]:
-                y.sub_(iact[ci] @ bt)
-            ys_f.append(y)
-            at_star = torch.bmm(y.view(Z, n, -1), QZ[k][zb]).view(M)
-            fstar += at_star
-            if not fp:
-                continue
-            sq = y * y
-            nrm = sq.sum(1).sqrt_()
-            if p.real_type[k]:  # ‖C‖_* ≤ min(Σ column norms, Σ row norms)
-                d = p.dims[k]
-                sq = sq.view(M, d, d)
-                nuc = torch.minimum(sq.sum(1).sqrt_().sum(1), sq.sum(2).sqrt_().sum(1))
-                top = nuc.mul_(np.sqrt(d / n))
-            else:
-                top = nrm * Qrow[k]
-            bf.append(torch.minimum(nrm.mul_(DQmax[k][zrep]), top.sub_(at_star)))
-        bfs = torch.stack(bf, 1).sum(1) if bf else torch.zeros(M, dtype=f64)
+            if p.ATx[k].shape[0]:
+                ax = (p.LJx[k] + p.RJx[k].index_select(0, yf).view(Z, n, -1)).clamp_min_(0.0)
+                ycat[:, p.qoff[k] : p.qoff[k + 1]] += ax.view(M, -1) @ p.ATx[k]
+        prod = (ycat.view(Z, n, -1) * Qcat[zb][:, None, :]).view(M, -1)
+        fstar = prod.sum(1)  # Σ_i Q_i(z*)·y_i
+        if fp and n_f:  # per irrep sums as matmuls with indicator matrices
+            at_star = prod @ Sel  # [M, n_f]
+            sq = ycat * ycat
+            nrm = (sq @ Sel).sqrt_()
+            # real type: ‖C‖_* ≤ min(Σ column norms, Σ row norms); else ‖y‖ max_z ‖Q(z)‖
+            nuc = torch.minimum((sq @ Ccol).sqrt_() @ Sd, (sq @ Crow).sqrt_() @ Sd)
+            top = torch.where(real_mask, nuc * top_scale, nrm * Qrow_t)
+            spread = (nrm.view(Z, n, -1) * DQ[zb][:, None, :]).view(M, -1)
+            bfs = torch.minimum(spread, top - at_star).sum(1)
+        else:
+            bfs = torch.zeros(M, dtype=f64)
         # out-of-irrep blocks: c [M, K·bs] from a, â side by side
         if K:
             if need_members:
@@ -577,7 +620,8 @@ def verify(
             nrm_k = torch.cat(sqs, 1).sqrt_()  # [M, K]
             if fp:
                 vstar = torch.cat(vss, 1)  # V_k(z*)·c_k
-                bk = torch.minimum(nrm_k * Dmax[zrep], nrm_k * Vmax - vstar)  # [M, K]
+                dm = (nrm_k.view(Z, n, K) * Dmax[zb][:, None, :]).view(M, K)
+                bk = torch.minimum(dm, nrm_k * Vmax - vstar)  # [M, K]
                 bks = bk.sum(1)
         else:
             bks = torch.zeros(M, dtype=f64)
@@ -585,9 +629,10 @@ def verify(
             parts["fourier"].append(bfs)
             for kd, ix in kind_ix.items():
                 parts[kd].append(bk.index_select(1, ix).sum(1) if len(ix) else bfs * 0.0)
-            parts["bias"].append(bmax[zrep])
+            bz = bmax[zb].repeat_interleave(n)  # [M]
+            parts["bias"].append(bz)
             err = bfs + bks + p.dropped
-            lower = margin - bmax[zrep] - err
+            lower = margin - bz - err
             ok = lower > slack
             error[zb] = err.view(Z, n)
             if z0 == 0:
@@ -619,10 +664,11 @@ def verify(
             base = m_w[wtab[zsl]] - dbias_d[zsl][:, None, :]  # [Z', c, z], +inf at z*
         else:
             base = m_w[wtab[zs[:, None], xi]] - dbias_d[zs][:, None, :]
-        coefs = [pick(y).view(Zs, c_max, -1) for y in ys_f]
+        coefs = [pick(ycat).view(Zs, c_max, -1)]
+        tables = [QTcat]
         if K:
             coefs.append(pick(nrm_k).view(Zs, c_max, K))
-        tables = [q[None] for q in QTs] + ([p.D[zsl]] if K else [])
+            tables.append(p.D[zsl])
         fs = pick(fstar).view(Zs, c_max)
         gmin = class_pass(base, fs, coefs, tables, base_max, class_dtype).reshape(-1)
         okr, lowr = ok.clone(), lower.clone()
