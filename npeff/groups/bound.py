@@ -14,34 +14,51 @@ class z* = x·y, with a_j = ReLU(l_j(x) + r_j(y)) the real and â_o the ideal ac
 
     real(z) = ideal(z) + b(z) + Δ(z),   Δ(z) = Σ_j U_j(z) a_j − Σ_C α_C Σ_o Û_o(z) â_o.
 
-Every neuron j (circuit member or not) and every circuit is given a set of irreps S (its
-largest, and each other one holding ≥ ``fourier_share`` of its unembedding's energy; a circuit's
-members and orbit share one set). Δ splits exactly into
+Every neuron j (circuit member or not) and every circuit is given a set of irreps S: for a
+neuron outside the circuits its largest irrep and each other one holding ≥ ``fourier_share`` of
+its unembedding's energy; for a circuit's members and orbit (one shared set) every irrep holding
+≥ ``member_share`` (default 0: all of them; ``None``: as the other neurons). Δ splits exactly into
 
 * a **Fourier part**: per irrep i, y_i = Q_iᵀ Δ (Q_i ``[N, d_i²]`` an orthonormal basis of the
   irrep's matrix-entry functions), computed exactly per input from the a and â of the neurons and
-  orbits whose set holds i (d_i² (|J_i| + |O_i|) per input); Δ_i(z) = Q_i(z)·y_i;
+  orbits whose set holds i (one matmul for the members, one per circuit for its orbit, one per
+  irrep for the other neurons); Δ_i(z) = Q_i(z)·y_i;
 * an **out-of-irrep part** U⊥ = U − Σ_{i∈S} Q_i Q_iᵀ U (small), in blocks k of columns V_k and
   coefficients c_k: per circuit, members j on orbit elements o_j, ``act`` U⊥_j (a_j − â_{o_j}),
   ``unembed`` (U⊥_j − Û⊥_{o_j}) â_{o_j}, ``mult`` (m_o − α) Û⊥_o â_o for orbit elements holding
-  m_o ≠ α members; and ``exact`` U⊥_j a_j for the other neurons that can fire.
+  m_o ≠ α members; and ``exact`` U⊥_j a_j for the other neurons that can fire. A piece whose
+  largest possible contribution, max_{z*, z} D_k · max over inputs ‖c_k‖ (ReLU bounds from the
+  weight tables), is ≤ 10⁻⁴ × the ideal margin is left out of the per-input work and that static
+  bound charged to every input instead (with ``member_share`` 0 the members' U⊥ is their
+  constant part, so ``act`` and ``unembed`` go).
 
 With w = x⁻¹ z y⁻¹ and m(w) = F(e) − F(w) the ideal margin against w (computed once, at (e, e)),
 
     real(z*) − real(z) ≥ m(w) − (b(z) − b(z*)) − Σ_i (Δ_i(z) − Δ_i(z*)) − Σ_k D_k(z*, z) ‖c_k‖
 
 with D_k(z*, z) = ‖V_k(z) − V_k(z*)‖₂ (Cauchy–Schwarz per block, once per class pair). An input
-is certified when this is > 0 for every z ≠ z*. A first pass decides most inputs in O(Σd² + K)
-each from min_w m(w), max_z b(z) − b(z*) and, per block, the smaller of two bounds on
-max_{z≠z*} of its term: Cauchy–Schwarz against max_z D(z*, z), or (its maximum over z) − (its
-exact value at z*), the maximum being √(d/N) ‖C_i‖_* for a real-type irrep (C_i = y_i as a d×d
-matrix; ‖ρ(z)‖_op = 1) and ‖·‖ · max_z ‖V(z)‖ otherwise. The rest get the per-class pass above
-(O(N (Σd² + K)) each, against O(N H) for the real logits). Inputs are processed grouped by z*, so
-every per-class table is a contiguous slice.
+is certified when this is > 0 for every z ≠ z*. A first pass decides inputs in O(Σd² + K) each
+from min_w m(w), max_z b(z) − b(z*) and, per block, the smaller of two bounds on max_{z≠z*} of
+its term: Cauchy–Schwarz against max_z D(z*, z), or (its maximum over z) − (its exact value at
+z*), the maximum being √(d/N) ‖C_i‖_* for a real-type irrep (C_i = y_i as a d×d matrix;
+‖ρ(z)‖_op = 1; ‖C‖_* ≤ the smaller of its column-norm and row-norm sums) and ‖·‖ · max_z ‖V(z)‖
+otherwise. When it certifies under half of the first step's inputs, its own terms are skipped
+for the remaining inputs (a model it does not suit). The inputs it leaves get the per-class pass
+above (:func:`class_pass`, O(N (Σd² + K)) each, against O(N H) for the real logits): one matmul
+per step over the failing x of each z*, in **float32** with a proven bound on its rounding
+error subtracted (the standard model of floating-point arithmetic, any summation order), so
+that the float32 value never exceeds the exact one. Inputs are processed grouped by z*, so every
+per-class table is a contiguous slice.
 
-Every certified input has its correct logit strictly above every other (float64, with a slack),
-so the bound never exceeds the real accuracy; ``npeff-groups`` and the tests check it against
-brute force input by input.
+Cost (S5, width 128, one core, ``bench/group_bound.py``): the verifier is ~4-5× brute force
+(one float32 matmul over all |G|² inputs), down from ~11× before this layout; what is left is
+mostly the per-input Fourier coefficients and first-pass terms in float64. The paper's ~0.3 is
+not reached.
+
+Every certified input has its correct logit strictly above every other (float64 with a slack of
+10⁻⁶ × the logit scale, and the float32 rounding bound), so the bound never exceeds the real
+accuracy; ``npeff-groups``, ``bench/group_bound.py`` and the tests check it against brute force
+input by input.
 """
 
 from __future__ import annotations
@@ -72,7 +89,7 @@ class BoundResult:
     n_blocks: int = 0
     n_exact_neurons: int = 0  # neurons outside the circuits, added exactly
     frac_first_pass: float = float("nan")  # share of inputs certified by the O(K) pass
-    median_error: float = float("nan")  # per input: Σ_k max_z D_k ‖c_k‖ + exact part (O(K))
+    median_error: float = float("nan")  # first-pass gap bound, median over the inputs it ran on
     median_error_over_margin: float = float("nan")
     median_slack_over_margin: float = float("nan")  # per input min_z (margin − gap) / margin
     error_breakdown: dict | None = None  # Certificate.breakdown
@@ -100,7 +117,8 @@ class Certificate:
     """Per input (row x·N + y): ``certified`` bool ``[N²]``; ``slack`` float ``[N²]``, the
     certified lower bound on (real margin) − 0 divided by the ideal margin (−inf where the first
     pass failed and the second was not needed to decide, never above the true value);
-    ``first_pass`` bool ``[N²]``; ``error`` float ``[N²]`` the first pass's gap bound."""
+    ``first_pass`` bool ``[N²]``; ``error`` float ``[N²]`` the first pass's gap bound (NaN where
+    its terms were skipped, see the module doc); ``breakdown`` over the inputs it ran on."""
 
     certified: np.ndarray
     first_pass: np.ndarray
