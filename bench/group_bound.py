@@ -15,8 +15,9 @@ Per group, a zoo is trained in the script (npeff.groups.zoo: the Wu et al. recip
     (:func:`npeff.groups.network.brute_force_accuracy`),
 
 their ratios ``ratio_verifier`` = verifier / brute force and ``ratio`` = (explanation +
-verifier) / brute force, the bound, the brute-force accuracy and soundness (bound ≤ accuracy and
-no certified input that the real model gets wrong, input by input). The last line is JSON.
+verifier) / brute force, the bound, the brute-force accuracy and soundness (bound ≤ accuracy, no
+certified input that the real model gets wrong, and on every input the certified lower bound on
+the margin ≤ the float64 brute-force margin). The last line is JSON.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from threads import add_threads_argument, apply_threads  # noqa: E402
 
 from npeff.groups import get_group  # noqa: E402
 from npeff.groups.bound import correct_mask, explain, verify  # noqa: E402
-from npeff.groups.network import brute_force_accuracy, fold  # noqa: E402
+from npeff.groups.network import all_logits, brute_force_accuracy, fold  # noqa: E402
 from npeff.groups.neurons import analyze_neurons  # noqa: E402
 from npeff.groups.zoo import RECIPES, ZOO_FORMAT, ZOO_NAME, init_params, train_zoo  # noqa: E402
 from npeff.groups.zoo_run import load_zoo  # noqa: E402
@@ -75,11 +76,19 @@ def bench_seed(g, state, repeats: int, member_share, fourier_share: float) -> di
     t_bf, acc = best_of(lambda: brute_force_accuracy(net, g.table), repeats)
     bound = float(cert.certified.mean())
     wrong = int((cert.certified & ~correct_mask(net, g.table)).sum())
+    # per input, the certified lower bound on the margin against the float64 brute-force margin
+    logits = all_logits(net, dtype=torch.float64)
+    t = torch.as_tensor(g.table).reshape(-1)
+    right = logits.gather(1, t[:, None])[:, 0].clone()
+    logits.scatter_(1, t[:, None], -float("inf"))
+    true = (right - logits.max(1).values).numpy()
+    lower = cert.slack * (cert.margin if cert.margin > 0 else 1.0)
     return {
         "bound": bound,
         "brute_force_accuracy": acc,
-        "sound": bool(bound <= acc + 1e-12 and wrong == 0),
+        "sound": bool(bound <= acc + 1e-12 and wrong == 0 and np.all(lower <= true + 1e-9)),
         "n_certified_wrong": wrong,
+        "max_lower_bound_minus_true_margin": float(np.max(lower - true)),
         "frac_first_pass": float(cert.first_pass.mean()),
         "verifier_s": t_ver,
         "explanation_s": t_expl,
