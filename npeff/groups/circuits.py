@@ -116,14 +116,12 @@ def _stabiliser(group: Group, v: np.ndarray, side: str, tol: float) -> np.ndarra
 def _symmetrise(group: Group, lv, r, u, sl: np.ndarray, sr: np.ndarray):
     t, inv = group.table, group.inverses
     x = np.arange(group.order)
-    lh = np.mean([lv[t[inv[s], x]] for s in sl], axis=0)
-    rh = np.mean([r[t[x, inv[s]]] for s in sr], axis=0)
-    uh = np.zeros_like(u)
-    for s in sl:
-        left = t[inv[s], x]
-        for q in sr:
-            uh += u[t[left, inv[q]]]
-    uh /= len(sl) * len(sr)
+    il = t[inv[sl][:, None], x[None, :]]  # [|S_L|, N]: s⁻¹ x
+    ir = t[x[None, :], inv[sr][:, None]]  # [|S_R|, N]: y q⁻¹
+    lh = lv[il].mean(0)
+    rh = r[ir].mean(0)
+    # the mean of u(s⁻¹ z q⁻¹) over S_L × S_R, as the mean over S_L of the mean over S_R
+    uh = u[ir].mean(0)[il].mean(0)
     return lh, rh, uh
 
 

@@ -267,3 +267,19 @@ def test_verifier_float32_and_member_share_settings_agree_with_brute_force():
                 assert np.all(cert.slack * denom <= true + 1e-6)
                 assert not np.any(cert.certified & (true <= 0))
     assert np.any(_true_margins(nets[1], g) <= 0)  # the tie: some inputs are wrong
+
+
+def test_best_gauge_minimises_its_objective():
+    """The batched quartic-root gauge is the minimiser of λ²A − 2λB + C/λ² − 2D/λ over λ > 0
+    (against a dense grid), and 1 where A or C is not positive."""
+    from npeff.groups.ideal import _best_gauge
+
+    rng = np.random.default_rng(0)
+    A, C = rng.uniform(0.1, 5, 50), rng.uniform(0.1, 5, 50)
+    B, D = rng.normal(0, 3, 50), rng.normal(0, 3, 50)
+    A[0], C[1] = 0.0, -1.0
+    lam = _best_gauge(A, B, C, D)
+    assert lam[0] == 1.0 and lam[1] == 1.0
+    grid = np.geomspace(1e-3, 1e3, 200001)[:, None]
+    f = lambda x: x**2 * A - 2 * x * B + C / x**2 - 2 * D / x  # noqa: E731
+    assert np.all(f(lam[None])[0, 2:] <= f(grid).min(0)[2:] + 1e-6)
