@@ -540,10 +540,10 @@ def verify(
     Crow = torch.zeros_like(Ccol)
     Sd = torch.zeros(int(dsum[-1]), n_f, dtype=f64)
     for k, d in enumerate(p.dims):
-        ab = torch.arange(d * d)
+        ab = np.arange(d * d)
         Sel[p.qoff[k] : p.qoff[k + 1], k] = 1.0
-        Ccol[p.qoff[k] + ab, int(dsum[k]) + ab % d] = 1.0
-        Crow[p.qoff[k] + ab, int(dsum[k]) + ab // d] = 1.0
+        Ccol[torch.as_tensor(p.qoff[k] + ab), torch.as_tensor(int(dsum[k]) + ab % d)] = 1.0
+        Crow[torch.as_tensor(p.qoff[k] + ab), torch.as_tensor(int(dsum[k]) + ab // d)] = 1.0
         Sd[int(dsum[k]) : int(dsum[k + 1]), k] = 1.0
     real_mask = torch.as_tensor(p.real_type, dtype=torch.bool)
     top_scale = torch.as_tensor([np.sqrt(d / n) for d in p.dims], dtype=f64)
