@@ -540,8 +540,10 @@ def verify(
     Crow = torch.zeros_like(Ccol)
     Sd = torch.zeros(int(dsum[-1]), n_f, dtype=f64)
     for k, d in enumerate(p.dims):
-        ab = np.arange(d * d)
         Sel[p.qoff[k] : p.qoff[k + 1], k] = 1.0
+        if not p.real_type[k]:  # its coefficients are not the d×d matrix entries
+            continue
+        ab = np.arange(d * d)
         Ccol[torch.as_tensor(p.qoff[k] + ab), torch.as_tensor(int(dsum[k]) + ab % d)] = 1.0
         Crow[torch.as_tensor(p.qoff[k] + ab), torch.as_tensor(int(dsum[k]) + ab // d)] = 1.0
         Sd[int(dsum[k]) : int(dsum[k + 1]), k] = 1.0
@@ -664,7 +666,7 @@ def verify(
             certified[zb] = True
             continue
         # per-class pass for the inputs the first pass left: per z* with a failure, its
-        # failing x (padded to the largest count by repeating one; padding is discarded)
+        # failing x, padded to the largest count with some of its other x
         fm = ~ok.view(Z, n)
         cnt = fm.sum(1)
         zsel = torch.nonzero(cnt > 0)[:, 0]
@@ -690,7 +692,7 @@ def verify(
         fs = pick(fstar).view(Zs, c_max)
         gmin = class_pass(base, fs, coefs, tables, base_max, class_dtype).reshape(-1)
         okr, lowr = ok.clone(), lower.clone()
-        okr[rows] = gmin > slack  # padding repeats a failing row with the same value
+        okr[rows] = ok[rows] | (gmin > slack)  # padding rows: certified by either pass
         lowr[rows] = torch.maximum(lower[rows], gmin)
         certified[zb] = okr.view(Z, n)
         lower_out[zb] = lowr.view(Z, n)

@@ -269,6 +269,25 @@ def test_verifier_float32_and_member_share_settings_agree_with_brute_force():
     assert np.any(_true_margins(nets[1], g) <= 0)  # the tie: some inputs are wrong
 
 
+def test_verifier_sound_with_complex_type_irreps():
+    """Z6 (clock irreps, complex type) and S3×Z3: the verifier's per-irrep terms that are only
+    defined for real-type irreps are not used for the others; sound input by input."""
+    from npeff.groups.bound import compact_bound
+
+    for name in ("Z6", "S3xZ3"):
+        g = get_group(name)
+        n = g.order
+        torch.manual_seed(1)
+        for sd in (lookup_network(g, 0.05, 7), GroupMLP(n, n, 8, 24).state_dict()):
+            net = fold(sd)
+            na = analyze_neurons(g, net, subgroups=[])
+            _, _, cert = compact_bound(g, net, na.irrep, na.live)
+            true = _true_margins(net, g)
+            denom = cert.margin if cert.margin > 0 else 1.0
+            assert np.all(cert.slack * denom <= true + 1e-6)
+            assert not np.any(cert.certified & (true <= 0))
+
+
 def test_best_gauge_minimises_its_objective():
     """The batched quartic-root gauge is the minimiser of λ²A − 2λB + C/λ² − 2D/λ over λ > 0
     (against a dense grid), and 1 where A or C is not positive."""
