@@ -116,14 +116,12 @@ def _stabiliser(group: Group, v: np.ndarray, side: str, tol: float) -> np.ndarra
 def _symmetrise(group: Group, lv, r, u, sl: np.ndarray, sr: np.ndarray):
     t, inv = group.table, group.inverses
     x = np.arange(group.order)
-    lh = np.mean([lv[t[inv[s], x]] for s in sl], axis=0)
-    rh = np.mean([r[t[x, inv[s]]] for s in sr], axis=0)
-    uh = np.zeros_like(u)
-    for s in sl:
-        left = t[inv[s], x]
-        for q in sr:
-            uh += u[t[left, inv[q]]]
-    uh /= len(sl) * len(sr)
+    il = t[inv[sl][:, None], x[None, :]]  # [|S_L|, N]: s⁻¹ x
+    ir = t[x[None, :], inv[sr][:, None]]  # [|S_R|, N]: y q⁻¹
+    lh = lv[il].mean(0)
+    rh = r[ir].mean(0)
+    # the mean of u(s⁻¹ z q⁻¹) over S_L × S_R, as the mean over S_L of the mean over S_R
+    uh = u[ir].mean(0)[il].mean(0)
     return lh, rh, uh
 
 
@@ -159,15 +157,16 @@ def find_circuits(
         # aligned average: l_j(g_j x), r_j(y h_j), u_j(g_j z h_j) ≈ the prototype's
         t = group.table
         x = np.arange(group.order)
-        pl = np.mean([left[t[gj, x], j] for j, gj in zip(members, g)], axis=0)
-        pr = np.mean([right[t[x, hj], j] for j, hj in zip(members, h)], axis=0)
-        pu = np.mean([unembed[t[t[gj, x], hj], j] for j, gj, hj in zip(members, g, h)], axis=0)
+        gx = t[g[:, None], x[None, :]]  # [m, N]: g_j x
+        pl = left[gx, members[:, None]].mean(0)
+        pr = right[t[x[None, :], h[:, None]], members[:, None]].mean(0)
+        pu = unembed[t[gx, h[:, None]], members[:, None]].mean(0)
         sl = _stabiliser(group, pl, "left", stab_tol)
         sr = _stabiliser(group, pr, "right", stab_tol)
         pl, pr, pu = _symmetrise(group, pl, pr, pu, sl, sr)
         lc, rc = group.left_cosets(sl), group.right_cosets(sr)
-        lreps = np.array([np.nonzero(lc == k)[0][0] for k in range(lc.max() + 1)])
-        rreps = np.array([np.nonzero(rc == k)[0][0] for k in range(rc.max() + 1)])
+        lreps = np.unique(lc, return_index=True)[1]  # first element of each coset 0, 1, …
+        rreps = np.unique(rc, return_index=True)[1]
         out.append(
             Circuit(
                 int(neuron_irrep[p]),

@@ -89,22 +89,29 @@ def _project(group: Group, c: Circuit, lv, r, u):
     x = np.arange(group.order)
     il = t[inv[c.left_stab][:, None], x[None, :]]  # [|S_L|, N]: s⁻¹ x
     ir = t[x[None, :], inv[c.right_stab][:, None]]  # [|S_R|, N]: y q⁻¹
-    iu = t[il[:, None, :], inv[c.right_stab][None, :, None]]  # [|S_L|, |S_R|, N]
-    return lv[il].mean(0), r[ir].mean(0), u[iu].mean((0, 1))
+    # u(s⁻¹ z q⁻¹) averaged over S_L × S_R: over S_R first, then over S_L
+    return lv[il].mean(0), r[ir].mean(0), u[ir].mean(0)[il].mean(0)
 
 
 def _best_gauge(A, B, C, D) -> np.ndarray:
     """Per member, λ > 0 minimising λ²A − 2λB + C/λ² − 2D/λ (A, C > 0): the positive real
     root of A λ⁴ − B λ³ + D λ − C with the smallest objective."""
     out = np.ones(len(A))
-    for k in range(len(A)):
-        if A[k] <= 0 or C[k] <= 0:
-            continue
-        roots = np.roots([A[k], -B[k], 0.0, D[k], -C[k]])
-        lam = roots.real[(np.abs(roots.imag) < 1e-9 * np.abs(roots).max()) & (roots.real > 0)]
-        if len(lam):
-            f = lam**2 * A[k] - 2 * lam * B[k] + C[k] / lam**2 - 2 * D[k] / lam
-            out[k] = lam[np.argmin(f)]
+    k = np.nonzero((A > 0) & (C > 0))[0]
+    if not len(k):
+        return out
+    a, b, c, d = A[k], B[k], C[k], D[k]
+    # the roots of λ⁴ − (B/A) λ³ + (D/A) λ − C/A: eigenvalues of the companion matrices, batched
+    comp = np.zeros((len(k), 4, 4))
+    comp[:, 0, :] = -np.stack([-b / a, np.zeros_like(a), d / a, -c / a], 1)
+    comp[:, 1, 0] = comp[:, 2, 1] = comp[:, 3, 2] = 1.0
+    roots = np.linalg.eigvals(comp)  # [k, 4]
+    ok = (np.abs(roots.imag) < 1e-9 * np.abs(roots).max(1, keepdims=True)) & (roots.real > 0)
+    lam = np.where(ok, roots.real, 1.0)
+    f = lam**2 * a[:, None] - 2 * lam * b[:, None] + c[:, None] / lam**2 - 2 * d[:, None] / lam
+    f = np.where(ok, f, np.inf)
+    best = lam[np.arange(len(k)), f.argmin(1)]
+    out[k] = np.where(ok.any(1), best, 1.0)
     return out
 
 

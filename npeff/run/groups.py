@@ -31,6 +31,10 @@ from npeff.run.common import stage_main, write_metrics
 log = logging.getLogger(__name__)
 
 
+def _opt_float(v) -> float | None:
+    return None if v is None else float(v)
+
+
 def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
     """One model's neuron analysis, circuits and bound (a JSON-ready dict, the analysis, circuits)."""
     from npeff.groups.bound import bound_vs_brute_force
@@ -53,6 +57,7 @@ def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
         min_coverage=float(cfg.min_coverage),
         fourier_share=float(cfg.get("fourier_share", 0.01)),
         block_size=int(cfg.get("block_size", 8)),
+        member_share=_opt_float(cfg.get("member_share", 0.0)),
     )
     b = res.summary()
     b["seconds_with_irreps"] = b["seconds"] + t_irreps

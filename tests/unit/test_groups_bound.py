@@ -189,7 +189,116 @@ def test_fourier_part_is_exact_when_every_irrep_is_kept():
     net = fold(GroupMLP(6, 6, 8, 32).state_dict())
     ideal = IdealModel([], np.ones(32), np.zeros(6))
     parts = (t.numpy() for t in (net.left, net.right, net.unembed, net.bias))
-    cert = verify(g, *parts, ideal, fourier_share=0.0)
+    parts = list(parts)
     true = _true_margins(net, g)
-    assert np.array_equal(cert.certified, true > 1e-6 * (1.0 + np.abs(net.bias.numpy()).max()))
+    tol = 1e-6 * (1.0 + np.abs(net.bias.numpy()).max())
+    cert = verify(g, *parts, ideal, fourier_share=0.0, class_dtype=torch.float64)
+    assert np.array_equal(cert.certified, true > tol)
     assert np.allclose(cert.slack, true, atol=1e-8)
+    # float32 per-class pass: below the true margin by at most its rounding bound
+    cert = verify(g, *parts, ideal, fourier_share=0.0)
+    assert np.all(cert.slack <= true + 1e-9) and np.all(cert.slack >= true - 1e-4)
+    assert not np.any(cert.certified & (true <= 0))
+
+
+def test_float32_class_pass_never_above_the_exact_value_at_tiny_margins():
+    """The per-class pass in float32 minus its rounding bound is below the float64 value on
+    every input, also where the exact value is ~0 by construction (base cancels the matmul
+    terms); the plain float32 value, without the bound, is above it on some of them."""
+    from npeff.groups.bound import class_pass
+
+    rng = np.random.default_rng(0)
+    Zs, n, N = 3, 20, 24
+    coefs = [torch.as_tensor(rng.standard_normal((Zs, n, c)) * 30.0) for c in (9, 16, 5)]
+    tables = [
+        torch.as_tensor(rng.standard_normal((1, 9, N))),
+        torch.as_tensor(rng.standard_normal((1, 16, N))),
+        torch.as_tensor(np.abs(rng.standard_normal((Zs, 5, N)))),
+    ]
+    fstar = torch.as_tensor(rng.standard_normal((Zs, n)) * 50.0)
+    prod = sum(torch.bmm(a, t.expand(Zs, -1, -1)) for a, t in zip(coefs, tables))
+    base = prod - fstar[:, :, None]  # G(z) = 0 exactly (up to float64 rounding)
+    base += torch.as_tensor(rng.uniform(0.0, 1e-5, (Zs, n, N)))  # tiny positive margins
+    base[:, :, 0] = torch.inf  # an excluded class
+    bmax = float(base[:, :, 1:].abs().max())
+    exact = class_pass(base, fstar, coefs, tables, bmax, torch.float64)
+    assert torch.all(exact > 0)  # every input's true margin is positive but tiny
+    g32 = class_pass(base, fstar, coefs, tables, bmax, torch.float32)
+    assert torch.all(g32 <= exact + 1e-9)
+    assert torch.all(g32 >= exact - 0.05)  # the bound is not vacuous
+    # the unguarded float32 evaluation overshoots the exact per-class value on some pairs
+    raw = base.float() + fstar.float()[:, :, None]
+    for a, t in zip(coefs, tables):
+        raw -= torch.bmm(a.float(), t.float().expand(Zs, -1, -1))
+    per_class = base + fstar[:, :, None] - prod
+    assert torch.any(raw[:, :, 1:].double() > per_class[:, :, 1:] + 1e-6)
+
+
+def test_verifier_float32_and_member_share_settings_agree_with_brute_force():
+    """Every verifier setting (float32/float64 per-class pass, circuit members with every irrep
+    exact or not, small chunks so that the per-class pass runs on a subset of each step) is
+    sound input by input on a trained-like network and a near-tie network."""
+    from npeff.groups.bound import explain, verify
+
+    g = get_group("S3")
+    nets = [fold(lookup_network(g, 0.05, 5))]
+    sd = lookup_network(g, 0.0)
+    sd["unembed.weight"][1] = sd["unembed.weight"][2]  # classes 1 and 2 tie exactly
+    sd["unembed.bias"][1] = sd["unembed.bias"][2] + 1e-7  # class 1 a hair ahead
+    nets.append(fold(sd))
+    for net in nets:
+        na = analyze_neurons(g, net, subgroups=[])
+        _, ideal, (L, R, U), _ = explain(g, net, na.irrep, na.live)
+        true = _true_margins(net, g)
+        for dtype in (torch.float32, torch.float64):
+            for ms in (None, 0.0):
+                cert = verify(
+                    g,
+                    L,
+                    R,
+                    U,
+                    net.bias.numpy(),
+                    ideal,
+                    chunk=12,
+                    class_dtype=dtype,
+                    member_share=ms,
+                )
+                denom = cert.margin if cert.margin > 0 else 1.0
+                assert np.all(cert.slack * denom <= true + 1e-6)
+                assert not np.any(cert.certified & (true <= 0))
+    assert np.any(_true_margins(nets[1], g) <= 0)  # the tie: some inputs are wrong
+
+
+def test_verifier_sound_with_complex_type_irreps():
+    """Z6 (clock irreps, complex type) and S3×Z3: the verifier's per-irrep terms that are only
+    defined for real-type irreps are not used for the others; sound input by input."""
+    from npeff.groups.bound import compact_bound
+
+    for name in ("Z6", "S3xZ3"):
+        g = get_group(name)
+        n = g.order
+        torch.manual_seed(1)
+        for sd in (lookup_network(g, 0.05, 7), GroupMLP(n, n, 8, 24).state_dict()):
+            net = fold(sd)
+            na = analyze_neurons(g, net, subgroups=[])
+            _, _, cert = compact_bound(g, net, na.irrep, na.live)
+            true = _true_margins(net, g)
+            denom = cert.margin if cert.margin > 0 else 1.0
+            assert np.all(cert.slack * denom <= true + 1e-6)
+            assert not np.any(cert.certified & (true <= 0))
+
+
+def test_best_gauge_minimises_its_objective():
+    """The batched quartic-root gauge is the minimiser of λ²A − 2λB + C/λ² − 2D/λ over λ > 0
+    (against a dense grid), and 1 where A or C is not positive."""
+    from npeff.groups.ideal import _best_gauge
+
+    rng = np.random.default_rng(0)
+    A, C = rng.uniform(0.1, 5, 50), rng.uniform(0.1, 5, 50)
+    B, D = rng.normal(0, 3, 50), rng.normal(0, 3, 50)
+    A[0], C[1] = 0.0, -1.0
+    lam = _best_gauge(A, B, C, D)
+    assert lam[0] == 1.0 and lam[1] == 1.0
+    grid = np.geomspace(1e-3, 1e3, 200001)[:, None]
+    f = lambda x: x**2 * A - 2 * x * B + C / x**2 - 2 * D / x  # noqa: E731
+    assert np.all(f(lam[None])[0, 2:] <= f(grid).min(0)[2:] + 1e-6)
