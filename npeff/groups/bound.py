@@ -189,6 +189,16 @@ def class_pairs(group: Group) -> torch.Tensor:
     return out
 
 
+def group_tables(group: Group) -> None:
+    """Build (and cache on ``group``) the verifier's tables that depend only on the group: the
+    Fourier bases, the class pairs, each irrep's spread. Like the irreps, they are facts about
+    the group shared by every model of a zoo, so ``npeff-groups`` builds them before it times
+    any one model's proof."""
+    for i in range(len(fourier_bases(group))):
+        irrep_spread(group, i)
+    class_pairs(group)
+
+
 U32 = 2.0**-24  # unit roundoff of float32
 
 

@@ -37,12 +37,13 @@ def _opt_float(v) -> float | None:
 
 def analyze_seed(group, state, cfg) -> tuple[dict, Any, list]:
     """One model's neuron analysis, circuits and bound (a JSON-ready dict, the analysis, circuits)."""
-    from npeff.groups.bound import bound_vs_brute_force
+    from npeff.groups.bound import bound_vs_brute_force, group_tables
     from npeff.groups.network import fold
     from npeff.groups.neurons import analyze_neurons
 
     net = fold(state)
     group.irrep_info()  # built once per group, not part of any one model's bound
+    group_tables(group)  # the same for the verifier's group-only tables
     t0 = time.perf_counter()  # the explanation's irrep part: projections, per-neuron irrep
     analyze_neurons(group, net, threshold=float(cfg.threshold), subgroups=[])
     t_irreps = time.perf_counter() - t0
