@@ -4,7 +4,9 @@
 ``diag_fisher``. Parameters owned only by layers that :mod:`npeff.fisher.layers` covers are done
 the fast way: forward hooks capture each call's input and output, the k objectives
 Σ_b w_bj log p_{c_bj}(x_b) (j < k) are backpropagated to those outputs in one batched backward
-(``is_grads_batched``, gradients seeded at the logits as w_bj (e_c − p_b)), and the layer rules turn
+(``vmap`` over torch.func's ``vjp``, ``is_grads_batched`` as the fallback; one backward per
+objective for conv/pool models on CPU; gradients seeded at the logits as w_bj (e_c − p_b)), and
+the layer rules turn
 (input, output gradient) into per-example weight gradients. Every other parameter goes through
 torch.func (:class:`PerExampleGrads`). The choice is automatic per parameter — structural (owner
 layers covered, all their calls seen with the batch first) and then checked once against the
@@ -137,8 +139,9 @@ class FisherEngine:
         vjp_fn of the logits w.r.t. the outputs of the calls).
 
         ``vmap(vjp_fn)`` backpropagates the k seeds with torch.func's batching rules, which fold
-        them into the batch (convolution and pooling backward included; 2-3x faster on a CNN
-        than ``is_grads_batched``, the fallback with ``vjp_fn`` None). The zero offsets added to
+        them into the batch (2-3x faster on a CNN than ``is_grads_batched``, the fallback with
+        ``vjp_fn`` None); on CPU, models with convolution or pooling layers call ``vjp_fn`` once
+        per seed instead (see ``_has_pooling_or_conv``). The zero offsets added to
         the outputs (the primals) need the outputs' shapes: taken once per model, parameters
         and input shapes (a hooked forward), and checked at every call.
         """

@@ -6,7 +6,7 @@ gradients of the layer's ``weight`` and ``bias``, accumulated into ``dest`` [B, 
 Positions that share a weight (sequence tokens, image locations) are summed over. Where a layer is
 applied once per example (no positions) a rule can also give the D-PEF contribution
 Σ_k (g_k∘g_k) ⊗ (a∘a) [B, *param shape] without materialising the k gradients (a convolution's
-D-PEF rule squares its per-objective gradients one objective at a time).
+D-PEF rule forms its per-objective gradients, one product per example, and squares them).
 
 Covered: ``nn.Linear``, HF ``Conv1D``, ``nn.Conv1d``/``nn.Conv2d`` (groups 1, zero padding given as
 numbers), ``nn.Embedding`` (no max_norm, no scale_grad_by_freq), ``nn.LayerNorm`` (affine).
