@@ -74,6 +74,38 @@ def perturb_lrm(
     return evaluator.result(records, magnitude, meta)
 
 
+def diag_merge(
+    evaluator: PerturbationEvaluator,
+    dec: Decomposition,
+    j: int,
+    fisher_unit: np.ndarray,
+    fisher_floor: float,
+    top: np.ndarray,
+):
+    """(δ, λ) → component j's Fisher-merge perturbation θ' − θ (algorithm.md §8.3) as a
+    ``ParameterVector``, with the loss-gradient sign taken on the examples ``top``."""
+    layout = evaluator.layout
+    h = np.zeros(layout.n_parameters, dtype=np.float64)
+    h[np.asarray(dec.new_to_old_col_indices, dtype=np.int64)] = h_row(dec.H, j)
+    h_norm = np.linalg.norm(h)
+    if not h_norm > 0:
+        raise ZeroDirection(f"component {j} has an all-zero H row (pseudo-Fisher diagonal)")
+    h /= h_norm
+    sign = loss_gradient_sign(
+        evaluator.model,
+        evaluator.gradient_batches(top),
+        evaluator.perturber.params,
+        layout,
+        evaluator.forward,
+    )
+
+    def vector(delta: float, lam: float) -> ParameterVector:
+        d = d_merge_delta(h, fisher_unit, sign, delta, lam, fisher_floor)
+        return ParameterVector(layout, torch.as_tensor(d, dtype=torch.float32))
+
+    return vector
+
+
 def diag_direction(
     evaluator: PerturbationEvaluator,
     dec: Decomposition,
@@ -87,26 +119,8 @@ def diag_direction(
 
     Returns (vector, info); the vector is None when targeting found no (δ, λ) in range.
     """
-    layout = evaluator.layout
-    m = layout.n_parameters
-    h = np.zeros(m, dtype=np.float64)
-    h[np.asarray(dec.new_to_old_col_indices, dtype=np.int64)] = h_row(dec.H, j)
-    h_norm = np.linalg.norm(h)
-    if not h_norm > 0:
-        raise ZeroDirection(f"component {j} has an all-zero H row (pseudo-Fisher diagonal)")
-    h /= h_norm
     top = evaluator.top(j)
-    sign = loss_gradient_sign(
-        evaluator.model,
-        evaluator.gradient_batches(top),
-        evaluator.perturber.params,
-        layout,
-        evaluator.forward,
-    )
-
-    def vector(delta: float, lam: float) -> ParameterVector:
-        d = d_merge_delta(h, fisher_unit, sign, delta, lam, fisher_floor)
-        return ParameterVector(layout, torch.as_tensor(d, dtype=torch.float32))
+    vector = diag_merge(evaluator, dec, j, fisher_unit, fisher_floor, top)
 
     def kl_fn(delta: float, lam: float) -> float:
         return evaluator.mean_top_kl(top, vector(delta, lam), 1.0)

@@ -143,15 +143,8 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 def _perturbation_vectors(evaluator, dec, res, components, dataset_fisher):
     """Per perturbed component j: (ParameterVector, scale) of the reported perturbation."""
-    from npeff.perturb.directions import (
-        d_merge_delta,
-        h_row,
-        loss_gradient_sign,
-        lrm_direction,
-        normalize_rows,
-        unit_dataset_fisher,
-    )
-    from npeff.perturb.vector import ParameterVector
+    from npeff.perturb.components import diag_merge
+    from npeff.perturb.directions import lrm_direction, normalize_rows, unit_dataset_fisher
 
     layout = evaluator.layout
     where = {int(j): c for c, j in enumerate(res.component_indices)}
@@ -177,22 +170,9 @@ def _perturbation_vectors(evaluator, dec, res, components, dataset_fisher):
         info = extras[c]
         if "delta" not in info:
             continue
-        h = np.zeros(layout.n_parameters)
-        h[np.asarray(dec.new_to_old_col_indices, dtype=np.int64)] = h_row(dec.H, j)
-        h /= np.linalg.norm(h)
-        top = np.sort(np.asarray(res.top_indices[c], dtype=np.int64))
-        sign = loss_gradient_sign(
-            evaluator.model,
-            evaluator.gradient_batches(top),
-            evaluator.perturber.params,
-            layout,
-            evaluator.forward,
-        )
-        d = d_merge_delta(h, fisher_unit, sign, info["delta"], info["lambda"], floor)
-        out[j] = (
-            ParameterVector(layout, torch.as_tensor(d, dtype=torch.float32)),
-            float(res.best_sign[c]),
-        )
+        top = np.asarray(res.top_indices[c], dtype=np.int64)
+        vector = diag_merge(evaluator, dec, j, fisher_unit, floor, top)
+        out[j] = (vector(info["delta"], info["lambda"]), float(res.best_sign[c]))
     return out
 
 
