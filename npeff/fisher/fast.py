@@ -26,7 +26,7 @@ from torch.func import vjp, vmap
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
-from npeff.fisher.layers import DIAG_RULES, FRESH, RULES, once_per_example, rule_name
+from npeff.fisher.layers import DIAG_RULES, FRESH, RULES, diag_rule_applies, rule_name
 
 ENGINES = ("auto", "fast", "func")
 # model → {(fast candidates, mode): parameters that passed prepare()'s check}
@@ -454,7 +454,7 @@ class FisherEngine:
                 len(owners) == 1
                 and n_calls.get(id(o.module), 0) == 1
                 and call is not None
-                and once_per_example(o.rule, o.module, call[1])
+                and diag_rule_applies(o.rule, o.module, call[1])
             ):
                 direct[n] = diag[:, off : off + size].view(b, *shape)
             else:

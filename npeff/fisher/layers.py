@@ -274,7 +274,7 @@ DIAG_RULES: dict[str, Rule] = {
 }
 
 
-def once_per_example(rule: str, module: nn.Module, a: torch.Tensor) -> bool:
+def diag_rule_applies(rule: str, module: nn.Module, a: torch.Tensor) -> bool:
     """The layer's D-PEF rule applies to this call: it has no positions sharing the weight (the
     Σ_k (g_k∘g_k) ⊗ (a∘a) shortcut), or it is a convolution, whose rule squares per-class
     gradients itself."""
