@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from npeff.fisher.lm_answers import EXPLAIN_KEY  # noqa: F401 (re-exported)
 from npeff.tasks.files import resolve_path
 
 
