@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from npeff import config_dir
 from npeff.artifacts.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def ensure_model(cfg: DictConfig) -> None:
     from npeff.tracr.compile import compile_and_export
 
     options = OmegaConf.to_container(cfg.get("tracr_compile") or {}, resolve=True)
-    base = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "tracr_compile.yaml")
+    base = OmegaConf.load(config_dir() / "tracr_compile.yaml")
     base.pop("defaults", None)
     merged = OmegaConf.merge(base, options)
     log.info("model.path %s does not exist: compiling program %s", path, merged.program)
