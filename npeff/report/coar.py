@@ -16,7 +16,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from npeff.artifacts.atomic import atomic_path
-from npeff.report.figures import _png
+from npeff.coar.editing import EditResult
+from npeff.report.figures import png_bytes
 from npeff.report.html import _CSS, _fmt, data_uri
 
 PAPER_FIG1 = "paper Fig. 1 (α_train): CIFAR ResNet-18 0.75 (LOO .52, GP .24); ImageNet ResNet-50 0.65 (.34, .17); ViT-B/16 0.76 (.65, .54)"
@@ -39,7 +40,7 @@ def correlation_plot(corr_by_alpha: dict, alpha_train: float) -> bytes | None:
     ax.set_ylabel("mean per-example Pearson r")
     ax.set_title("COAR held-out correlation")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _table(rows: list[tuple[str, str]], caption: str) -> str:
@@ -147,3 +148,26 @@ def coar_report(run_dir: str | os.PathLike, edit_dir: str | os.PathLike | None =
     with atomic_path(path) as tmp:
         tmp.write_text(html)
     return path
+
+
+def sweep_plot(result: EditResult) -> bytes:
+    """PNG: accuracy on each data set against k (the edit sweep)."""
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    keys = [k for k in result.table[0] if k.startswith("acc_")]
+    for key in keys:
+        ax.plot(result.k_values, [r[key] for r in result.table], marker="o", ms=3, label=key[4:])
+    if result.best_k is not None:
+        ax.axvline(
+            result.best_k,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"chosen k={result.best_k}",
+        )
+    ax.set_xlabel("k (units ablated)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Coar-Edit sweep")
+    ax.legend(fontsize=8)
+    return png_bytes(fig)

@@ -16,7 +16,7 @@ coefficients fitted on ``eval`` and the eval PEF file. Steps:
 3. Accuracy on cue-conflicting examples, on the rest, on cue-free ones and on all, on ``fit`` and
    ``eval``, before and after every edit; the best edit is chosen on ``fit`` (the ``select_on``
    split, which nothing here was fitted on except the expansion), its ``eval`` figures reported.
-4. Coar-Edit on the same model (:mod:`npeff.perturb.shortcut_coar`) when ``npeff.coar`` imports:
+4. Coar-Edit on the same model (:mod:`npeff.coar.shortcut`) when ``npeff.coar`` imports:
    targets = cue-conflicting ``fit`` errors, references = correct ``fit`` examples, top-k units
    ablated, the same accuracies against k.
 
@@ -188,7 +188,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     held = {g: m & ~used_for_choice for g, m in ev.masks.items()}
 
     # 4. Coar-Edit (optional; needs npeff.coar)
-    from npeff.perturb import shortcut_coar
+    from npeff.coar import shortcut as shortcut_coar
 
     coar = None
     if sc.coar.enabled and shortcut_coar.available():
