@@ -63,8 +63,9 @@ def check_inputs(model, c: DictConfig) -> None:
 def resolve_model(cfg: DictConfig, output_dir: Path):
     """The model to attribute: ``inputs.checkpoint``, or ``model``/``task`` trained here (cached
     like the pipeline's). Settings are checked on an untrained copy before any training."""
-    from npeff.models import build_model, load_checkpoint
+    from npeff.models import build_model
     from npeff.tasks import build_task
+    from npeff.tasks.checkpoint import load_checkpoint
 
     ckpt = (cfg.get("inputs") or {}).get("checkpoint")
     if ckpt not in (None, "", "???"):

@@ -419,9 +419,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
     from npeff.coar import load_attributions
-    from npeff.models import load_checkpoint
     from npeff.perturb.examples import ExampleCache
     from npeff.run.perturb import _with_components
+    from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)

@@ -74,12 +74,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     from npeff.analysis.shortcut import cue_carrying, cue_columns, frac_flawed
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_pefs
-    from npeff.models import load_checkpoint
     from npeff.perturb.directions import lrm_direction, normalize_rows
     from npeff.perturb.flawed import select_flawed_components
     from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
     from npeff.perturb.vector import ModelPerturber
     from npeff.run.perturb import _expansion_components, _with_components
+    from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)

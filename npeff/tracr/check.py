@@ -56,7 +56,7 @@ def run(
     coeffs)}`` of further decompositions of the same PEFs (the pipeline's
     ``tracr_check.extra_n_components``); each gets the concept statistic and the layer check too
     (``by_n_components``)."""
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     output_dir = Path(output_dir)
     loaded = load_checkpoint(checkpoint)
