@@ -118,7 +118,7 @@ def load_attributions(path: str | os.PathLike) -> Attributions:
     )
 
 
-def _check_settings(
+def check_settings(
     unit_map: UnitMap, alpha, n_masks, solver, val_fraction, eval_factors
 ) -> tuple[float, int]:
     alpha = check_alpha(alpha)
@@ -177,7 +177,7 @@ def compute_attributions(
     """
     unit_map = build_unit_map(model, units)
     factors = list(eval_factors) if (evaluate and eval_factors is not None) else None
-    alpha, n_masks = _check_settings(unit_map, alpha, n_masks, solver, val_fraction, factors)
+    alpha, n_masks = check_settings(unit_map, alpha, n_masks, solver, val_fraction, factors)
     path = Path(path)
     t0 = time.perf_counter()
     model.eval()

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from npeff.artifacts.atomic import atomic_path
 from npeff.coar.editing import EditResult
 from npeff.report.figures import png_bytes
-from npeff.report.html import _CSS, _fmt, data_uri
+from npeff.report.html import CSS, data_uri, fmt
 
 PAPER_FIG1 = "paper Fig. 1 (α_train): CIFAR ResNet-18 0.75 (LOO .52, GP .24); ImageNet ResNet-50 0.65 (.34, .17); ViT-B/16 0.76 (.65, .54)"
 
@@ -66,10 +66,10 @@ def coar_section(
         "seconds",
     )
     parts = ["<h2>COAR: component attribution</h2>", '<div class="tables">']
-    parts.append(_table([(k, _fmt(metrics.get(k))) for k in keys], "summary"))
+    parts.append(_table([(k, fmt(metrics.get(k))) for k in keys], "summary"))
     rows = []
     for a, r in (metrics.get("corr_by_alpha") or {}).items():
-        rows.append((f"α = {a}", ", ".join(f"{m} {_fmt(v['mean'])}" for m, v in r.items())))
+        rows.append((f"α = {a}", ", ".join(f"{m} {fmt(v['mean'])}" for m, v in r.items())))
     parts.append(_table(rows, "mean held-out correlation by α"))
     parts.append("</div>")
     parts.append(
@@ -112,12 +112,12 @@ def coar_section(
             "<tr><td>"
             + str(r["k"])
             + "</td>"
-            + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
+            + "".join(f"<td>{fmt(r[c])}</td>" for c in cols)
             + "</tr>"
             for r in t
         )
         parts.append(
-            f"<h2>Coar-Edit</h2><p>chosen k = {_fmt(edit.get('best_k'))}: "
+            f"<h2>Coar-Edit</h2><p>chosen k = {fmt(edit.get('best_k'))}: "
             f"{escape(', '.join(edit.get('best_units') or []))}</p>"
             f'<table class="summary"><tr><th>k</th>{head}</tr>{body}</table>'
         )
@@ -139,7 +139,7 @@ def coar_report(run_dir: str | os.PathLike, edit_dir: str | os.PathLike | None =
             png = (out_dir / "edit_sweep.png").read_bytes()
     html = (
         "<!doctype html><html><head><meta charset='utf-8'><title>npeff COAR report</title>"
-        f"<style>{_CSS}</style></head><body><h1>npeff COAR report</h1>"
+        f"<style>{CSS}</style></head><body><h1>npeff COAR report</h1>"
         f"<p class='muted'>{escape(str(metrics.get('checkpoint')))}</p>"
         + coar_section(metrics, att, edit, png)
         + "</body></html>"

@@ -50,7 +50,7 @@ def trainer_processes(cfg: DictConfig) -> tuple[int, int, str, str]:
 
 def check_inputs(model, c: DictConfig) -> None:
     """Every COAR setting checked on the model before any work (clear errors)."""
-    from npeff.coar.attributions import _check_settings
+    from npeff.coar.attributions import check_settings as _check_settings
     from npeff.models.units import build_unit_map
 
     unit_map = build_unit_map(model, _plain(c.units))

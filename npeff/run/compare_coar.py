@@ -371,7 +371,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
     """The report section: COAR's own section (if given) and the NPEFF-vs-COAR table."""
     from html import escape
 
-    from npeff.report.html import _fmt
+    from npeff.report.html import fmt as _fmt
 
     def f(v):
         return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else _fmt(v)
