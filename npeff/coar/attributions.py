@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts import coar as store
 from npeff.coar import regression
 from npeff.coar.ablation import AblationEngine, collect_batches, margin
@@ -68,7 +69,7 @@ class Attributions:
     def top_units(self, example: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` units with the largest |attribution| for one example: ``(name, weight)``."""
         w = self.weights[int(example)]
-        order = np.argsort(-np.abs(w))[:k]
+        order = top_indices(np.abs(w)[:, None], k)[0]  # ties: the lower unit first
         return [(self.units.names[c], float(w[c])) for c in order]
 
     def check_model(self, model: nn.Module) -> None:

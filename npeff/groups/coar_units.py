@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.top_examples import top_indices
+
 
 def unit_neurons(attributions, n_neurons: int) -> np.ndarray:
     """int ``[|C|]``: the hidden neuron of each COAR unit. Fails clearly unless the units are the
@@ -44,7 +46,7 @@ def top_unit_mass(attributions, n_neurons: int, top_k: int) -> np.ndarray:
     w = np.abs(np.asarray(attributions.weights, dtype=np.float64))  # [n, |C|]
     neuron = unit_neurons(attributions, n_neurons)
     k = max(1, min(int(top_k), w.shape[1]))
-    top = np.argpartition(-w, k - 1, axis=1)[:, :k]  # [n, k]
+    top = top_indices(w.T, k)  # [n, k]: ties at the k-th value resolved by the lower unit
     rows = np.arange(w.shape[0])[:, None]
     mass = np.zeros((w.shape[0], n_neurons))
     np.add.at(mass, (np.broadcast_to(rows, top.shape), neuron[top]), w[rows, top])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.top_examples import top_indices
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
 
@@ -120,14 +121,14 @@ def coset_purity(
     the circuits' (left, right) stabiliser pairs, with shuffled-coefficient controls."""
     W = np.asarray(W)
     k = min(int(top_k), W.shape[0])
-    top = np.argsort(-W, axis=0, kind="stable")[:k].T  # [r, k]
+    top = top_indices(W, k)  # [r, k]
     pur = _top_purity(group, x, y, top, stabilisers)
     rng = np.random.default_rng(seed)
     shuffled = []
     for _ in range(n_shuffles):
         # example i gets the coefficients of example perm[i]: top examples of random content
         perm = rng.permutation(W.shape[0])
-        top_s = np.argsort(-W[perm], axis=0, kind="stable")[:k].T
+        top_s = top_indices(W[perm], k)
         shuffled.append(float(_top_purity(group, x, y, top_s, stabilisers).mean()))
     chance = 0.0
     for sl, sr in stabilisers:
