@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
@@ -76,21 +77,27 @@ def irrep_purity(
         labels[~np.asarray(live)] = -1
     shares = irrep_mass(neuron_mass, labels, n_irreps)
     purity = shares.max(axis=1)
-    rng = np.random.default_rng(seed)
-    idx = np.nonzero(labels >= 0)[0]
-    shuffled = []
-    for _ in range(n_shuffles):
-        perm = labels.copy()
-        perm[idx] = rng.permutation(labels[idx])
-        shuffled.append(float(irrep_mass(neuron_mass, perm, n_irreps).max(axis=1).mean()))
+    # the live neurons' irrep labels permuted among themselves (dead neurons keep -1)
+    control = shuffled_control(
+        lambda perm: float(irrep_mass(neuron_mass, labels[perm], n_irreps).max(axis=1).mean()),
+        labels.size,
+        n_shuffles,
+        seed,
+        observed=float(purity.mean()) if len(purity) else float("nan"),
+        movable=labels >= 0,
+    )
     return {
         "per_row_irrep": shares.argmax(axis=1).tolist(),
         "per_row_purity": purity.tolist(),
-        "mean_purity": float(purity.mean()) if len(purity) else float("nan"),
-        "shuffled_mean_purity": float(np.mean(shuffled)) if shuffled else float("nan"),
-        "shuffled_mean_purity_max": float(np.max(shuffled)) if shuffled else float("nan"),
+        "mean_purity": control.observed,
+        "shuffled_mean_purity": _or_nan(control.mean()),
+        "shuffled_mean_purity_max": _or_nan(control.max()),
         "n_shuffles": n_shuffles,
     }
+
+
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def _top_purity(group: Group, x, y, top: np.ndarray, stabilisers) -> np.ndarray:
@@ -123,21 +130,22 @@ def coset_purity(
     k = min(int(top_k), W.shape[0])
     top = top_indices(W, k)  # [r, k]
     pur = _top_purity(group, x, y, top, stabilisers)
-    rng = np.random.default_rng(seed)
-    shuffled = []
-    for _ in range(n_shuffles):
-        # example i gets the coefficients of example perm[i]: top examples of random content
-        perm = rng.permutation(W.shape[0])
-        top_s = top_indices(W[perm], k)
-        shuffled.append(float(_top_purity(group, x, y, top_s, stabilisers).mean()))
+    # example i gets the coefficients of example perm[i]: top examples of random content
+    control = shuffled_control(
+        lambda perm: float(_top_purity(group, x, y, top_indices(W[perm], k), stabilisers).mean()),
+        W.shape[0],
+        n_shuffles,
+        seed,
+        observed=float(pur.mean()) if len(pur) else float("nan"),
+    )
     chance = 0.0
     for sl, sr in stabilisers:
         chance = max(chance, len(sl) / group.order, len(sr) / group.order)
     return {
         "top_k": k,
         "per_component": pur.tolist(),
-        "mean_purity": float(pur.mean()) if len(pur) else float("nan"),
-        "shuffled_mean_purity": float(np.mean(shuffled)) if shuffled else float("nan"),
+        "mean_purity": control.observed,
+        "shuffled_mean_purity": _or_nan(control.mean()),
         "n_shuffles": n_shuffles,
         "largest_coset_share": chance,
     }
