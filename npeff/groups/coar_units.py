@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from npeff.analysis.top_examples import top_indices
+from npeff.models.simple import GROUP_HIDDEN_WEIGHT
 
 
 def unit_neurons(attributions, n_neurons: int) -> np.ndarray:
     """int ``[|C|]``: the hidden neuron of each COAR unit. Fails clearly unless the units are the
     group network's ``hidden.weight`` neurons."""
     try:
-        dim, index = attributions.units.param_units("hidden.weight")
+        dim, index = attributions.units.param_units(GROUP_HIDDEN_WEIGHT)
     except KeyError as e:
         raise ValueError(
             f"the COAR attributions in {attributions.path} have no units on hidden.weight: compute "

@@ -21,6 +21,7 @@ from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
+from npeff.models.simple import GROUP_HIDDEN_BIAS, GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
 
 
 def neuron_owner(layout, n_neurons: int) -> np.ndarray:
@@ -28,11 +29,11 @@ def neuron_owner(layout, n_neurons: int) -> np.ndarray:
     owner = np.full(int(layout.n_parameters), -1, dtype=np.int64)
     for name, shape, off in zip(layout.names, layout.shapes, layout.offsets):
         size = int(np.prod(shape)) if shape else 1
-        if name == "hidden.weight":  # [H, 2D] row-major: row i = neuron i
+        if name == GROUP_HIDDEN_WEIGHT:  # [H, 2D] row-major: row i = neuron i
             owner[off : off + size] = np.repeat(np.arange(shape[0]), shape[1])
-        elif name == "hidden.bias":
+        elif name == GROUP_HIDDEN_BIAS:
             owner[off : off + size] = np.arange(shape[0])
-        elif name == "unembed.weight":  # [N, H]: column i = neuron i
+        elif name == GROUP_UNEMBED_WEIGHT:  # [N, H]: column i = neuron i
             owner[off : off + size] = np.tile(np.arange(shape[1]), shape[0])
     if (owner >= n_neurons).any():
         raise ValueError("the parameter layout does not match the network's hidden width")

@@ -130,7 +130,9 @@ class Group:
     def symmetric_overgroup(self) -> Group:
         """The symmetric group on the points this permutation group acts on."""
         if self.perms is None:
-            raise ValueError(f"{self.name} is not a permutation group; it has no symmetric overgroup")
+            raise ValueError(
+                f"{self.name} is not a permutation group; it has no symmetric overgroup"
+            )
         return symmetric_group(self.perms.shape[1])
 
     # --- conjugacy classes ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.groups.zoo import RECIPES, ZOO_FORMAT, ZOO_NAME
+from npeff.models.simple import GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,9 @@ def load_zoo(path: str | Path) -> GroupZoo:
         )
     sd = raw["state_dict"]
     missing = [
-        k for k in ("embed_left", "embed_right", "hidden.weight", "unembed.weight") if k not in sd
+        k
+        for k in ("embed_left", "embed_right", GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT)
+        if k not in sd
     ]
     if missing:
         raise ValueError(f"{p} lacks the group network parameters {missing}")
