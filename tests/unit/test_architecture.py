@@ -254,3 +254,35 @@ def test_every_config_is_package_data():
 
     assert Path(npeff.CONFIG_PATH) == npeff.config_dir()
     assert (npeff.config_dir() / "pipeline.yaml").is_file()
+
+
+def test_the_wheel_ships_every_config(tmp_path):
+    """A wheel built from the source (what ``pip install .`` installs) holds npeff/conf/**."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(PKG, src / "npeff", symlinks=True, ignore=ignore)
+    shutil.copytree(ROOT / "conf", src / "conf", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    assert (src / "npeff" / "conf").is_symlink()  # the link, not a copy, is what is committed
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["-w", str(tmp_path / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("npeff-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    want = {
+        f"npeff/conf/{p.relative_to(ROOT / 'conf').as_posix()}"
+        for p in (ROOT / "conf").rglob("*.yaml")
+    }
+    assert want and not sorted(want - names), (
+        f"configs missing from the wheel: {sorted(want - names)}"
+    )
