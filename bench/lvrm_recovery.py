@@ -21,7 +21,7 @@ import torch
 from npeff.decomp.fitting import fit_coefficients
 from npeff.decomp.module import DecompSettings
 from npeff.decomp.runner import decompose
-from npeff.decomp.synthetic import planted_lvrm_pefs
+from npeff.fisher.synthetic import planted_lvrm_pefs
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ Pure numpy functions over coefficient matrices W [n_examples, n_components]; not
 files or recomputes Fishers.
 """
 
-from npeff.analysis.baselines import kmeans_baseline, membership_coefficients
 from npeff.analysis.concepts import (
     ConceptAnalysis,
     analyze_concepts,
@@ -35,9 +34,7 @@ __all__ = [
     "first_step_reaching",
     "concept_shares",
     "count_all_share",
-    "kmeans_baseline",
     "match_runs",
-    "membership_coefficients",
     "pef_norm_ratio",
     "shuffled_average_max_cosine",
     "top_examples",

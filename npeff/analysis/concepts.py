@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
 
 
@@ -116,20 +117,6 @@ def count_all_share(W: np.ndarray, concepts: np.ndarray, k: int) -> int:
     return int((shares.max(axis=1) >= 1.0).sum())
 
 
-def permutation(rng: np.random.Generator, n: int, strata: np.ndarray | None = None) -> np.ndarray:
-    """A random permutation of range(n); with ``strata`` [n], one that maps each stratum to itself."""
-    if strata is None:
-        return rng.permutation(n)
-    strata = np.asarray(strata)
-    if strata.shape != (n,):
-        raise ValueError(f"strata must have shape ({n},), got {strata.shape}")
-    perm = np.arange(n)
-    for value in np.unique(strata):
-        members = np.flatnonzero(strata == value)
-        perm[members] = members[rng.permutation(members.size)]
-    return perm
-
-
 def analyze_concepts(
     W: np.ndarray,
     concepts: np.ndarray,
@@ -176,19 +163,25 @@ def analyze_concepts(
         )
     n_all = int(sum(cc.all_share for cc in comps))
 
-    rng = np.random.default_rng(seed)
-    shuf_counts = np.zeros(n_shuffles, dtype=np.int64)
-    shuf_purity = np.zeros(n_shuffles, dtype=np.float64)
-    for s in range(n_shuffles):
+    def statistic(perm: np.ndarray) -> np.ndarray:
         # Top-k of W[perm] are the positions inv[t] for the top-k t of W, holding concepts[inv[t]]
         # (identical to recomputing on W[perm] up to the order of exact ties), without copying W.
-        perm = permutation(rng, W.shape[0], strata)
         inv = np.empty_like(perm)
         inv[perm] = np.arange(perm.size)
-        sh = concepts[inv[top]].mean(axis=1)  # [r, c]
-        shuf_counts[s] = int((sh.max(axis=1) >= 1.0).sum())
-        shuf_purity[s] = float(sh.max(axis=1).mean())
-    p_value = float((1 + (shuf_counts >= n_all).sum()) / (1 + n_shuffles))
+        best_share = concepts[inv[top]].mean(axis=1).max(axis=1)  # [r]
+        return np.array([(best_share >= 1.0).sum(), best_share.mean()])  # count, mean purity
+
+    control = shuffled_control(
+        statistic,
+        W.shape[0],
+        n_shuffles,
+        seed,
+        observed=np.array([n_all, purity.mean()]),
+        strata=strata,
+    )
+    shuf_counts = control.shuffled[:, 0].astype(np.int64)
+    shuf_purity = control.shuffled[:, 1].astype(np.float64)
+    p_value = float(control.p_value()[0])
     return ConceptAnalysis(
         top_k=k_eff,
         concept_names=names,

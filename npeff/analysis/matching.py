@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npeff.analysis.controls import shuffled_control
+
 
 def _unit_columns(W: np.ndarray) -> np.ndarray:
     W = np.asarray(W, dtype=np.float64)
@@ -159,10 +161,15 @@ def shuffled_average_max_cosine(
     Unrelated runs with the same coefficient sparsity land here, so a reported similarity is
     read against it. Returns the means over ``n_shuffles`` seeded permutations (a→b, b→a).
     """
-    rng = np.random.default_rng(seed)
     W_b = np.asarray(W_b)
-    vals = [average_max_cosine(W_a, W_b[rng.permutation(W_b.shape[0])]) for _ in range(n_shuffles)]
-    if not vals:
+    control = shuffled_control(
+        lambda perm: np.asarray(average_max_cosine(W_a, W_b[perm])),
+        W_b.shape[0],
+        n_shuffles,
+        seed,
+        observed=np.full(2, np.nan),  # only the null is asked for
+    )
+    if control.n_shuffles == 0:
         return float("nan"), float("nan")
-    arr = np.asarray(vals)
-    return float(arr[:, 0].mean()), float(arr[:, 1].mean())
+    a2b, b2a = control.mean()
+    return float(a2b), float(b2a)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npeff.analysis.concepts import permutation
+from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
 
 GROUPS = ("conflict", "other", "cue_free", "all")
@@ -106,20 +106,19 @@ def cue_carrying(
     top = top_indices(np.asarray(W)[:, components], k)  # [c, k]
     share = cue[top].mean(axis=1)
     carrying = share >= min_share
-    rng = np.random.default_rng(seed)
-    shuf = np.zeros(n_shuffles)
-    n = cue.size
-    for s in range(n_shuffles):
-        perm = permutation(rng, n, strata)
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(n)
-        shuf[s] = (cue[inv[top]].mean(axis=1) >= min_share).mean()
     frac = float(carrying.mean())
+
+    def statistic(perm: np.ndarray) -> float:
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(perm.size)
+        return float((cue[inv[top]].mean(axis=1) >= min_share).mean())
+
+    control = shuffled_control(statistic, cue.size, n_shuffles, seed, observed=frac, strata=strata)
     return {
         "frac": frac,
         "carrying": carrying.tolist(),
         "share": share.tolist(),
-        "shuffled_frac_mean": float(shuf.mean()) if n_shuffles else None,
-        "shuffled_frac_max": float(shuf.max()) if n_shuffles else None,
-        "p_value": float((1 + (shuf >= frac).sum()) / (1 + n_shuffles)),
+        "shuffled_frac_mean": control.mean(),
+        "shuffled_frac_max": control.max(),
+        "p_value": float(control.p_value()),
     }

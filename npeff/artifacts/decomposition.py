@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from npeff.artifacts import keys
-from npeff.artifacts.atomic import _json_default, atomic_path
+from npeff.artifacts.atomic import atomic_path, json_default
 from npeff.artifacts.layout import ParameterLayout
 
 DecompositionKind = Literal["lrm", "diag"]
@@ -120,7 +120,7 @@ def save_decomposition(dec: Decomposition, path) -> Path:
             meta.attrs[keys.ATTR_CONFIG] = cfg if isinstance(cfg, str) else json.dumps(cfg)
         if "source" in other:
             meta.attrs[keys.ATTR_SOURCE] = json.dumps(other.pop("source"), default=str)
-        meta.attrs[keys.ATTR_METADATA] = json.dumps(other, default=_json_default)
+        meta.attrs[keys.ATTR_METADATA] = json.dumps(other, default=json_default)
         if dec.convergence:
             conv = f.create_group(keys.CONVERGENCE_GROUP)
             for name, values in dec.convergence.items():

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from npeff.artifacts import keys
-from npeff.artifacts.atomic import atomic_path
+from npeff.artifacts.atomic import atomic_path, json_default
 
 
 @dataclass
@@ -112,16 +112,6 @@ assert set(_ARRAYS) | {"magnitude", "acc_all_before", "metadata"} == {
 }
 
 
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serializable")
-
-
 def save_perturbation(res: PerturbationResult, path: str | os.PathLike) -> Path:
     """Write ``res`` to ``path`` (HDF5) atomically and return the path."""
     res.validate()
@@ -134,7 +124,7 @@ def save_perturbation(res: PerturbationResult, path: str | os.PathLike) -> Path:
             grp = f.create_group(keys.PERTURBATION_GROUP)
             grp.attrs[keys.ATTR_PERT_MAGNITUDE] = float(res.magnitude)
             grp.attrs[keys.ATTR_PERT_ACC_ALL_BEFORE] = float(res.acc_all_before)
-            grp.attrs[keys.ATTR_PERT_METADATA] = json.dumps(res.metadata, default=_json_default)
+            grp.attrs[keys.ATTR_PERT_METADATA] = json.dumps(res.metadata, default=json_default)
             for name, (key, dtype) in _ARRAYS.items():
                 f.create_dataset(key, data=np.asarray(getattr(res, name), dtype=dtype))
             meta.attrs[keys.ATTR_COMPLETE] = True

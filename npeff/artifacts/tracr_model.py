@@ -26,7 +26,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from npeff.artifacts.atomic import atomic_path
+from npeff.artifacts.atomic import atomic_path, json_default
 
 TRACR_MODEL_FORMAT = "npeff-tracr-model"
 TRACR_MODEL_VERSION = 1
@@ -86,7 +86,7 @@ def save_tracr_model(export: TracrExport, path: str | os.PathLike) -> Path:
             f.attrs["format"] = TRACR_MODEL_FORMAT
             f.attrs["version"] = TRACR_MODEL_VERSION
             f.attrs["uid"] = export.uid
-            f.attrs["meta"] = json.dumps(export.meta, default=_json_default)
+            f.attrs["meta"] = json.dumps(export.meta, default=json_default)
             f.create_dataset("embed/token", data=np.asarray(export.token_embed, np.float32))
             f.create_dataset("embed/position", data=np.asarray(export.pos_embed, np.float32))
             f.create_dataset("embed/unembed", data=np.asarray(export.unembed, np.float32))
@@ -145,13 +145,3 @@ def load_tracr_model(path: str | os.PathLike) -> TracrExport:
             uid=str(f.attrs["uid"]),
         )
     return export
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"value of type {type(obj).__name__} is not JSON serializable")

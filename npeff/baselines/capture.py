@@ -184,12 +184,12 @@ def capture_activations(
     indices 0..n-1 in loader order). Rerunning after an interruption resumes after the last
     committed batch; a complete file is left as it is. Returns ``path``.
     """
-    from npeff.fisher.compute import _batches_from, _loader_len
+    from npeff.fisher.compute import batches_from, loader_len
 
     if model.training:
         raise ValueError("the model is in training mode; call model.eval() first")
     path = Path(path)
-    n_total = _loader_len(loader)
+    n_total = loader_len(loader)
     d = probe(model, loader, module_name, token)
     fingerprint = {
         "module": str(module_name),
@@ -208,7 +208,7 @@ def capture_activations(
     n = start
     try:
         with tap.attached():
-            for batch in _batches_from(loader, start):
+            for batch in batches_from(loader, start):
                 feats, logits = tap.forward(model, batch)
                 if writer is None:
                     writer = ActivationsWriter(

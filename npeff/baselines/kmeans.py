@@ -15,7 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from npeff.analysis.baselines import membership_coefficients
+
+def membership_coefficients(assignments: np.ndarray, n_clusters: int | None = None) -> np.ndarray:
+    """0/1 matrix [n, k] with a one at (i, cluster of i): the "coefficients" of a clustering."""
+    a = np.asarray(assignments, dtype=np.int64)
+    if a.ndim != 1 or (a.size and a.min() < 0):
+        raise ValueError("assignments must be a 1-D array of non-negative cluster ids")
+    k = int(a.max()) + 1 if n_clusters is None else int(n_clusters)
+    if a.size and a.max() >= k:
+        raise ValueError(f"cluster id {a.max()} out of range for {k} clusters")
+    M = np.zeros((a.size, k), dtype=np.float32)
+    M[np.arange(a.size), a] = 1.0
+    return M
 
 
 def check_n_clusters(n_clusters: int, n_examples: int) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts import coar as store
 from npeff.coar import regression
 from npeff.coar.ablation import AblationEngine, collect_batches, margin
@@ -68,7 +69,7 @@ class Attributions:
     def top_units(self, example: int, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` units with the largest |attribution| for one example: ``(name, weight)``."""
         w = self.weights[int(example)]
-        order = np.argsort(-np.abs(w))[:k]
+        order = top_indices(np.abs(w)[:, None], k)[0]  # ties: the lower unit first
         return [(self.units.names[c], float(w[c])) for c in order]
 
     def check_model(self, model: nn.Module) -> None:
@@ -118,7 +119,7 @@ def load_attributions(path: str | os.PathLike) -> Attributions:
     )
 
 
-def _check_settings(
+def check_settings(
     unit_map: UnitMap, alpha, n_masks, solver, val_fraction, eval_factors
 ) -> tuple[float, int]:
     alpha = check_alpha(alpha)
@@ -177,7 +178,7 @@ def compute_attributions(
     """
     unit_map = build_unit_map(model, units)
     factors = list(eval_factors) if (evaluate and eval_factors is not None) else None
-    alpha, n_masks = _check_settings(unit_map, alpha, n_masks, solver, val_fraction, factors)
+    alpha, n_masks = check_settings(unit_map, alpha, n_masks, solver, val_fraction, factors)
     path = Path(path)
     t0 = time.perf_counter()
     model.eval()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.layout import ParameterLayout
 from npeff.coar.ablation import AblationEngine
 from npeff.models.units import UnitMap
@@ -65,7 +66,7 @@ def unit_shares(
 
 def top_unit_sets(shares: np.ndarray, k: int) -> np.ndarray:
     """int64 ``[r, k]``: per component the ``k`` units with the largest share."""
-    return np.argsort(-np.asarray(shares), axis=1, kind="stable")[:, : int(k)]
+    return top_indices(np.asarray(shares).T, int(k))
 
 
 def coar_predicted_effect(attributions: np.ndarray, sets: np.ndarray) -> np.ndarray:
@@ -147,7 +148,7 @@ def agreement(
             e = np.abs(eff[j])
             r = spearmanr(w[:, j], e).statistic if np.ptp(w[:, j]) > 0 and np.ptp(e) > 0 else np.nan
             rho.append(float(r))
-            jac.append(_jaccard(np.argsort(-w[:, j])[:top], np.argsort(-e)[:top]))
+            jac.append(_jaccard(top_indices(w[:, [j]], top)[0], top_indices(e[:, None], top)[0]))
         return np.asarray(rho), np.asarray(jac)
 
     rho, jac = stats(np.asarray(effects))

@@ -173,30 +173,3 @@ def edit(
             "max_drop": float(max_drop),
         },
     )
-
-
-def sweep_plot(result: EditResult) -> bytes:
-    """PNG: accuracy on each data set against k (the edit sweep)."""
-    from matplotlib.figure import Figure
-
-    from npeff.report.figures import _png
-
-    fig = Figure(figsize=(6.0, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    keys = [k for k in result.table[0] if k.startswith("acc_")]
-    for key in keys:
-        ax.plot(result.k_values, [r[key] for r in result.table], marker="o", ms=3, label=key[4:])
-    if result.best_k is not None:
-        ax.axvline(
-            result.best_k,
-            color="grey",
-            linestyle="--",
-            linewidth=1,
-            label=f"chosen k={result.best_k}",
-        )
-    ax.set_xlabel("k (units ablated)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Coar-Edit sweep")
-    ax.legend(fontsize=8)
-    return _png(fig)

@@ -12,12 +12,12 @@ import math
 
 import torch
 
-from npeff.decomp.lrm import Reduce, _identity
+from npeff.decomp.lrm import Reduce, no_reduce
 from npeff.decomp.matrix import ColumnBlocks
 
 
 def products(
-    blocks: ColumnBlocks, Ht: torch.Tensor, reduce: Reduce = _identity
+    blocks: ColumnBlocks, Ht: torch.Tensor, reduce: Reduce = no_reduce
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A Hᵀ [n, r] and H Hᵀ [r, r], summed over ranks."""
     return reduce(blocks.mm_t(Ht)), reduce(Ht.T @ Ht)

@@ -57,7 +57,7 @@ def check_compatible(pefs: Pefs, dec: Decomposition) -> None:
         raise ValueError("the decomposition file stores no H (data/H); it cannot be used to fit")
 
 
-def _slice_pefs(p: Pefs, lo: int, hi: int) -> Pefs:
+def slice_pefs(p: Pefs, lo: int, hi: int) -> Pefs:
     """Examples [lo, hi) of a ``Pefs`` (every per-example array field is sliced; LVRM also the
     rows' ``col_sizes`` of those examples — not the reference's offset bug, §11.2 item 4)."""
     n = p.n_examples
@@ -113,7 +113,7 @@ def fit_coefficients(
     W_parts, const_total, cross, n_chunks = [], 0.0, 0.0, 0
     bounds = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
     for a, b in tqdm(bounds, desc="fit", disable=not progress):
-        mat = build_matrix(_slice_pefs(pefs, a, b), kind, col_map=dec.new_to_old_col_indices)
+        mat = build_matrix(slice_pefs(pefs, a, b), kind, col_map=dec.new_to_old_col_indices)
         if kind == "lrm":
             blocks = ColumnBlocks(mat.A, 0, mat.n_cols, block_cols=block_cols, dtype=dtype)
             N = lrm.numerator(blocks.mm_t(Ct), b - a, mat.rows)

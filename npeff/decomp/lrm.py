@@ -25,12 +25,12 @@ Rows = int | torch.Tensor
 example of each row, int64 [n_rows] (non-decreasing; ``PefMatrix.rows``)."""
 
 
-def _identity(t: torch.Tensor) -> torch.Tensor:
+def no_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
 def products(
-    blocks: ColumnBlocks, Gt: torch.Tensor, reduce: Reduce = _identity
+    blocks: ColumnBlocks, Gt: torch.Tensor, reduce: Reduce = no_reduce
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """P = A Gᵀ [n·C, r] and S = G Gᵀ [r, r], both summed over ranks."""
     P = reduce(blocks.mm_t(Gt))

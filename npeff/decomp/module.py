@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from npeff import config_dir
 from npeff.artifacts.decomposition import Decomposition, save_decomposition
 from npeff.artifacts.pefs import Pefs
 from npeff.decomp.callbacks import log_metrics
@@ -60,13 +61,11 @@ def kind_defaults(kind: str) -> dict:
     """The defaults of decomposition ``kind``: ``conf/decomp/<KIND_CONFIGS[kind]>.yaml``."""
     from omegaconf import OmegaConf
 
-    from npeff.run.common import CONFIG_PATH
-
     if kind not in KIND_CONFIGS:
         raise ValueError(
             f"decomp.kind must be one of {sorted(KIND_CONFIGS)} (LVRM PEFs use 'lrm'), got {kind!r}"
         )
-    path = Path(CONFIG_PATH) / "decomp" / f"{KIND_CONFIGS[kind]}.yaml"
+    path = config_dir() / "decomp" / f"{KIND_CONFIGS[kind]}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 

@@ -2,7 +2,8 @@
 
 ``planted_lrm_pefs``: each class row of example i is a_ic·g_k(i,c) + noise, with distinct planted
 g_k per row, so F_i ≈ Σ_c a²_ic g_k g_kᵀ is a non-negative combination of rank-1 components.
-``planted_lvrm_pefs``: the same with a variable number of rows per example (rank 0 included).
+(``npeff.fisher.synthetic.planted_lvrm_pefs`` makes LVRM sets: their sparsification is the PEF
+computation's own, which this package does not use.)
 ``planted_diag_pefs``: f_i = Σ_k W_ik h_k + noise with non-negative sparse h_k and W.
 Both keep the top-K entries like the PEF computation (algorithm.md §1.2, §1.3) and store the
 dense norms.
@@ -41,34 +42,6 @@ def lrm_pefs_from_dense(A: np.ndarray, K: int) -> Pefs:
     )
 
 
-def lvrm_pefs_from_dense(A: np.ndarray, ranks: np.ndarray, K: int) -> Pefs:
-    """LVRM ``Pefs`` from dense factors A [n, R_max, m] whose rows past ``ranks`` [n] are unused:
-    the PEF computation's own sparsification (``fisher.sparsify.sparsify_rows``: top-K |value|
-    over each example's R_i rows, explicit zeros when R_i·m < K) and dense Gram norms."""
-    import torch
-
-    from npeff.fisher.sparsify import sparsify_rows
-
-    n, c, m = A.shape
-    ranks = np.asarray(ranks, dtype=np.int64)
-    rows = torch.from_numpy(np.asarray(A, dtype=np.float64).copy())
-    rows[torch.arange(c)[None, :] >= torch.from_numpy(ranks)[:, None]] = 0.0
-    sp = sparsify_rows(rows, K, torch.from_numpy(ranks))
-    counts = sp.counts.numpy()
-    return Pefs(
-        kind="lvrm",
-        values=sp.values.numpy().astype(np.float32),
-        indices=sp.row_indices.numpy().astype(np.int32),
-        norms=sp.norms.numpy().astype(np.float32),
-        labels=np.zeros(n, dtype=np.int64),
-        logits=np.zeros((n, c), dtype=np.float32),
-        n_parameters=m,
-        ranks=ranks.astype(np.int32),
-        col_sizes=np.concatenate([counts[i, : ranks[i]] for i in range(n)]).astype(np.int32),
-        min_prob_class=0.0,
-    )
-
-
 def diag_pefs_from_dense(F: np.ndarray, K: int) -> Pefs:
     """D ``Pefs`` from dense non-negative F [n, m]: top-K values (descending), ‖f_i‖₂ norms."""
     n, m = F.shape
@@ -99,34 +72,6 @@ def planted_lrm_pefs(
         a = rng.uniform(0.2, 1.0, size=C)
         A[i] = a[:, None] * G[ks] + noise * rng.standard_normal((C, m)) / np.sqrt(m)
     return lrm_pefs_from_dense(A, K), G
-
-
-def planted_lvrm_pefs(
-    n: int,
-    m: int,
-    max_rank: int,
-    r: int,
-    K: int,
-    *,
-    p_rank0: float = 0.1,
-    noise: float = 0.01,
-    seed: int = 0,
-) -> tuple[Pefs, np.ndarray]:
-    """(LVRM Pefs, planted G [r, m] with unit rows): example i has rank R_i, 0 with probability
-    ``p_rank0``, else uniform in 1..max_rank; its rows are a_ic·g_k(i,c) + noise with distinct
-    planted g_k. Requires max_rank ≤ r."""
-    rng = np.random.default_rng(seed)
-    G = rng.standard_normal((r, m))
-    G /= np.linalg.norm(G, axis=1, keepdims=True)
-    ranks = np.where(rng.random(n) < p_rank0, 0, rng.integers(1, max_rank + 1, size=n))
-    A = np.zeros((n, max_rank, m))
-    for i in range(n):
-        ks = rng.choice(r, size=ranks[i], replace=False)
-        a = rng.uniform(0.2, 1.0, size=ranks[i])
-        A[i, : ranks[i]] = a[:, None] * G[ks] + noise * rng.standard_normal(
-            (ranks[i], m)
-        ) / np.sqrt(m)
-    return lvrm_pefs_from_dense(A, ranks, K), G
 
 
 def planted_diag_pefs(

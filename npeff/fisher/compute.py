@@ -166,7 +166,7 @@ def compute_pefs(
         )
     if kind == "diag" and n_values > m:
         raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
-    n_total = _loader_len(loader)
+    n_total = loader_len(loader)
     fingerprint = {
         "kind": kind,
         "n_values": int(n_values),
@@ -205,7 +205,7 @@ def compute_pefs(
     restrict = classes.restricted(model) if classes is not None else contextlib.nullcontext()
     try:
         restrict.__enter__()
-        for batch in _batches_from(loader, start):
+        for batch in batches_from(loader, start):
             if LABELS_KEY not in batch:
                 raise ValueError(
                     f"a batch must be a dict with {LABELS_KEY!r} [B] plus the model's keyword "
@@ -392,14 +392,14 @@ def _sampled(engine, sub, logits, seed, first_index) -> np.ndarray:
     return grads[:, 0].pow(2).sum(dim=0).double().cpu().numpy()
 
 
-def _loader_len(loader) -> int | None:
+def loader_len(loader) -> int | None:
     try:
         return len(loader.dataset)  # type: ignore[attr-defined]
     except (AttributeError, TypeError):
         return None
 
 
-def _batches_from(loader, start: int) -> Iterator[dict[str, torch.Tensor]]:
+def batches_from(loader, start: int) -> Iterator[dict[str, torch.Tensor]]:
     """The loader's batches from example ``start`` on (the resume point)."""
     if start == 0:
         yield from loader

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.top_examples import top_indices
+from npeff.models.simple import GROUP_HIDDEN_WEIGHT
+
 
 def unit_neurons(attributions, n_neurons: int) -> np.ndarray:
     """int ``[|C|]``: the hidden neuron of each COAR unit. Fails clearly unless the units are the
     group network's ``hidden.weight`` neurons."""
     try:
-        dim, index = attributions.units.param_units("hidden.weight")
+        dim, index = attributions.units.param_units(GROUP_HIDDEN_WEIGHT)
     except KeyError as e:
         raise ValueError(
             f"the COAR attributions in {attributions.path} have no units on hidden.weight: compute "
@@ -44,7 +47,7 @@ def top_unit_mass(attributions, n_neurons: int, top_k: int) -> np.ndarray:
     w = np.abs(np.asarray(attributions.weights, dtype=np.float64))  # [n, |C|]
     neuron = unit_neurons(attributions, n_neurons)
     k = max(1, min(int(top_k), w.shape[1]))
-    top = np.argpartition(-w, k - 1, axis=1)[:, :k]  # [n, k]
+    top = top_indices(w.T, k)  # [n, k]: ties at the k-th value resolved by the lower unit
     rows = np.arange(w.shape[0])[:, None]
     mass = np.zeros((w.shape[0], n_neurons))
     np.add.at(mass, (np.broadcast_to(rows, top.shape), neuron[top]), w[rows, top])

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.controls import shuffled_control
+from npeff.analysis.top_examples import top_indices
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
+from npeff.models.simple import GROUP_HIDDEN_BIAS, GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
 
 
 def neuron_owner(layout, n_neurons: int) -> np.ndarray:
@@ -26,11 +29,11 @@ def neuron_owner(layout, n_neurons: int) -> np.ndarray:
     owner = np.full(int(layout.n_parameters), -1, dtype=np.int64)
     for name, shape, off in zip(layout.names, layout.shapes, layout.offsets):
         size = int(np.prod(shape)) if shape else 1
-        if name == "hidden.weight":  # [H, 2D] row-major: row i = neuron i
+        if name == GROUP_HIDDEN_WEIGHT:  # [H, 2D] row-major: row i = neuron i
             owner[off : off + size] = np.repeat(np.arange(shape[0]), shape[1])
-        elif name == "hidden.bias":
+        elif name == GROUP_HIDDEN_BIAS:
             owner[off : off + size] = np.arange(shape[0])
-        elif name == "unembed.weight":  # [N, H]: column i = neuron i
+        elif name == GROUP_UNEMBED_WEIGHT:  # [N, H]: column i = neuron i
             owner[off : off + size] = np.tile(np.arange(shape[1]), shape[0])
     if (owner >= n_neurons).any():
         raise ValueError("the parameter layout does not match the network's hidden width")
@@ -75,21 +78,27 @@ def irrep_purity(
         labels[~np.asarray(live)] = -1
     shares = irrep_mass(neuron_mass, labels, n_irreps)
     purity = shares.max(axis=1)
-    rng = np.random.default_rng(seed)
-    idx = np.nonzero(labels >= 0)[0]
-    shuffled = []
-    for _ in range(n_shuffles):
-        perm = labels.copy()
-        perm[idx] = rng.permutation(labels[idx])
-        shuffled.append(float(irrep_mass(neuron_mass, perm, n_irreps).max(axis=1).mean()))
+    # the live neurons' irrep labels permuted among themselves (dead neurons keep -1)
+    control = shuffled_control(
+        lambda perm: float(irrep_mass(neuron_mass, labels[perm], n_irreps).max(axis=1).mean()),
+        labels.size,
+        n_shuffles,
+        seed,
+        observed=float(purity.mean()) if len(purity) else float("nan"),
+        movable=labels >= 0,
+    )
     return {
         "per_row_irrep": shares.argmax(axis=1).tolist(),
         "per_row_purity": purity.tolist(),
-        "mean_purity": float(purity.mean()) if len(purity) else float("nan"),
-        "shuffled_mean_purity": float(np.mean(shuffled)) if shuffled else float("nan"),
-        "shuffled_mean_purity_max": float(np.max(shuffled)) if shuffled else float("nan"),
+        "mean_purity": control.observed,
+        "shuffled_mean_purity": _or_nan(control.mean()),
+        "shuffled_mean_purity_max": _or_nan(control.max()),
         "n_shuffles": n_shuffles,
     }
+
+
+def _or_nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def _top_purity(group: Group, x, y, top: np.ndarray, stabilisers) -> np.ndarray:
@@ -120,23 +129,24 @@ def coset_purity(
     the circuits' (left, right) stabiliser pairs, with shuffled-coefficient controls."""
     W = np.asarray(W)
     k = min(int(top_k), W.shape[0])
-    top = np.argsort(-W, axis=0, kind="stable")[:k].T  # [r, k]
+    top = top_indices(W, k)  # [r, k]
     pur = _top_purity(group, x, y, top, stabilisers)
-    rng = np.random.default_rng(seed)
-    shuffled = []
-    for _ in range(n_shuffles):
-        # example i gets the coefficients of example perm[i]: top examples of random content
-        perm = rng.permutation(W.shape[0])
-        top_s = np.argsort(-W[perm], axis=0, kind="stable")[:k].T
-        shuffled.append(float(_top_purity(group, x, y, top_s, stabilisers).mean()))
+    # example i gets the coefficients of example perm[i]: top examples of random content
+    control = shuffled_control(
+        lambda perm: float(_top_purity(group, x, y, top_indices(W[perm], k), stabilisers).mean()),
+        W.shape[0],
+        n_shuffles,
+        seed,
+        observed=float(pur.mean()) if len(pur) else float("nan"),
+    )
     chance = 0.0
     for sl, sr in stabilisers:
         chance = max(chance, len(sl) / group.order, len(sr) / group.order)
     return {
         "top_k": k,
         "per_component": pur.tolist(),
-        "mean_purity": float(pur.mean()) if len(pur) else float("nan"),
-        "shuffled_mean_purity": float(np.mean(shuffled)) if shuffled else float("nan"),
+        "mean_purity": control.observed,
+        "shuffled_mean_purity": _or_nan(control.mean()),
         "n_shuffles": n_shuffles,
         "largest_coset_share": chance,
     }

@@ -122,6 +122,19 @@ class Group:
 
         return character_table(self)
 
+    # --- groups built from this one (for npeff.groups.irreps, which cannot import this module) ---
+    def times(self, *others: Group) -> Group:
+        """The direct product ``self × others[0] × ...`` (:func:`direct_product`)."""
+        return direct_product(self, *others)
+
+    def symmetric_overgroup(self) -> Group:
+        """The symmetric group on the points this permutation group acts on."""
+        if self.perms is None:
+            raise ValueError(
+                f"{self.name} is not a permutation group; it has no symmetric overgroup"
+            )
+        return symmetric_group(self.perms.shape[1])
+
     # --- conjugacy classes ----------------------------------------------------------------------
     @cached_property
     def conjugacy_classes(self) -> list[np.ndarray]:

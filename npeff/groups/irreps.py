@@ -20,10 +20,12 @@ Each irrep's type is ``κ = ⟨χ, χ⟩`` = 1 (real), 2 (complex: the real form
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from npeff.groups.core import Group
+if TYPE_CHECKING:  # core.Group calls into this module (Group.irrep_info), so no runtime import
+    from npeff.groups.core import Group
 
 KINDS = {1: "real", 2: "complex", 4: "quaternionic"}
 
@@ -242,9 +244,7 @@ def _product_irreps(group: Group, rng: np.random.Generator) -> list[Irrep]:
 
 
 def _rest_product(factors):
-    from npeff.groups.core import direct_product
-
-    return factors[0] if len(factors) == 1 else direct_product(*factors)
+    return factors[0] if len(factors) == 1 else factors[0].times(*factors[1:])
 
 
 def _regular_irreps(group: Group, rng: np.random.Generator) -> list[Irrep]:
@@ -267,9 +267,7 @@ def irreps(group: Group) -> list[Irrep]:
     elif group.kind == "cyclic":
         out = _cyclic_irreps(group)
     elif group.kind == "alternating":
-        from npeff.groups.core import symmetric_group
-
-        out = _restricted_irreps(group, symmetric_group(group.perms.shape[1]), rng)
+        out = _restricted_irreps(group, group.symmetric_overgroup(), rng)
     elif group.kind == "product":
         out = _product_irreps(group, rng)
     else:

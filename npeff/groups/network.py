@@ -12,6 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from npeff.models.simple import (
+    GROUP_HIDDEN_BIAS,
+    GROUP_HIDDEN_WEIGHT,
+    GROUP_UNEMBED_BIAS,
+    GROUP_UNEMBED_WEIGHT,
+)
+
 
 @dataclass
 class FoldedNetwork:
@@ -31,12 +38,12 @@ class FoldedNetwork:
 
 def fold(state: Mapping[str, torch.Tensor]) -> FoldedNetwork:
     """Fold one ``GroupMLP`` state dict into L, R, U, b (float64)."""
-    w = state["hidden.weight"].double()
+    w = state[GROUP_HIDDEN_WEIGHT].double()
     d = state["embed_left"].shape[-1]
-    left = state["embed_left"].double() @ w[:, :d].T + state["hidden.bias"].double()
+    left = state["embed_left"].double() @ w[:, :d].T + state[GROUP_HIDDEN_BIAS].double()
     right = state["embed_right"].double() @ w[:, d:].T
-    u = state["unembed.weight"].double()
-    b = state.get("unembed.bias")
+    u = state[GROUP_UNEMBED_WEIGHT].double()
+    b = state.get(GROUP_UNEMBED_BIAS)
     b = torch.zeros(u.shape[0], dtype=torch.float64) if b is None else b.double()
     return FoldedNetwork(left, right, u, b)
 

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import io
 from html import escape
 
 import numpy as np
 
+from npeff.report.figures import png_bytes
+
 
 def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    """PNG bytes of a pyplot figure at this section's 90 dpi; closes the figure."""
     import matplotlib.pyplot as plt
 
+    out = png_bytes(fig, dpi=90)
     plt.close(fig)
-    return buf.getvalue()
+    return out
 
 
 def spectrum_figure(shares: np.ndarray, irrep_names: list[str], order: np.ndarray) -> bytes:

@@ -27,17 +27,17 @@ import torch
 from torch import nn
 
 from npeff.groups.zoo_grad import LEFT, RIGHT, join_hidden, split_hidden, zoo_loss_and_grads
+from npeff.models.simple import (
+    GROUP_HIDDEN_BIAS,
+    GROUP_HIDDEN_WEIGHT,
+    GROUP_MLP_PARAMETERS,
+    GROUP_UNEMBED_BIAS,
+    GROUP_UNEMBED_WEIGHT,
+)
 
 log = logging.getLogger(__name__)
 
-PARAM_KEYS = (
-    "embed_left",
-    "embed_right",
-    "hidden.weight",
-    "hidden.bias",
-    "unembed.weight",
-    "unembed.bias",
-)
+PARAM_KEYS = GROUP_MLP_PARAMETERS
 ZOO_NAME = "zoo.pt"
 ZOO_FORMAT = "npeff-group-zoo"
 STATE_NAME = "zoo_state.pt"
@@ -74,17 +74,17 @@ def zoo_logits(
 ) -> torch.Tensor:
     """Logits ``[S, B, |G|]`` of every model for inputs x, y (int64 ``[B]``); ``params`` with
     ``GroupMLP`` keys or split as in :func:`npeff.groups.zoo_grad.split_hidden`."""
-    if "hidden.weight" in params:  # [S, H, 2D]
+    if GROUP_HIDDEN_WEIGHT in params:  # [S, H, 2D]
         d = params["embed_left"].shape[-1]
-        wl, wr = params["hidden.weight"][..., :d], params["hidden.weight"][..., d:]
+        wl, wr = params[GROUP_HIDDEN_WEIGHT][..., :d], params[GROUP_HIDDEN_WEIGHT][..., d:]
     else:  # the trainer's split form (npeff.groups.zoo_grad.split_hidden)
         wl, wr = params[LEFT], params[RIGHT]
     left = torch.einsum("snd,shd->snh", params["embed_left"], wl)  # [S, N, H]
     right = torch.einsum("snd,shd->snh", params["embed_right"], wr)
-    pre = left[:, x] + right[:, y] + params["hidden.bias"][:, None, :]
-    out = torch.relu(pre) @ params["unembed.weight"].transpose(1, 2)  # [S, B, |G|]
-    if "unembed.bias" in params:
-        out = out + params["unembed.bias"][:, None, :]
+    pre = left[:, x] + right[:, y] + params[GROUP_HIDDEN_BIAS][:, None, :]
+    out = torch.relu(pre) @ params[GROUP_UNEMBED_WEIGHT].transpose(1, 2)  # [S, B, |G|]
+    if GROUP_UNEMBED_BIAS in params:
+        out = out + params[GROUP_UNEMBED_BIAS][:, None, :]
     return out
 
 
@@ -119,7 +119,7 @@ def zoo_accuracy(
     params: Mapping[str, torch.Tensor], x, y, labels, chunk: int = 4096
 ) -> torch.Tensor:
     """float ``[S]``: each model's accuracy on (x, y, labels), in chunks of ``chunk`` inputs."""
-    correct = torch.zeros(params["hidden.bias"].shape[0])
+    correct = torch.zeros(params[GROUP_HIDDEN_BIAS].shape[0])
     for a in range(0, len(labels), chunk):
         pred = zoo_logits(params, x[a : a + chunk], y[a : a + chunk]).argmax(-1)
         correct += (pred == labels[a : a + chunk]).sum(-1)
@@ -168,7 +168,7 @@ def train_zoo(
         history, start = list(st["history"]), int(st["epoch"])
         log.info("resuming the zoo from epoch %d (%s)", start, state_path)
     x, y, labels = train
-    n_seeds = int(params["hidden.bias"].shape[0])
+    n_seeds = int(params[GROUP_HIDDEN_BIAS].shape[0])
     bar = None
     if progress:
         from tqdm.auto import tqdm

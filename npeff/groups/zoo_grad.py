@@ -27,16 +27,23 @@ from collections.abc import Mapping
 
 import torch
 
+from npeff.models.simple import (
+    GROUP_HIDDEN_BIAS,
+    GROUP_HIDDEN_WEIGHT,
+    GROUP_UNEMBED_BIAS,
+    GROUP_UNEMBED_WEIGHT,
+)
+
 BLOCK_ROWS = 2048  # rows (seed × input) per block: ~1 MiB of float32 activations at H = 128
-LEFT, RIGHT = "hidden.weight.left", "hidden.weight.right"
+LEFT, RIGHT = f"{GROUP_HIDDEN_WEIGHT}.left", f"{GROUP_HIDDEN_WEIGHT}.right"
 
 
 def split_hidden(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``params`` with ``hidden.weight`` [S, H, 2D] replaced by its halves ``LEFT``/``RIGHT``
     [S, H, D] (contiguous copies: the trainer optimises them as two tensors, so no gradient
     has to be concatenated every step)."""
-    out = {k: v for k, v in params.items() if k != "hidden.weight"}
-    w, d = params["hidden.weight"], params["embed_left"].shape[-1]
+    out = {k: v for k, v in params.items() if k != GROUP_HIDDEN_WEIGHT}
+    w, d = params[GROUP_HIDDEN_WEIGHT], params["embed_left"].shape[-1]
     out[LEFT], out[RIGHT] = w[..., :d].contiguous(), w[..., d:].contiguous()
     return out
 
@@ -44,7 +51,7 @@ def split_hidden(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def join_hidden(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`split_hidden`: ``GroupMLP`` keys, ``hidden.weight`` [S, H, 2D]."""
     out = {k: v for k, v in params.items() if k not in (LEFT, RIGHT)}
-    out["hidden.weight"] = torch.cat([params[LEFT], params[RIGHT]], -1)
+    out[GROUP_HIDDEN_WEIGHT] = torch.cat([params[LEFT], params[RIGHT]], -1)
     return out
 
 
@@ -73,13 +80,13 @@ def zoo_loss_and_grads(
 
     ``params`` has either ``GroupMLP`` keys or the split form of :func:`split_hidden`; the
     gradient has the same keys as ``params``."""
-    if "hidden.weight" in params:
+    if GROUP_HIDDEN_WEIGHT in params:
         loss, grads = zoo_loss_and_grads(split_hidden(params), x, y, labels, block)
         return loss, join_hidden(grads)
     El, Er = params["embed_left"], params["embed_right"]  # [S, N, D]
     Wl, Wr = params[LEFT], params[RIGHT]  # [S, H, D]
-    c, U = params["hidden.bias"], params["unembed.weight"]
-    ub = params.get("unembed.bias")  # [S, N] or None
+    c, U = params[GROUP_HIDDEN_BIAS], params[GROUP_UNEMBED_WEIGHT]
+    ub = params.get(GROUP_UNEMBED_BIAS)  # [S, N] or None
     n_seeds = El.shape[0]
     L = torch.baddbmm(c[:, None, :], El, Wl.transpose(1, 2))  # [S, N, H]
     R = torch.bmm(Er, Wr.transpose(1, 2))
@@ -117,9 +124,9 @@ def zoo_loss_and_grads(
         "embed_right": torch.bmm(dR, Wr),
         LEFT: torch.bmm(dL.transpose(1, 2), El),
         RIGHT: torch.bmm(dR.transpose(1, 2), Er),
-        "hidden.bias": dL.sum(1),
-        "unembed.weight": dU.mul_(inv),
+        GROUP_HIDDEN_BIAS: dL.sum(1),
+        GROUP_UNEMBED_WEIGHT: dU.mul_(inv),
     }
     if ub is not None:
-        grads["unembed.bias"] = dub.mul_(inv)
+        grads[GROUP_UNEMBED_BIAS] = dub.mul_(inv)
     return loss * inv, grads

@@ -4,13 +4,11 @@
 - ``select_parameters(model, include, exclude)`` / ``parameter_layout(...)``.
 - ``build_model(model_cfg, hints)``: built-in models ``mlp``, ``cnn``, ``group_mlp``,
   ``tiny_bert``, ``hf_local``, ``torchvision``.
-- ``load_checkpoint(path) -> LoadedModel(model, task, cfg, path)``.
+- ``save_checkpoint`` / ``read_checkpoint`` (``npeff.tasks.load_checkpoint`` rebuilds task + model).
 """
 
 from npeff.models.checkpoint import (
     CHECKPOINT_NAME,
-    LoadedModel,
-    load_checkpoint,
     read_checkpoint,
     resolve_checkpoint_path,
     save_checkpoint,
@@ -31,11 +29,9 @@ __all__ = [
     "CHECKPOINT_NAME",
     "LABELS_KEY",
     "MODELS",
-    "LoadedModel",
     "accuracy",
     "build_model",
     "forward_logits",
-    "load_checkpoint",
     "model_inputs",
     "parameter_layout",
     "predict_logits",

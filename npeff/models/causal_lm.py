@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from npeff.fisher.lm_answers import EXPLAIN_KEY  # noqa: F401 (re-exported)
-from npeff.tasks.files import resolve_path
+from npeff.artifacts.files import resolve_path
 
 
 def additive_causal_mask(attention_mask: torch.Tensor | None, length: int, dtype, device):

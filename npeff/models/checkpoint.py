@@ -8,7 +8,6 @@ and ``task``), ``metrics`` (optional).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from npeff.artifacts.atomic import atomic_path
 CHECKPOINT_NAME = "model.ckpt"
 CHECKPOINT_FORMAT = "npeff-model"
 CHECKPOINT_VERSION = 1
-
-
-@dataclass
-class LoadedModel:
-    """What :func:`load_checkpoint` returns: the model (eval mode), its task (set up), the config."""
-
-    model: nn.Module
-    task: Any  # npeff.tasks.NpeffTask
-    cfg: DictConfig
-    path: Path
 
 
 def save_checkpoint(
@@ -93,23 +82,3 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"{p} has checkpoint version {payload.get('version')}; this npeff reads <= {CHECKPOINT_VERSION}"
         )
     return payload
-
-
-def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
-    """Rebuild task and model from a checkpoint path alone (model in eval mode)."""
-    from npeff.models.registry import build_model
-    from npeff.tasks import build_task
-
-    p = resolve_checkpoint_path(path)
-    payload = read_checkpoint(p)
-    cfg = OmegaConf.create(payload["config"])
-    task = build_task(cfg.task)
-    model = build_model(cfg.model, task.model_hints())
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise ValueError(
-            f"{p}: the weights do not fit the model its config describes: {e}"
-        ) from None
-    model.eval()
-    return LoadedModel(model=model, task=task, cfg=cfg, path=p)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from npeff.tasks.files import resolve_path
+from npeff.artifacts.files import resolve_path
 
 
 class HFClassifier(nn.Module):

@@ -12,8 +12,8 @@ from npeff.models.causal_lm import build_hf_causal_lm, build_tiny_gpt2
 from npeff.models.core import set_trainable
 from npeff.models.hf import build_hf_local, build_tiny_bert
 from npeff.models.simple import MLP, GroupMLP, SmallCNN
+from npeff.models.tracr import build_tracr
 from npeff.models.vision import build_torchvision
-from npeff.tracr.model import build_tracr
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,

@@ -68,6 +68,22 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+# GroupMLP's parameter names (state-dict keys): the one spelling for the code that reads its
+# weights (npeff.groups: folding, neuron ownership, the zoo's stacked parameters).
+GROUP_HIDDEN_WEIGHT = "hidden.weight"  # [H, 2D]: row i = neuron i (its unit, models.units)
+GROUP_HIDDEN_BIAS = "hidden.bias"  # [H]
+GROUP_UNEMBED_WEIGHT = "unembed.weight"  # [N, H]: column i = neuron i
+GROUP_UNEMBED_BIAS = "unembed.bias"  # [N]
+GROUP_MLP_PARAMETERS = (
+    "embed_left",
+    "embed_right",
+    GROUP_HIDDEN_WEIGHT,
+    GROUP_HIDDEN_BIAS,
+    GROUP_UNEMBED_WEIGHT,
+    GROUP_UNEMBED_BIAS,
+)
+
+
 class GroupMLP(nn.Module):
     """The one-hidden-layer group-operation network (seed-systems.md §2.1).
 

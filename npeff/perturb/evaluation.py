@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.perturbation import PerturbationResult
 from npeff.perturb.batched import StackedForward, split_sets
@@ -23,7 +24,6 @@ from npeff.perturb.metrics import (
     per_example_kl,
     random_baseline,
     safe_ratio,
-    top_indices,
 )
 from npeff.perturb.prefix_cache import PrefixCache
 from npeff.perturb.vector import ModelPerturber, ParameterVector
@@ -123,7 +123,7 @@ class PerturbationEvaluator:
 
     def top(self, j: int) -> np.ndarray:
         """Top examples of component j by coefficient, descending [min(n_top, n)]."""
-        return top_indices(self.W, j, self.settings.n_top)
+        return top_indices(self.W[:, [j]], self.settings.n_top)[0]
 
     def _logits(self, indices: np.ndarray | None, forward: ForwardFn | None = None) -> torch.Tensor:
         if self.prefix is not None:

@@ -65,7 +65,7 @@ def _concat(pieces: list[dict]) -> dict:
     return out
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
@@ -167,7 +167,7 @@ class ExampleCache:
         if progress:
             it = tqdm(it, desc="logits", leave=False)
         for batch in it:
-            out.append(forward(model, _to_device(batch, device)).float().cpu())
+            out.append(forward(model, to_device(batch, device)).float().cpu())
         if not out:
             return torch.zeros(0, 0)
         return torch.cat(out)

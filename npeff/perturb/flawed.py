@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.perturbation import PerturbationResult
 
 
@@ -41,7 +42,7 @@ def select_flawed_components(
         j = int(j)
         if not 0 <= j < W.shape[1]:
             raise IndexError(f"component {j} out of range for {W.shape[1]} components")
-        top = np.argsort(-W[:, j], kind="stable")[:n_top]
+        top = top_indices(W[:, [j]], n_top)[0]
         if int(wrong[top].sum()) >= min_incorrect:
             out.append(j)
     return np.asarray(out, dtype=np.int64)

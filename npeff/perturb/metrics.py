@@ -18,12 +18,6 @@ def per_example_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tens
     return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
 
 
-def top_indices(W: np.ndarray, j: int, n_top: int) -> np.ndarray:
-    """Indices of the ``n_top`` largest ``W[:, j]``, descending (ties by index) [min(n_top, n)]."""
-    col = np.asarray(W[:, j], dtype=np.float64)
-    return np.argsort(-col, kind="stable")[: min(n_top, len(col))].astype(np.int64)
-
-
 def random_baseline(n: int, n_baseline: int, seed: int) -> np.ndarray:
     """A seeded uniform random subset of min(n_baseline, n) of range(n), ascending."""
     rng = np.random.default_rng(seed)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from npeff.perturb.examples import ExampleCache, ForwardFn, _to_device, default_forward_logits
+from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits, to_device
 
 REPLAY_RTOL = 1e-5
 
@@ -280,7 +280,7 @@ class PrefixCache:
             it = tqdm(it, desc="prefix", leave=False)
         for batch in it:
             b = _batch_size(batch)
-            _, got = _capture(model, _to_device(batch, self.device), plan.stored, forward)
+            _, got = _capture(model, to_device(batch, self.device), plan.stored, forward)
             for n, out in got.items():
                 leaves, spec = tree_flatten(out)
                 self._specs[n] = spec
@@ -306,7 +306,7 @@ class PrefixCache:
         if cache.n == 0:
             return None
         device = next(model.parameters()).device
-        probe = _to_device(next(cache.batches(np.arange(min(cache.n, 4)), 4)), device)
+        probe = to_device(next(cache.batches(np.arange(min(cache.n, 4)), 4)), device)
         plan = plan_prefix(model, probe, perturbed, forward)
         if plan is None:
             return None
@@ -354,7 +354,7 @@ class PrefixCache:
             outputs = self._outputs_for(idx_all[pos : pos + b])
             pos += b
             with _stubs(self.model, outputs):
-                out.append(forward(self.model, _to_device(batch, self.device)).float().cpu())
+                out.append(forward(self.model, to_device(batch, self.device)).float().cpu())
         if not out:
             return torch.zeros(0, 0)
         return torch.cat(out)

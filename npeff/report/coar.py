@@ -16,8 +16,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from npeff.artifacts.atomic import atomic_path
-from npeff.report.figures import _png
-from npeff.report.html import _CSS, _fmt, data_uri
+from npeff.coar.editing import EditResult
+from npeff.report.figures import png_bytes
+from npeff.report.html import CSS, data_uri, fmt
 
 PAPER_FIG1 = "paper Fig. 1 (α_train): CIFAR ResNet-18 0.75 (LOO .52, GP .24); ImageNet ResNet-50 0.65 (.34, .17); ViT-B/16 0.76 (.65, .54)"
 
@@ -39,7 +40,7 @@ def correlation_plot(corr_by_alpha: dict, alpha_train: float) -> bytes | None:
     ax.set_ylabel("mean per-example Pearson r")
     ax.set_title("COAR held-out correlation")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _table(rows: list[tuple[str, str]], caption: str) -> str:
@@ -65,10 +66,10 @@ def coar_section(
         "seconds",
     )
     parts = ["<h2>COAR: component attribution</h2>", '<div class="tables">']
-    parts.append(_table([(k, _fmt(metrics.get(k))) for k in keys], "summary"))
+    parts.append(_table([(k, fmt(metrics.get(k))) for k in keys], "summary"))
     rows = []
     for a, r in (metrics.get("corr_by_alpha") or {}).items():
-        rows.append((f"α = {a}", ", ".join(f"{m} {_fmt(v['mean'])}" for m, v in r.items())))
+        rows.append((f"α = {a}", ", ".join(f"{m} {fmt(v['mean'])}" for m, v in r.items())))
     parts.append(_table(rows, "mean held-out correlation by α"))
     parts.append("</div>")
     parts.append(
@@ -111,12 +112,12 @@ def coar_section(
             "<tr><td>"
             + str(r["k"])
             + "</td>"
-            + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols)
+            + "".join(f"<td>{fmt(r[c])}</td>" for c in cols)
             + "</tr>"
             for r in t
         )
         parts.append(
-            f"<h2>Coar-Edit</h2><p>chosen k = {_fmt(edit.get('best_k'))}: "
+            f"<h2>Coar-Edit</h2><p>chosen k = {fmt(edit.get('best_k'))}: "
             f"{escape(', '.join(edit.get('best_units') or []))}</p>"
             f'<table class="summary"><tr><th>k</th>{head}</tr>{body}</table>'
         )
@@ -138,7 +139,7 @@ def coar_report(run_dir: str | os.PathLike, edit_dir: str | os.PathLike | None =
             png = (out_dir / "edit_sweep.png").read_bytes()
     html = (
         "<!doctype html><html><head><meta charset='utf-8'><title>npeff COAR report</title>"
-        f"<style>{_CSS}</style></head><body><h1>npeff COAR report</h1>"
+        f"<style>{CSS}</style></head><body><h1>npeff COAR report</h1>"
         f"<p class='muted'>{escape(str(metrics.get('checkpoint')))}</p>"
         + coar_section(metrics, att, edit, png)
         + "</body></html>"
@@ -147,3 +148,26 @@ def coar_report(run_dir: str | os.PathLike, edit_dir: str | os.PathLike | None =
     with atomic_path(path) as tmp:
         tmp.write_text(html)
     return path
+
+
+def sweep_plot(result: EditResult) -> bytes:
+    """PNG: accuracy on each data set against k (the edit sweep)."""
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    keys = [k for k in result.table[0] if k.startswith("acc_")]
+    for key in keys:
+        ax.plot(result.k_values, [r[key] for r in result.table], marker="o", ms=3, label=key[4:])
+    if result.best_k is not None:
+        ax.axvline(
+            result.best_k,
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"chosen k={result.best_k}",
+        )
+    ax.set_xlabel("k (units ablated)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Coar-Edit sweep")
+    ax.legend(fontsize=8)
+    return png_bytes(fig)

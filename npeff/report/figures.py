@@ -12,7 +12,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _png(fig: Figure, dpi: int = 100) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The PNG bytes of a matplotlib figure (Agg, tight bounding box): every report figure."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -57,7 +58,7 @@ def ratio_histograms(kl_ratio: np.ndarray | None, norm_ratio: np.ndarray | None)
     ax.set_ylabel("components")
     ax.set_title("Top-example vs baseline ratios per component")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def loss_curves(losses: dict[str, np.ndarray], log_every: int = 1) -> bytes | None:
@@ -78,7 +79,7 @@ def loss_curves(losses: dict[str, np.ndarray], log_every: int = 1) -> bytes | No
     ax.set_ylabel("loss")
     ax.set_title("Decomposition loss")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def convergence_curves(
@@ -126,7 +127,7 @@ def convergence_curves(
         ax.set_ylabel(ylabel, fontsize=8)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Coefficient convergence")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def similarity_heatmaps(panels: list[tuple[str, np.ndarray]]) -> bytes | None:
@@ -142,7 +143,7 @@ def similarity_heatmaps(panels: list[tuple[str, np.ndarray]]) -> bytes | None:
         ax.set_xlabel("component")
         ax.set_ylabel("component")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def cross_run_heatmap(
@@ -168,7 +169,7 @@ def cross_run_heatmap(
     ax.set_ylabel(f"{label_a} components")
     ax.set_title("Coefficient cosine similarity")
     fig.colorbar(im, ax=ax)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def concept_purity_plot(
@@ -192,7 +193,7 @@ def concept_purity_plot(
         f"{n_all} components with a concept shared by all top-{k} (shuffled: {shuffled_n_all:.1f})"
     )
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def image_thumbnail(image: np.ndarray, min_size: int = 64) -> bytes:

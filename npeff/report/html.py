@@ -13,7 +13,7 @@ from typing import Any
 
 from npeff.report.content import ComponentCard, ExampleView, ReportContent
 
-_CSS = """
+CSS = """
 :root { --fg:#1d1d1f; --muted:#6b6b70; --card:#ffffff; --bg:#f4f5f7; --ok:#1a7f37; --bad:#c62828; --acc:#3f51b5; }
 * { box-sizing: border-box; }
 body { margin:0; padding:24px; font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
@@ -60,7 +60,7 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):
@@ -95,12 +95,12 @@ def _table(rows: list[tuple[str, str]], caption: str) -> str:
 def _summary_tables(summary: dict[str, Any]) -> str:
     """Run, perturbation, concept and input tables side by side."""
     run = [
-        (k, _fmt(v))
+        (k, fmt(v))
         for k, v in summary.items()
         if k not in ("concepts", "sources", "tables") and k not in _PERTURBATION_KEYS
     ]
-    pert = [(k, _fmt(summary[k])) for k in _PERTURBATION_KEYS if k in summary]
-    conc = [(k, _fmt(v)) for k, v in (summary.get("concepts") or {}).items()]
+    pert = [(k, fmt(summary[k])) for k in _PERTURBATION_KEYS if k in summary]
+    conc = [(k, fmt(v)) for k, v in (summary.get("concepts") or {}).items()]
     src = [(k, f"<code>{escape(str(v))}</code>") for k, v in (summary.get("sources") or {}).items()]
     return (
         '<div class="tables">'
@@ -213,7 +213,7 @@ def _comparison_html(comparison: dict[str, dict] | None) -> str:
                 cells.append('<td class="muted">—</td>')
             else:
                 v = row.get(key)
-                cells.append(f"<td>{'—' if v is None else _fmt(v)}</td>")
+                cells.append(f"<td>{'—' if v is None else fmt(v)}</td>")
         rows.append(f"<tr><td><b>{escape(method)}</b></td>{''.join(cells)}</tr>")
     return (
         "<h2>Comparison with baselines</h2>"
@@ -247,7 +247,7 @@ def render(content: ReportContent) -> str:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(content.title)}</title>
-<style>{_CSS}</style>
+<style>{CSS}</style>
 </head>
 <body>
 <h1>{escape(content.title)}</h1>

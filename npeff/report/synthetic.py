@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.decomposition import Decomposition
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.pefs import Pefs
@@ -136,7 +137,7 @@ def synthetic_inputs(
         acc_baseline_after=rng.uniform(0.5, 1.0, size=(c, 2)),
         acc_all_before=0.8,
         acc_all_after=rng.uniform(0.7, 0.8, size=(c, 2)),
-        top_indices=np.argsort(-W, axis=0, kind="stable")[:n_top].T.astype(np.int64),
+        top_indices=top_indices(W, n_top),
         baseline_indices=np.arange(min(50, n), dtype=np.int64),
         metadata={"kind": "lrm", "synthetic": True},
     )

@@ -57,7 +57,7 @@ def module_choice(cfg: DictConfig, model) -> tuple[str, Any]:
 def capture_splits(cfg: DictConfig, output_dir: Path, loaded=None, loaders=None) -> dict[str, Path]:
     """Activation files of both splits (given in ``inputs`` or captured into ``output_dir``)."""
     from npeff.baselines.capture import capture_activations, probe
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     given = {s: cfg.inputs.get(f"activations_{s}") for s in SPLITS}
     if all(given.values()):
@@ -187,7 +187,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     """Fit baseline ``cfg.baseline`` on ``fit``, apply it to ``eval``; write into ``output_dir``."""
     from npeff.artifacts.baseline import save_baseline
     from npeff.baselines.compare import concept_protocol
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     name = _check_name(cfg)
     output_dir = Path(output_dir)
@@ -274,7 +274,7 @@ def run_comparison(
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.baselines.compare import MethodScores, compare_methods
     from npeff.baselines.tcav import feature_gradients
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

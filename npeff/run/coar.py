@@ -50,7 +50,7 @@ def trainer_processes(cfg: DictConfig) -> tuple[int, int, str, str]:
 
 def check_inputs(model, c: DictConfig) -> None:
     """Every COAR setting checked on the model before any work (clear errors)."""
-    from npeff.coar.attributions import _check_settings
+    from npeff.coar.attributions import check_settings as _check_settings
     from npeff.models.units import build_unit_map
 
     unit_map = build_unit_map(model, _plain(c.units))
@@ -63,8 +63,9 @@ def check_inputs(model, c: DictConfig) -> None:
 def resolve_model(cfg: DictConfig, output_dir: Path):
     """The model to attribute: ``inputs.checkpoint``, or ``model``/``task`` trained here (cached
     like the pipeline's). Settings are checked on an untrained copy before any training."""
-    from npeff.models import build_model, load_checkpoint
+    from npeff.models import build_model
     from npeff.tasks import build_task
+    from npeff.tasks.checkpoint import load_checkpoint
 
     ckpt = (cfg.get("inputs") or {}).get("checkpoint")
     if ckpt not in (None, "", "???"):

@@ -114,10 +114,11 @@ def _check_identity(att, loaded) -> None:
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     """Coar-Edit on ``cfg`` into ``output_dir``; returns the metrics."""
     from npeff.coar import load_attributions
-    from npeff.coar.editing import edit, sweep_plot
-    from npeff.models import load_checkpoint
+    from npeff.coar.editing import edit
+    from npeff.report.coar import sweep_plot
     from npeff.run import coar as coar_stage
     from npeff.run.pefs import build_loader
+    from npeff.tasks.checkpoint import load_checkpoint
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

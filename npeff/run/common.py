@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from npeff import CONFIG_PATH  # noqa: F401 (the stages' config dir, package data)
 from npeff.artifacts.atomic import write_json_atomic
-
-CONFIG_PATH = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def hydra_output_dir() -> Path:

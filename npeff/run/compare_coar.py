@@ -371,7 +371,7 @@ def section_html(result: dict, coar_html: str = "") -> str:
     """The report section: COAR's own section (if given) and the NPEFF-vs-COAR table."""
     from html import escape
 
-    from npeff.report.html import _fmt
+    from npeff.report.html import fmt as _fmt
 
     def f(v):
         return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else _fmt(v)
@@ -419,9 +419,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
     from npeff.coar import load_attributions
-    from npeff.models import load_checkpoint
     from npeff.perturb.examples import ExampleCache
     from npeff.run.perturb import _with_components
+    from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)

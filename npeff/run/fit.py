@@ -34,7 +34,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         )
     pefs = load_pefs(pefs_path)
     if f.get("n_examples"):
-        from npeff.decomp.fitting import _slice_pefs
+        from npeff.decomp.fitting import slice_pefs as _slice_pefs
 
         pefs = _slice_pefs(pefs, 0, min(int(f.n_examples), pefs.n_examples))
     check_compatible(pefs, dec)

@@ -116,7 +116,7 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
         return None
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.groups.components import component_neuron_mass, coset_purity, irrep_purity
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     dec = load_decomposition(inputs.decomposition)
     n_neurons = int(zoo.params["hidden.bias"].shape[-1])
@@ -161,7 +161,7 @@ def _coar_analysis(cfg, na, zoo) -> dict | None:
         return None
     import npeff.coar
     from npeff.groups.coar_units import coar_irrep_purity
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     attr = npeff.coar.load_attributions(cfg.inputs.coar)
     # the neuron analysis read here is the first seed's: the attributions must be that model's

@@ -188,7 +188,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     from npeff.fisher import compute_pefs
     from npeff.fisher.distributed import compute_pefs_multiprocess
     from npeff.fisher.quality import captured_fraction
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

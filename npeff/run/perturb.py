@@ -196,7 +196,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the perturbation stage; returns the metrics (also written to ``metrics.json``)."""
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)

@@ -43,7 +43,7 @@ def _task_inputs(cfg: DictConfig, pefs: Any) -> dict[str, Any]:
     if not cfg.inputs.get("checkpoint"):
         log.info("no inputs.checkpoint: the report shows coefficients without example contents")
         return {}
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     split = cfg.get("split") or (_split_from_metadata(pefs) if pefs is not None else None)
     if not split:

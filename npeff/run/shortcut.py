@@ -16,7 +16,7 @@ coefficients fitted on ``eval`` and the eval PEF file. Steps:
 3. Accuracy on cue-conflicting examples, on the rest, on cue-free ones and on all, on ``fit`` and
    ``eval``, before and after every edit; the best edit is chosen on ``fit`` (the ``select_on``
    split, which nothing here was fitted on except the expansion), its ``eval`` figures reported.
-4. Coar-Edit on the same model (:mod:`npeff.perturb.shortcut_coar`) when ``npeff.coar`` imports:
+4. Coar-Edit on the same model (:mod:`npeff.coar.shortcut`) when ``npeff.coar`` imports:
    targets = cue-conflicting ``fit`` errors, references = correct ``fit`` examples, top-k units
    ablated, the same accuracies against k.
 
@@ -74,12 +74,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     from npeff.analysis.shortcut import cue_carrying, cue_columns, frac_flawed
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_pefs
-    from npeff.models import load_checkpoint
     from npeff.perturb.directions import lrm_direction, normalize_rows
     from npeff.perturb.flawed import select_flawed_components
     from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
     from npeff.perturb.vector import ModelPerturber
     from npeff.run.perturb import _expansion_components, _with_components
+    from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
@@ -188,7 +188,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     held = {g: m & ~used_for_choice for g, m in ev.masks.items()}
 
     # 4. Coar-Edit (optional; needs npeff.coar)
-    from npeff.perturb import shortcut_coar
+    from npeff.coar import shortcut as shortcut_coar
 
     coar = None
     if sc.coar.enabled and shortcut_coar.available():

@@ -3,7 +3,7 @@
     npeff-train                      # tiny BERT on toy_nli
     npeff-train task=group           # S4 group-operation network
     npeff-train task=digits trainer.max_epochs=30 logger=csv
-    npeff-train task=group task.group=S5 task.n_seeds=20   # a zoo (npeff.groups.zoo_run)
+    npeff-train task=group task.group=S5 task.n_seeds=20   # a zoo (npeff.run.zoo)
 
 Writes ``model.ckpt`` (state dict + the resolved model/task config, so ``load_checkpoint(path)``
 rebuilds everything) and ``metrics.json`` (train/fit/eval accuracy, seconds) in the run dir.
@@ -50,7 +50,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.task.get("name") == "group" and (
         int(cfg.task.get("n_seeds") or 1) > 1 or cfg.task.get("zoo_trainer")
     ):
-        from npeff.groups import zoo_run  # many seeds at once on stacked parameters
+        from npeff.run import zoo as zoo_run  # many seeds at once on stacked parameters
 
         return zoo_run.run(cfg, output_dir)
     output_dir = Path(output_dir)

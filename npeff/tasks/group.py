@@ -14,7 +14,7 @@ inverse_pair (x·y = e), commuting (x·y = y·x), x_even, y_even (even permutati
 even residue for Z_n). ``concepts=cosets`` records instead the left coset of x, right coset of
 y and both cosets of x·y for every subgroup of index <= ``coset_max_index``
 (:mod:`npeff.groups.concepts`), the structure the network's neurons are constant on; ``both``
-records both sets. ``n_seeds`` (> 1: ``npeff-train`` trains a zoo, :mod:`npeff.groups.zoo_run`)
+records both sets. ``n_seeds`` (> 1: ``npeff-train`` trains a zoo, :mod:`npeff.run.zoo`)
 ``recipe`` (wu | chughtai) and ``zoo_trainer`` (train even one seed with the stacked trainer,
 ~5x fewer FLOPs than the Lightning path for S5) are read by the zoo trainer only.
 """

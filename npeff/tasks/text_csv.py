@@ -4,7 +4,7 @@ Each row needs a text column and a label column, optionally a second text column
 may be strings or integers; ``label_names`` fixes their order, otherwise the sorted distinct
 values are used. Tokenization: ``tokenizer: word`` builds a word-level vocabulary from the train
 split; any other value is a local Hugging Face tokenizer folder (or a ``pkg:`` reference, see
-:mod:`npeff.tasks.files`), loaded offline.
+:mod:`npeff.artifacts.files`), loaded offline.
 
 Splits: rows are (optionally) de-duplicated, shuffled with the seed and cut into ``n_fit``,
 ``n_eval`` and ``n_train`` rows (``n_train: null`` = all remaining rows).
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from npeff.artifacts.files import resolve_path
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
-from npeff.tasks.files import resolve_path
 from npeff.tasks.shortcut import CONCEPT_NAMES as SHORTCUT_CONCEPTS
 from npeff.tasks.shortcut import parse_shortcut
 from npeff.tasks.tokenizer import WordTokenizer

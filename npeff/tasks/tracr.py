@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from npeff.artifacts.tracr_model import TracrExport, load_tracr_model
+from npeff.models.tracr import PACKAGED_TOY_NLI
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
-from npeff.tracr.model import PACKAGED_TOY_NLI
 
 
 def concept_table(

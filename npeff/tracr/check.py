@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from npeff import config_dir
 from npeff.artifacts.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def ensure_model(cfg: DictConfig) -> None:
     from npeff.tracr.compile import compile_and_export
 
     options = OmegaConf.to_container(cfg.get("tracr_compile") or {}, resolve=True)
-    base = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "tracr_compile.yaml")
+    base = OmegaConf.load(config_dir() / "tracr_compile.yaml")
     base.pop("defaults", None)
     merged = OmegaConf.merge(base, options)
     log.info("model.path %s does not exist: compiling program %s", path, merged.program)
@@ -55,7 +56,7 @@ def run(
     coeffs)}`` of further decompositions of the same PEFs (the pipeline's
     ``tracr_check.extra_n_components``); each gets the concept statistic and the layer check too
     (``by_n_components``)."""
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     output_dir = Path(output_dir)
     loaded = load_checkpoint(checkpoint)

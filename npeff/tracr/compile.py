@@ -8,7 +8,7 @@ Needs the ``tracr`` extra (``pip install -e ".[tracr]"``: tracr-pypi, jax, dm-ha
 else in npeff imports jax. Steps:
 
 1. compile (tracr ``compile_rasp_to_model``; a program tracr cannot compile fails here);
-2. port fidelity: the residual stream of :class:`~npeff.tracr.model.TracrTransformer` against
+2. port fidelity: the residual stream of :class:`~npeff.models.tracr.TracrTransformer` against
    tracr's own forward on ``fidelity.n_random`` random inputs; max |diff| must be <= ``fidelity.tol``;
 3. RASP agreement: the port's decoded output against ``rasp.evaluate`` on every input of the
    program's domain (when at most ``fidelity.max_exhaustive``; else ``fidelity.n_sample`` random
@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import write_json_atomic
 from npeff.artifacts.tracr_model import TracrExport, save_tracr_model
-from npeff.tracr.model import TracrTransformer
+from npeff.models.tracr import TracrTransformer
 from npeff.tracr.programs import ProgramSpec, get_program, sample_sequences
 
 log = logging.getLogger(__name__)

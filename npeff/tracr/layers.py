@@ -20,7 +20,7 @@ import numpy as np
 
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.tracr_model import TracrExport
-from npeff.tracr.model import live_units, parse_param
+from npeff.models.tracr import live_units, parse_param
 
 
 @dataclass
@@ -34,7 +34,7 @@ class VariableMasks:
 def variable_masks(export: TracrExport, layout: ParameterLayout) -> VariableMasks:
     """Which parameters of ``layout`` (``TracrTransformer`` names, e.g.
     ``layers.<l>.mlp.linear_1.weight``: ``nn.Linear`` weights ``[out, in]``; a compact model's
-    (dead units left out, :func:`~npeff.tracr.model.live_units`) or a full one's) belong to the
+    (dead units left out, :func:`~npeff.models.tracr.live_units`) or a full one's) belong to the
     blocks / units writing each recorded variable."""
     labels = export.meta["residual_labels"]
     heads, key = int(export.meta["config"]["num_heads"]), int(export.meta["config"]["key_size"])

@@ -11,7 +11,8 @@ import pytest
 
 from npeff.decomp.module import DecompSettings
 from npeff.decomp.runner import decompose
-from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs, planted_lvrm_pefs
+from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs
+from npeff.fisher.synthetic import planted_lvrm_pefs
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

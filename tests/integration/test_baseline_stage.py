@@ -32,7 +32,7 @@ def _cfg(ckpt, *overrides):
 def test_activation_capture_matches_forward_and_resumes(toy_checkpoint, tmp_path):
     from npeff.artifacts.activations import ActivationsWriter, load_activations
     from npeff.baselines.capture import capture_activations
-    from npeff.models import load_checkpoint
+    from npeff.tasks.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(toy_checkpoint)
     loader = loaded.task.dataloader("eval", batch_size=16, shuffle=False)

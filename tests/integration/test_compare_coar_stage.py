@@ -20,12 +20,13 @@ from scipy.stats import spearmanr
 from npeff.artifacts.decomposition import Decomposition, save_decomposition
 from npeff.artifacts.perturbation import load_perturbation
 from npeff.coar.ablation import loop_margins
-from npeff.models import build_model, forward_logits, load_checkpoint, save_checkpoint
+from npeff.models import build_model, forward_logits, save_checkpoint
 from npeff.models.units import build_unit_map
 from npeff.run import coar, compare_coar, perturb
 from npeff.run.common import CONFIG_PATH
 from npeff.run.pefs import _file_sha256
 from npeff.tasks import build_task
+from npeff.tasks.checkpoint import load_checkpoint
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

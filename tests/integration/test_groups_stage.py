@@ -9,9 +9,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from npeff.groups.zoo_run import load_zoo
-from npeff.models import accuracy, load_checkpoint
+from npeff.models import accuracy
 from npeff.run import groups, train
 from npeff.run.common import CONFIG_PATH
+from npeff.tasks.checkpoint import load_checkpoint
 
 ZOO = [
     "task=group",

@@ -18,9 +18,10 @@ from test_fisher_reference import dense_class_grads  # noqa: E402
 
 import npeff.fisher  # noqa: E402
 from npeff.artifacts.pefs import PefsFileError, load_dataset_fisher, load_pefs  # noqa: E402
-from npeff.models import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from npeff.models import build_model, save_checkpoint  # noqa: E402
 from npeff.run.common import CONFIG_PATH  # noqa: E402
 from npeff.tasks import build_task  # noqa: E402
+from npeff.tasks.checkpoint import load_checkpoint  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 

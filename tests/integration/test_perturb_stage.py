@@ -13,7 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import npeff.models as models_pkg  # noqa: E402
+import npeff.tasks.checkpoint as checkpoint_mod  # noqa: E402
 from npeff.artifacts.decomposition import Decomposition, save_decomposition  # noqa: E402
 from npeff.artifacts.pefs import load_pefs  # noqa: E402
 from npeff.artifacts.perturbation import load_perturbation  # noqa: E402
@@ -120,7 +120,7 @@ def _cfg(overrides):
 def counted_loads(monkeypatch):
     """Wrap load_checkpoint: count loads and forward rows of every model it returns."""
     stats = {"loads": 0, "rows": 0}
-    orig = models_pkg.load_checkpoint
+    orig = checkpoint_mod.load_checkpoint
 
     def wrapped(path):
         stats["loads"] += 1
@@ -133,7 +133,7 @@ def counted_loads(monkeypatch):
         )
         return loaded
 
-    monkeypatch.setattr(models_pkg, "load_checkpoint", wrapped)
+    monkeypatch.setattr(checkpoint_mod, "load_checkpoint", wrapped)
     return stats
 
 
@@ -162,7 +162,7 @@ def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, cou
     assert res.metadata["max_abs_logit_diff_vs_pefs"] < 1e-4
 
     # the same computation through the library on a separately loaded model
-    loaded = models_pkg.load_checkpoint(a["ckpt"])
+    loaded = checkpoint_mod.load_checkpoint(a["ckpt"])
     cache = ExampleCache(loaded.task.dataloader("eval", 16), n_examples=N_EVAL)
     ev = PerturbationEvaluator(
         loaded.model,

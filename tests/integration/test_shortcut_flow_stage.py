@@ -8,7 +8,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from npeff.perturb import shortcut_coar
+from npeff.coar import shortcut as shortcut_coar
 from npeff.run import pipeline
 from npeff.run.common import CONFIG_PATH
 

@@ -49,8 +49,8 @@ def test_library_programs_pass_both_checks(tmp_path, program, vocab, max_len):
 def test_packaged_toy_nli_is_what_the_compile_step_exports(tmp_path):
     """The packaged file is regenerated bit for bit (same weights uid), and its checks pass."""
     from npeff.artifacts.tracr_model import load_tracr_model
+    from npeff.models.tracr import PACKAGED_TOY_NLI
     from npeff.tracr.compile import compile_and_export
-    from npeff.tracr.model import PACKAGED_TOY_NLI
 
     packaged = load_tracr_model(PACKAGED_TOY_NLI)
     m = compile_and_export(

@@ -13,9 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from npeff.models import accuracy, forward_logits, load_checkpoint
+from npeff.models import accuracy, forward_logits
 from npeff.run.common import CONFIG_PATH
 from npeff.run.train import run
+from npeff.tasks.checkpoint import load_checkpoint
 
 TINY_NLI = [
     "task.n_train=200",

@@ -110,7 +110,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_within_strata_permutation_keeps_strata_and_is_the_null_used():
-    from npeff.analysis.concepts import permutation
+    from npeff.analysis.controls import draw_permutation as permutation
 
     rng = np.random.default_rng(0)
     strata = rng.integers(0, 3, size=50)

@@ -16,7 +16,8 @@ from npeff.decomp.kinds import Hyper, build_factorization
 from npeff.decomp.matrix import ColumnBlocks, build_matrix
 from npeff.decomp.module import DecompSettings
 from npeff.decomp.runner import decompose
-from npeff.decomp.synthetic import planted_lrm_pefs, planted_lvrm_pefs
+from npeff.decomp.synthetic import planted_lrm_pefs
+from npeff.fisher.synthetic import planted_lvrm_pefs
 
 
 @pytest.fixture(autouse=True)

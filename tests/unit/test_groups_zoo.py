@@ -112,3 +112,9 @@ def test_hand_written_gradients_equal_autograd_in_float64():
             assert set(split_grads) == set(split_hidden(p))
             for k, g in join_hidden(split_grads).items():
                 assert torch.allclose(g, q[k].grad, rtol=1e-10, atol=1e-12), (k, block)
+
+
+def test_group_mlp_parameter_names_are_its_state_dict_keys():
+    from npeff.models.simple import GROUP_MLP_PARAMETERS, GroupMLP
+
+    assert list(GroupMLP(group_order=6, num_classes=6).state_dict()) == list(GROUP_MLP_PARAMETERS)

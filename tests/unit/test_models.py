@@ -11,12 +11,12 @@ from npeff.models import (
     MODELS,
     build_model,
     forward_logits,
-    load_checkpoint,
     parameter_layout,
     save_checkpoint,
     select_parameters,
 )
 from npeff.tasks import build_task
+from npeff.tasks.checkpoint import load_checkpoint
 
 TINY_BERT = {
     "name": "tiny_bert",

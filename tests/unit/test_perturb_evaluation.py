@@ -8,13 +8,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.decomposition import Decomposition
 from npeff.artifacts.layout import ParameterLayout
 from npeff.perturb.components import perturb_lrm
 from npeff.perturb.directions import lrm_direction
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
 from npeff.perturb.examples import ExampleCache
-from npeff.perturb.metrics import per_example_kl, random_baseline, summary_medians, top_indices
+from npeff.perturb.metrics import per_example_kl, random_baseline, summary_medians
 
 
 class CountingMLP(nn.Module):
@@ -63,8 +64,8 @@ def test_per_example_kl_matches_explicit_sum():
 
 def test_top_and_random_baseline():
     W = np.array([[0.1, 3.0], [0.5, 1.0], [0.5, 2.0], [0.2, 0.0]])
-    assert top_indices(W, 0, 3).tolist() == [1, 2, 3]
-    assert top_indices(W, 1, 10).tolist() == [0, 2, 1, 3]
+    assert top_indices(W[:, [0]], 3)[0].tolist() == [1, 2, 3]  # ties by the lower index
+    assert top_indices(W[:, [1]], 10)[0].tolist() == [0, 2, 1, 3]
     b = random_baseline(1000, 100, seed=5)
     assert len(b) == 100 and len(np.unique(b)) == 100 and np.all(np.diff(b) > 0)
     assert not np.array_equal(b, np.arange(100))  # not the first N

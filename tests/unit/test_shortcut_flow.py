@@ -16,7 +16,7 @@ from npeff.analysis.shortcut import (
     shortcut_accuracy_metrics,
 )
 from npeff.artifacts.layout import ParameterLayout
-from npeff.perturb import shortcut_coar
+from npeff.coar import shortcut as shortcut_coar
 from npeff.perturb.shortcut import best_edit, gradient_scale, loss_and_slope
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 

@@ -14,8 +14,8 @@ import torch
 from npeff.artifacts.tracr_model import load_tracr_model
 from npeff.fisher.fast import FisherEngine
 from npeff.models.core import parameter_layout
+from npeff.models.tracr import PACKAGED_TOY_NLI, TracrTransformer, _tracr_value, live_units
 from npeff.tracr.layers import variable_masks
-from npeff.tracr.model import PACKAGED_TOY_NLI, TracrTransformer, _tracr_value, live_units
 
 
 @pytest.fixture(scope="module")

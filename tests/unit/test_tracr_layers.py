@@ -7,8 +7,8 @@ import pytest
 
 from npeff.artifacts.tracr_model import load_tracr_model
 from npeff.models.core import parameter_layout
+from npeff.models.tracr import PACKAGED_TOY_NLI, TracrTransformer
 from npeff.tracr.layers import layer_check, variable_masks
-from npeff.tracr.model import PACKAGED_TOY_NLI, TracrTransformer
 
 
 def test_planted_mass_is_found_on_the_writing_units():

@@ -9,8 +9,8 @@ import torch
 
 from npeff.artifacts.tracr_model import load_tracr_model, save_tracr_model
 from npeff.models.registry import build_model
+from npeff.models.tracr import PACKAGED_TOY_NLI, TracrTransformer
 from npeff.tasks import build_task
-from npeff.tracr.model import PACKAGED_TOY_NLI, TracrTransformer
 
 
 @pytest.fixture(scope="module")

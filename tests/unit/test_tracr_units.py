@@ -13,8 +13,8 @@ import torch
 
 from npeff.artifacts.tracr_model import load_tracr_model
 from npeff.coar.ablation import AblationEngine
+from npeff.models.tracr import PACKAGED_TOY_NLI, TracrTransformer, live_units
 from npeff.models.units import build_unit_map
-from npeff.tracr.model import PACKAGED_TOY_NLI, TracrTransformer, live_units
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from npeff.artifacts.tracr_model import TracrExport, load_tracr_model
 
 # The NLI model shipped with npeff; `npeff-tracr-compile program=toy_nli
 # output=npeff/tracr/data/toy_nli.h5` regenerates it (tests check it against a fresh compile).
-PACKAGED_TOY_NLI = Path(__file__).resolve().parent / "data" / "toy_nli.h5"
+PACKAGED_TOY_NLI = Path(__file__).resolve().parents[1] / "tracr" / "data" / "toy_nli.h5"
 
 
 # our sub-module name -> tracr's name, per block (tracr stores w [in, out]; nn.Linear [out, in])
