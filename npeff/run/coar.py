@@ -107,7 +107,8 @@ def _find_unfinished(output_dir: Path, cfg: DictConfig, sha256: str) -> Path | N
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     """COAR on ``cfg``'s model into ``output_dir``; returns (and writes) ``coar.json``."""
     from npeff.coar import compute_attributions
-    from npeff.run.pefs import _file_sha256, build_loader
+    from npeff.artifacts.digest import file_sha256
+    from npeff.run.pefs import build_loader
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     loader = build_loader(loaded.task, str(c.split), int(c.batch_size), c.get("n_examples"))
     devices, nodes, strategy, accel = trainer_processes(cfg)
     path = output_dir / ATTRIBUTIONS_NAME
-    ckpt_sha = _file_sha256(loaded.path)
+    ckpt_sha = file_sha256(loaded.path)
     if not path.exists():
         old = _find_unfinished(output_dir, cfg, ckpt_sha)
         if old is not None:

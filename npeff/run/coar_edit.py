@@ -99,10 +99,10 @@ def _data_loader(task, spec: Mapping, batch_size: int):
 
 def _check_identity(att, loaded) -> None:
     """A checkpoint of another model than the attributions' is an error (before any work)."""
-    from npeff.run.pefs import _file_sha256
+    from npeff.artifacts.digest import file_sha256
 
     want = att.model_identity.get("sha256")
-    if want and want != _file_sha256(loaded.path):
+    if want and want != file_sha256(loaded.path):
         raise ValueError(
             f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
             f"computed on ({att.model_identity.get('checkpoint')}); pass that checkpoint or leave "

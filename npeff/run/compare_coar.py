@@ -90,10 +90,10 @@ def _split_of(meta: dict) -> str | None:
 def check_same_model(att, pefs, loaded) -> None:
     """The checkpoint must be the model of both the attributions and the PEF file (by file hash
     and, for the attributions, by weights); clear errors otherwise."""
-    from npeff.run.pefs import _file_sha256
+    from npeff.artifacts.digest import file_sha256
 
     want = att.model_identity.get("sha256")  # attributions ↔ checkpoint: file hash, then weights
-    if want and want != _file_sha256(loaded.path):
+    if want and want != file_sha256(loaded.path):
         raise ValueError(
             f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
             f"computed on ({att.model_identity.get('checkpoint')}): NPEFF and COAR must be "
@@ -103,7 +103,7 @@ def check_same_model(att, pefs, loaded) -> None:
     att.check_model(loaded.model)
     pid = (pefs.metadata or {}).get("model_identity") or {}
     want = pid.get("sha256")
-    if want and want != _file_sha256(loaded.path):
+    if want and want != file_sha256(loaded.path):
         raise ValueError(
             f"inputs.checkpoint {loaded.path} is not the model the PEFs (and the NPEFF run) were "
             f"computed on ({pid.get('checkpoint')}): NPEFF and COAR must be compared on the same "

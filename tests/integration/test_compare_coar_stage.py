@@ -24,7 +24,7 @@ from npeff.models import build_model, forward_logits, load_checkpoint, save_chec
 from npeff.models.units import build_unit_map
 from npeff.run import coar, compare_coar, perturb
 from npeff.run.common import CONFIG_PATH
-from npeff.run.pefs import _file_sha256
+from npeff.artifacts.digest import file_sha256
 from npeff.tasks import build_task
 
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -71,7 +71,7 @@ def run_files(tmp_path_factory):
         top_k_classes=2,
         metadata={
             "split": "eval",
-            "model_identity": {"checkpoint": str(ckpt), "sha256": _file_sha256(ckpt)},
+            "model_identity": {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)},
         },
         progress=False,
     )
