@@ -95,13 +95,13 @@ def align_examples(
 # --- the stage --------------------------------------------------------------------------------
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the stage; returns its metrics (also in ``metrics.json``)."""
+    from npeff.artifacts.coefficients import with_components
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
     from npeff.coar import load_attributions
     from npeff.coar.npeff_compare import compare_with_npeff
     from npeff.models import load_checkpoint
     from npeff.perturb.examples import ExampleCache
-    from npeff.run.perturb import _with_components
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
@@ -119,7 +119,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     if int(s.n_random) < 0 or int(s.top_examples) < 1:
         raise ValueError("compare_coar.n_random must be >= 0 and compare_coar.top_examples >= 1")
     pefs = load_pefs(inputs.pefs)
-    dec, _ = _with_components(cfg, load_decomposition(inputs.coeffs))
+    dec, _ = with_components(
+        load_decomposition(inputs.coeffs), inputs.get("decomposition"), inputs.coeffs
+    )
     if dec.n_examples != pefs.n_examples:
         raise ValueError(
             f"the coefficients have {dec.n_examples} rows but {inputs.pefs} holds "

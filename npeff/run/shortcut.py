@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.run.common import stage_main, write_metrics
@@ -72,14 +72,14 @@ def _fmt(v: Any) -> str:
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the stage; returns its metrics (also in ``metrics.json``)."""
     from npeff.analysis.shortcut import cue_carrying, cue_columns, frac_flawed
+    from npeff.artifacts.coefficients import with_components
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_pefs
     from npeff.models import load_checkpoint
     from npeff.perturb.directions import lrm_direction, normalize_rows
-    from npeff.perturb.flawed import select_flawed_components
+    from npeff.perturb.flawed import expansion_components, select_flawed_components
     from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
     from npeff.perturb.vector import ModelPerturber
-    from npeff.run.perturb import _expansion_components, _with_components
 
     t0 = time.perf_counter()
     output_dir = Path(output_dir)
@@ -92,7 +92,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             f"{cfg.inputs.checkpoint}: the model's task has no planted shortcut (no 'cue' "
             "concepts); train with task.shortcut set (experiment=shortcut_fix)"
         )
-    dec, comp = _with_components(cfg, load_decomposition(cfg.inputs.coeffs))
+    dec, comp = with_components(
+        load_decomposition(cfg.inputs.coeffs), cfg.inputs.get("decomposition"), cfg.inputs.coeffs
+    )
     if dec.kind != "lrm":
         raise ValueError(f"the shortcut flow needs an LRM decomposition, got {dec.kind!r}")
     pefs = load_pefs(cfg.inputs.pefs)
@@ -102,8 +104,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "eval PEF file)"
         )
     explicit = sc.get("expansion_components")
-    pc = OmegaConf.create({"flawed": {"expansion_components": explicit}})
-    expanded = sorted(set(_expansion_components(pc, dec, comp)))
+    expanded = sorted(set(expansion_components(dec, comp, explicit)))
     original = [j for j in range(dec.n_components) if j not in set(expanded)]
 
     model = loaded.model.eval()
