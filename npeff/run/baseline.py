@@ -269,8 +269,8 @@ def run_comparison(
     ``inputs.checkpoint``); ``npeff_coeffs`` the eval coefficients (coeffs.h5) of NPEFF;
     ``baselines`` {name: baseline.h5}.
     """
-    from npeff.artifacts.atomic import write_json_atomic
     from npeff.artifacts.baseline import load_baseline
+    from npeff.artifacts.comparison import save_comparison
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.baselines.compare import MethodScores, compare_methods
     from npeff.baselines.tcav import feature_gradients
@@ -326,8 +326,8 @@ def run_comparison(
         "tcav_examples": int(cc.tcav_examples),
         "tcav_random": int(cc.tcav_random),
     }
-    write_json_atomic(output_dir / "comparison.json", {"methods": table, "info": info})
-    metrics = {"methods": table, "comparison": str(output_dir / "comparison.json"), **info}
+    path = save_comparison(output_dir, table, info)
+    metrics = {"methods": table, "comparison": str(path), **info}
     write_metrics(output_dir, metrics)
     flat = {f"{m}/{k}": v for m, row in table.items() for k, v in row.items()}
     log_stage_metrics(cfg, output_dir, flat, "comparison")

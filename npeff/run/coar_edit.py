@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.artifacts.coar_summary import coar_summary_path
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             metrics[f"{key}_before"] = before[key]
             metrics[f"{key}_after"] = after[key]
     coar_dir = Path(att.path).parent
-    if (coar_dir / "coar.json").is_file():
+    if coar_summary_path(coar_dir).is_file():
         from npeff.report.coar import coar_report
 
         metrics["report"] = str(coar_report(coar_dir, output_dir))

@@ -36,6 +36,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.artifacts.coar_summary import coar_summary_path
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -205,11 +206,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     write_json_atomic(output_dir / JSON_NAME, _finite(result))
 
     coar_html = ""
-    coar_json = Path(str(inputs.attributions)).parent / "coar.json"
-    if s.get("coar_section", True) and coar_json.is_file():
+    coar_dir = Path(str(inputs.attributions)).parent
+    if s.get("coar_section", True) and coar_summary_path(coar_dir).is_file():
+        from npeff.artifacts.coar_summary import load_coar_summary
         from npeff.report.coar import coar_section
 
-        coar_html = coar_section(json.loads(coar_json.read_text()), att)
+        coar_html = coar_section(load_coar_summary(coar_dir), att)
     from npeff.report.sections.compare_coar import compare_coar_section
 
     with atomic_path(output_dir / SECTION_NAME) as tmp:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.artifacts.atomic import write_json_atomic
+from npeff.artifacts.tracr_check import save_tracr_check
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def run(
         },
     }
     out["report_tables"] = report_tables(out)
-    write_json_atomic(output_dir / "tracr_check.json", out)
+    save_tracr_check(output_dir, out)
     for r, d in sorted(by_n.items()):
         lc = d["layer_check"]
         log.info(
