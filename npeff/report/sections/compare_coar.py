@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# The comparison table's columns after the component (per component, then their means).
-TABLE_COLUMNS = (
-    "share_top_units",
-    "spearman_coar",
-    "spearman_true",
-    "spearman_random",
-    "jaccard_coar",
-    "jaccard_true",
-    "jaccard_random",
-    "pearson_coar_vs_true",
-    "kl_spearman_true",
-    "kl_spearman_random",
-    "spearman_true_kl",
-    "kl_spearman_ablation_kl",
-    "kl_spearman_ablation_kl_random",
-)
+from npeff.coar.npeff_compare import STATS
+
+# The comparison table's columns after the component (per component, then their means): the
+# averaged statistics but the random-set KL correlation, the top-unit share first.
+TABLE_COLUMNS = ("share_top_units", *(k for k in STATS[:-2] if k != "spearman_random_kl"))
 
 
 def compare_coar_section(result: dict, coar_html: str = "") -> str:
