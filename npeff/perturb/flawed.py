@@ -75,3 +75,33 @@ def accuracy_changes(res: PerturbationResult, threshold: float = 0.005) -> dict:
         "n_raising_accuracy": int(raising.sum()),
         "raising_components": np.asarray(res.component_indices)[raising].astype(int).tolist(),
     }
+
+
+def expansion_components(dec, comp=None, explicit=None) -> list[int]:
+    """The components an expansion learned (the non-frozen ones), as component indices.
+
+    ``explicit`` (``perturb.flawed.expansion_components``) wins; else the metadata of ``dec``
+    (coefficients), of ``comp`` (their component file) or of their source decomposition.
+    """
+    from npeff.artifacts.coefficients import source_decomposition
+
+    if explicit is not None:
+        return [int(j) for j in explicit]
+    sources = [dec, comp] if comp is not None else [dec]
+    if comp is None:
+        src = source_decomposition(dec)
+        if src is not None:
+            sources.append(src)
+    for d in sources:
+        meta = d.metadata or {}
+        if meta.get("expansion_component_indices") is not None:
+            return [int(j) for j in meta["expansion_component_indices"]]
+        for key in ("n_frozen_components", "n_frozen"):
+            if meta.get(key):
+                # expansions put the new (learned) components first, the frozen ones last (§7.2)
+                return list(range(dec.n_components - int(meta[key])))
+    raise ValueError(
+        "perturb.select=flawed needs the expansion components, but neither the coefficients nor "
+        "their decomposition record frozen components; pass "
+        "perturb.flawed.expansion_components=[...]"
+    )

@@ -16,6 +16,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from npeff.artifacts.atomic import atomic_path
+from npeff.artifacts.coar_summary import load_coar_summary
 from npeff.coar.editing import EditResult
 from npeff.report.figures import png_bytes
 from npeff.report.html import CSS, data_uri, fmt
@@ -130,7 +131,7 @@ def coar_report(run_dir: str | os.PathLike, edit_dir: str | os.PathLike | None =
 
     run_dir = Path(run_dir)
     out_dir = Path(edit_dir) if edit_dir else run_dir
-    metrics = json.loads((run_dir / "coar.json").read_text())
+    metrics = load_coar_summary(run_dir)
     att = load_attributions(metrics["attributions"])
     edit = png = None
     if (out_dir / "edit.json").is_file():

@@ -23,6 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.baselines import BASELINES
+from npeff.baselines.fit import fit_baseline
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -113,55 +114,6 @@ def _features(cfg: DictConfig, name: str, output_dir: Path, loaded, loaders) -> 
     return out
 
 
-def fit_and_apply(cfg: DictConfig, name: str, feats: dict[str, Any]):
-    """The fitted baseline's ``BaselineResult`` and method-specific metrics."""
-    from npeff.artifacts.baseline import BaselineResult
-
-    X_fit, X_eval = feats["fit"][0], feats["eval"][0]
-    r = int(cfg.n_components)
-    seed = int(cfg.seed)
-    if name in ("kmeans", "gradient_kmeans"):
-        from npeff.baselines.kmeans import fit_kmeans
-
-        km = fit_kmeans(
-            X_fit, r, seed=seed, n_init=int(cfg.kmeans.n_init), max_iter=int(cfg.kmeans.max_iter)
-        )
-        _, s_fit, _ = km.apply(X_fit)
-        assign, s_eval, member = km.apply(X_eval)
-        sizes = np.bincount(assign, minlength=r)
-        extra = {
-            "inertia_fit": float(km.model.inertia_),
-            "n_empty_clusters_eval": int((sizes == 0).sum()),
-            "largest_cluster_eval": int(sizes.max()),
-        }
-        return BaselineResult(name, s_fit, s_eval, feats["eval"][2], member), extra
-    from npeff.baselines.sae import fit_sae
-
-    sc = cfg.sae
-    sae = fit_sae(
-        X_fit,
-        r,
-        kind=str(sc.kind),
-        k=int(sc.k),
-        l1=float(sc.l1),
-        epochs=int(sc.epochs),
-        batch_size=int(sc.batch_size),
-        lr=float(sc.lr),
-        seed=seed,
-        progress=bool(cfg.get("progress", True)),
-    )
-    s_fit, s_eval = sae.transform(X_fit), sae.transform(X_eval)
-    extra = {
-        "sae_kind": str(sc.kind),
-        "sae_loss_first": sae.losses[0] if sae.losses else None,
-        "sae_loss_final": sae.losses[-1] if sae.losses else None,
-        "sae_reconstruction_final": sae.reconstruction[-1] if sae.reconstruction else None,
-        "sae_dead_features_eval": int((s_eval.max(axis=0) <= 0).sum()),
-        "sae_mean_active_eval": float((s_eval > 0).sum(axis=1).mean()),
-    }
-    return BaselineResult(name, s_fit, s_eval, feats["eval"][2]), extra
-
-
 def _validate(cfg: DictConfig, name: str, loaded, loaders) -> None:
     """Every check that needs no real work: cluster count, module, SAE options."""
     from npeff.baselines.capture import probe
@@ -198,7 +150,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     _validate(cfg, name, loaded, loaders)
 
     feats = _features(cfg, name, output_dir, loaded, loaders)
-    res, extra = fit_and_apply(cfg, name, feats)
+    res, extra = fit_baseline(name, feats, cfg)
     res.metadata = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "checkpoint": str(loaded.path),
@@ -269,8 +221,8 @@ def run_comparison(
     ``inputs.checkpoint``); ``npeff_coeffs`` the eval coefficients (coeffs.h5) of NPEFF;
     ``baselines`` {name: baseline.h5}.
     """
-    from npeff.artifacts.atomic import write_json_atomic
     from npeff.artifacts.baseline import load_baseline
+    from npeff.artifacts.comparison import save_comparison
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.baselines.compare import MethodScores, compare_methods
     from npeff.baselines.tcav import feature_gradients
@@ -326,8 +278,8 @@ def run_comparison(
         "tcav_examples": int(cc.tcav_examples),
         "tcav_random": int(cc.tcav_random),
     }
-    write_json_atomic(output_dir / "comparison.json", {"methods": table, "info": info})
-    metrics = {"methods": table, "comparison": str(output_dir / "comparison.json"), **info}
+    path = save_comparison(output_dir, table, info)
+    metrics = {"methods": table, "comparison": str(path), **info}
     write_metrics(output_dir, metrics)
     flat = {f"{m}/{k}": v for m, row in table.items() for k, v in row.items()}
     log_stage_metrics(cfg, output_dir, flat, "comparison")

@@ -23,12 +23,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.artifacts.atomic import write_json_atomic
+from npeff.artifacts.coar_summary import save_coar_summary
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
 ATTRIBUTIONS_NAME = "attributions.h5"
-COAR_JSON = "coar.json"
 # Settings that decide the ablation dataset: an unfinished file is continued only if they match.
 RESUME_KEYS = ("units", "split", "n_examples", "alpha", "seed")
 
@@ -107,8 +106,9 @@ def _find_unfinished(output_dir: Path, cfg: DictConfig, sha256: str) -> Path | N
 
 def run(cfg: DictConfig, output_dir: Path) -> dict:
     """COAR on ``cfg``'s model into ``output_dir``; returns (and writes) ``coar.json``."""
+    from npeff.artifacts.digest import file_sha256
     from npeff.coar import compute_attributions
-    from npeff.run.pefs import _file_sha256, build_loader
+    from npeff.run.pefs import build_loader
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     loader = build_loader(loaded.task, str(c.split), int(c.batch_size), c.get("n_examples"))
     devices, nodes, strategy, accel = trainer_processes(cfg)
     path = output_dir / ATTRIBUTIONS_NAME
-    ckpt_sha = _file_sha256(loaded.path)
+    ckpt_sha = file_sha256(loaded.path)
     if not path.exists():
         old = _find_unfinished(output_dir, cfg, ckpt_sha)
         if old is not None:
@@ -191,11 +191,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "masks_per_second": (att.n_masks / sec["ablations"]) if sec.get("ablations") else None,
         "train_cached": None if train_metrics is None else bool(train_metrics.get("cached")),
     }
-    write_json_atomic(output_dir / COAR_JSON, metrics)
+    save_coar_summary(output_dir, metrics)
     from npeff.report.coar import coar_report
 
     metrics["report"] = str(coar_report(output_dir))
-    write_json_atomic(output_dir / COAR_JSON, metrics)
+    save_coar_summary(output_dir, metrics)
     write_metrics(output_dir, metrics)
     log_stage_metrics(cfg, output_dir, metrics, "coar")
     log.info(

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.artifacts.coar_summary import coar_summary_path
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,10 @@ def _data_loader(task, spec: Mapping, batch_size: int):
 
 def _check_identity(att, loaded) -> None:
     """A checkpoint of another model than the attributions' is an error (before any work)."""
-    from npeff.run.pefs import _file_sha256
+    from npeff.artifacts.digest import file_sha256
 
     want = att.model_identity.get("sha256")
-    if want and want != _file_sha256(loaded.path):
+    if want and want != file_sha256(loaded.path):
         raise ValueError(
             f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
             f"computed on ({att.model_identity.get('checkpoint')}); pass that checkpoint or leave "
@@ -187,7 +188,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
             metrics[f"{key}_before"] = before[key]
             metrics[f"{key}_after"] = after[key]
     coar_dir = Path(att.path).parent
-    if (coar_dir / "coar.json").is_file():
+    if coar_summary_path(coar_dir).is_file():
         from npeff.report.coar import coar_report
 
         metrics["report"] = str(coar_report(coar_dir, output_dir))

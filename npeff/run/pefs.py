@@ -14,13 +14,13 @@ how a multi-process run, whose ranks write shard files in the run dir, is resume
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.artifacts.digest import file_sha256
 from npeff.run.common import (
     is_global_zero,
     launch_env,
@@ -33,17 +33,6 @@ PEFS_NAME = "pefs.h5"
 DSF_NAME = "dsf.h5"
 # The settings that decide a PEF file's content: an unfinished file is resumed only if they match.
 RESUME_KEYS = ("inputs", "split", "n_examples", "batch_size", "fisher", "params", "seed")
-
-
-def _file_sha256(path: Path, limit: int = 1 << 30) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            limit -= len(block)
-            if limit <= 0:
-                break
-    return h.hexdigest()
 
 
 def _resume_key(cfg: DictConfig | dict) -> str:
@@ -219,7 +208,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
         "split": split,
         "model_identity": {
             "checkpoint": str(loaded.path),
-            "sha256": _file_sha256(loaded.path),
+            "sha256": file_sha256(loaded.path),
             "model_class": type(loaded.model).__name__,
             "model": OmegaConf.to_container(loaded.cfg.model, resolve=True),
             "task": OmegaConf.to_container(loaded.cfg.task, resolve=True),

@@ -10,9 +10,7 @@ once; every component is perturbed with both signs. Writes ``perturbation.h5`` (
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -20,13 +18,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.artifacts.atomic import write_json_atomic
-from npeff.artifacts.perturbation import PerturbationResult, save_perturbation
+from npeff.artifacts.atomic import json_ready, write_json_atomic
+from npeff.artifacts.coefficients import with_components
+from npeff.artifacts.perturbation import save_perturbation
 from npeff.perturb.components import perturb_diag, perturb_lrm
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
 from npeff.perturb.examples import ExampleCache
-from npeff.perturb.flawed import accuracy_changes, select_flawed_components
-from npeff.perturb.metrics import summary_medians
+from npeff.perturb.flawed import accuracy_changes, expansion_components, select_flawed_components
+from npeff.perturb.summary import summarize
 from npeff.perturb.targeting import KlTargetSettings
 from npeff.run.common import (
     log_stage_metrics,
@@ -65,133 +64,6 @@ def _resolve_split(cfg: DictConfig, pefs) -> str:
     )
 
 
-def _source_decomposition(dec):
-    """The decomposition a coefficient file was fitted with (its metadata's source), or None."""
-    from npeff.artifacts.decomposition import load_decomposition
-
-    src = (dec.metadata or {}).get("source")
-    path = src.get("decomposition") if isinstance(src, dict) else None
-    if path and Path(path).is_file():
-        return load_decomposition(path)
-    return None
-
-
-def _with_components(cfg: DictConfig, dec):
-    """``dec`` (coefficients) with its G/H: its own, or those of the decomposition it came from.
-
-    Returns (decomposition with W from the coefficient file, the component file or None).
-    """
-    from npeff.artifacts.decomposition import load_decomposition
-
-    comp = None
-    if cfg.inputs.get("decomposition"):
-        comp = load_decomposition(cfg.inputs.decomposition)
-    elif (dec.kind == "lrm" and dec.G is None) or (dec.kind == "diag" and dec.H is None):
-        comp = _source_decomposition(dec)
-        if comp is None:
-            raise ValueError(
-                f"{cfg.inputs.coeffs} stores no components (fit.write_components=false) and its "
-                "source decomposition is not found; pass inputs.decomposition=<decomposition.h5>"
-            )
-    if comp is None:
-        return dec, None
-    if comp.kind != dec.kind or comp.n_components != dec.n_components:
-        raise ValueError(
-            f"the decomposition ({comp.kind}, r={comp.n_components}) does not match the "
-            f"coefficients ({dec.kind}, r={dec.n_components})"
-        )
-    if comp.n_parameters != dec.n_parameters:
-        raise ValueError("the decomposition and the coefficients come from different models")
-    merged = dataclasses.replace(
-        dec,
-        G=comp.G,
-        H=comp.H,
-        new_to_old_col_indices=comp.new_to_old_col_indices,
-        layout=dec.layout or comp.layout,
-    )
-    return merged, comp
-
-
-def _expansion_components(pc: DictConfig, dec, comp) -> list[int]:
-    explicit = pc.flawed.get("expansion_components")
-    if explicit is not None:
-        return [int(j) for j in explicit]
-    sources = [dec, comp] if comp is not None else [dec]
-    if comp is None:
-        src = _source_decomposition(dec)
-        if src is not None:
-            sources.append(src)
-    for d in sources:
-        meta = d.metadata or {}
-        if meta.get("expansion_component_indices") is not None:
-            return [int(j) for j in meta["expansion_component_indices"]]
-        for key in ("n_frozen_components", "n_frozen"):
-            if meta.get(key):
-                # expansions put the new (learned) components first, the frozen ones last (§7.2)
-                return list(range(dec.n_components - int(meta[key])))
-    raise ValueError(
-        "perturb.select=flawed needs the expansion components, but neither the coefficients nor "
-        "their decomposition record frozen components; pass "
-        "perturb.flawed.expansion_components=[...]"
-    )
-
-
-def _finite_or_none(x):
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _finite_or_none(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def summarize(res: PerturbationResult) -> dict:
-    """The ``perturbation.json`` content: medians and one entry per component (NaN → null)."""
-    comps = []
-    extras = res.metadata.get("component_extra", [{}] * res.n_components)
-    untargeted = res.metadata.get("kl_ratio_untargeted")
-    for c in range(res.n_components):
-        kl = float(res.kl_ratio[c])
-        comps.append(
-            {
-                "component": int(res.component_indices[c]),
-                "kl_ratio": kl,
-                "log2_kl_ratio": math.log2(kl) if kl > 0 and math.isfinite(kl) else None,
-                "best_sign": int(res.best_sign[c]),
-                **({"kl_ratio_untargeted": float(untargeted[c])} if untargeted else {}),
-                "pef_norm_ratio": float(res.pef_norm_ratio[c]),
-                "kl_top": res.kl_top[c].tolist(),
-                "kl_baseline": res.kl_baseline[c].tolist(),
-                "kl_top_reverse": res.kl_top_reverse[c].tolist(),
-                "kl_baseline_reverse": res.kl_baseline_reverse[c].tolist(),
-                "acc_top_before": float(res.acc_top_before[c]),
-                "acc_top_after": res.acc_top_after[c].tolist(),
-                "acc_baseline_before": float(res.acc_baseline_before[c]),
-                "acc_baseline_after": res.acc_baseline_after[c].tolist(),
-                "acc_all_after": res.acc_all_after[c].tolist(),
-                **({"extra": extras[c]} if extras[c] else {}),
-            }
-        )
-    out = {
-        "kind": res.metadata.get("kind"),
-        "magnitude": res.magnitude,
-        "n_components": res.n_components,
-        "n_top": int(res.top_indices.shape[1]),
-        "n_baseline": int(len(res.baseline_indices)),
-        "acc_all_before": res.acc_all_before,
-        "sign_policy": res.metadata.get("sign_policy", "best"),
-        **summary_medians(res.kl_ratio, res.pef_norm_ratio),
-        "components": comps,
-        "skipped_components": list(res.metadata.get("skipped_components", [])),
-    }
-    return out
-
-
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the perturbation stage; returns the metrics (also written to ``metrics.json``)."""
     from npeff.artifacts.decomposition import load_decomposition
@@ -205,7 +77,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     if pc.kind not in ("lrm", "diag"):
         raise ValueError(f"perturb.kind must be 'lrm' or 'diag', got {pc.kind!r}")
 
-    dec, comp = _with_components(cfg, load_decomposition(cfg.inputs.coeffs))
+    dec, comp = with_components(
+        load_decomposition(cfg.inputs.coeffs), cfg.inputs.get("decomposition"), cfg.inputs.coeffs
+    )
     pefs = load_pefs(cfg.inputs.pefs)
     if dec.kind != pc.kind:
         raise ValueError(
@@ -268,7 +142,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     components = None if pc.components is None else [int(j) for j in pc.components]
     flawed_info = None
     if pc.select == "flawed":
-        candidates = _expansion_components(pc, dec, comp)
+        candidates = expansion_components(dec, comp, pc.flawed.get("expansion_components"))
         if components is not None:
             candidates = [j for j in candidates if j in set(components)]
         preds = ev.base_logits.argmax(-1).numpy()
@@ -344,7 +218,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             summary["flawed"].update(
                 accuracy_changes(res, threshold=float(pc.flawed.accuracy_threshold))
             )
-    write_json_atomic(output_dir / "perturbation.json", _finite_or_none(summary))
+    write_json_atomic(output_dir / "perturbation.json", json_ready(summary))
 
     metrics = {
         k: summary[k]
@@ -369,7 +243,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         metrics["n_flawed_selected"] = len(flawed_info["selected"])
         if "n_raising_accuracy" in summary["flawed"]:
             metrics["n_components_raising_accuracy"] = summary["flawed"]["n_raising_accuracy"]
-    metrics = _finite_or_none(metrics)
+    metrics = json_ready(metrics)
     write_metrics(output_dir, metrics)
     log_stage_metrics(cfg, output_dir, metrics, "perturb")
     log.info(

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import logging
 import time
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.artifacts.atomic import atomic_path, json_ready, write_json_atomic
+from npeff.report.sections.shortcut import shortcut_section
 from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -61,24 +61,16 @@ def _split_examples(task, split: str, batch_size: int, n: int | None = None):
     return SplitExamples(cache, group_masks(concepts, task.concept_names)), concepts
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "—"
-    if isinstance(v, float):
-        return f"{100 * v:.1f}"
-    return escape(str(v))
-
-
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the stage; returns its metrics (also in ``metrics.json``)."""
     from npeff.analysis.shortcut import cue_carrying, cue_columns, frac_flawed
+    from npeff.artifacts.coefficients import with_components
     from npeff.artifacts.decomposition import load_decomposition
     from npeff.artifacts.pefs import load_pefs
     from npeff.perturb.directions import lrm_direction, normalize_rows
-    from npeff.perturb.flawed import select_flawed_components
+    from npeff.perturb.flawed import expansion_components, select_flawed_components
     from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
     from npeff.perturb.vector import ModelPerturber
-    from npeff.run.perturb import _expansion_components, _with_components
     from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
@@ -92,7 +84,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             f"{cfg.inputs.checkpoint}: the model's task has no planted shortcut (no 'cue' "
             "concepts); train with task.shortcut set (experiment=shortcut_fix)"
         )
-    dec, comp = _with_components(cfg, load_decomposition(cfg.inputs.coeffs))
+    dec, comp = with_components(
+        load_decomposition(cfg.inputs.coeffs), cfg.inputs.get("decomposition"), cfg.inputs.coeffs
+    )
     if dec.kind != "lrm":
         raise ValueError(f"the shortcut flow needs an LRM decomposition, got {dec.kind!r}")
     pefs = load_pefs(cfg.inputs.pefs)
@@ -102,8 +96,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "eval PEF file)"
         )
     explicit = sc.get("expansion_components")
-    pc = OmegaConf.create({"flawed": {"expansion_components": explicit}})
-    expanded = sorted(set(_expansion_components(pc, dec, comp)))
+    expanded = sorted(set(expansion_components(dec, comp, explicit)))
     original = [j for j in range(dec.n_components) if j not in set(expanded)]
 
     model = loaded.model.eval()
@@ -268,10 +261,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         "coar": coar,
         "seconds": time.perf_counter() - t0,
     }
-    write_json_atomic(output_dir / "shortcut.json", _json_ready(summary))
+    write_json_atomic(output_dir / "shortcut.json", json_ready(summary))
     with atomic_path(output_dir / "section.html") as tmp:
-        tmp.write_text(section_html(summary), encoding="utf-8")
-    metrics = {"shortcut": _json_ready(metrics_sc), "seconds": summary["seconds"]}
+        tmp.write_text(shortcut_section(summary), encoding="utf-8")
+    metrics = {"shortcut": json_ready(metrics_sc), "seconds": summary["seconds"]}
     write_metrics(output_dir, metrics)
     log.info(
         "shortcut: conflict acc %.3f → %.3f (NPEFF), other %.3f → %s; flawed expanded %.2f vs "
@@ -284,110 +277,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         frac_orig,
     )
     return metrics
-
-
-def _json_ready(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_ready(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
-def section_html(summary: dict) -> str:
-    """The report section: methods × accuracies on eval, the paper's figures beside it, and the
-    per-edit table."""
-    m = summary["shortcut"]
-    b = summary["before"]["eval"]
-    on = m["select_on"]
-    rows = [("unedited model", "—", b, None)]
-    for name, label in (("paper", "NPEFF ±0.3 (paper)"), ("gradient", "NPEFF gradient step")):
-        r = summary["best"].get(name)
-        if r is not None:
-            rows.append(
-                (
-                    label,
-                    f"component {r['component']}, {r['kind']} (scale {r['scale']:.3g})",
-                    r["after"]["eval"],
-                    r["after"][on],
-                )
-            )
-    cb = (summary.get("coar") or {}).get("best")
-    if cb is not None:
-        rows.append(
-            ("Coar-Edit", f"top {cb['k']} units ablated", cb["after"]["eval"], cb["after"][on])
-        )
-    elif summary.get("coar") is None:
-        rows.append(("Coar-Edit", "not run (npeff.coar not installed)", None, None))
-    head = (
-        "<tr><th>model</th><th>edit</th><th>cue-conflicting</th><th>rest</th><th>cue-free</th>"
-        f"<th>all</th><th>conflicting / rest on {escape(on)} (selection)</th></tr>"
-    )
-    body = ""
-    for name, what, acc, sel in rows:
-        cells = "".join(
-            f"<td>{_fmt(None if acc is None else acc[g])}</td>"
-            for g in ("conflict", "other", "cue_free", "all")
-        )
-        s = "—" if sel is None else f"{_fmt(sel['conflict'])} / {_fmt(sel['other'])}"
-        body += f"<tr><td>{escape(name)}</td><td>{escape(what)}</td>{cells}<td>{s}</td></tr>"
-    paper = (
-        "<tr><th>figure</th><th>here</th><th>paper §3.5</th></tr>"
-        f"<tr><td>expanded components with ≥ 50% incorrect top-16</td>"
-        f"<td>{_fmt(m['frac_flawed_expanded'])}%</td><td>41%</td></tr>"
-        f"<tr><td>original components with ≥ 50% incorrect top-16</td>"
-        f"<td>{_fmt(m['frac_flawed_original'])}%</td><td>4.3%</td></tr>"
-        f"<tr><td>flawed expanded components whose top-16 carry the cue (≥ 50%)</td>"
-        f"<td>{_fmt(m['frac_cue_flawed_expanded'])}% (shuffled "
-        f"{_fmt(m['frac_cue_flawed_expanded_shuffled'])}%, within correctness "
-        f"{_fmt(m['frac_cue_flawed_expanded_within_correctness_shuffled'])}%)</td><td>—</td></tr>"
-        f"<tr><td>components perturbed (≥ 8 of 16 incorrect)</td><td>{m['n_selected']}</td>"
-        "<td>48</td></tr>"
-        "<tr><td>perturbation magnitude</td><td>0.3 (and a gradient-chosen scale)</td>"
-        "<td>0.3</td></tr>"
-    )
-    edits = "".join(
-        f"<tr><td>{r['component']}</td><td>{escape(r['kind'])}</td><td>{r['scale']:.3g}</td>"
-        + "".join(f"<td>{_fmt(r['after']['eval'][g])}</td>" for g in ("conflict", "other", "all"))
-        + f"<td>{_fmt(r['after'][on]['conflict'])} / {_fmt(r['after'][on]['other'])}</td></tr>"
-        for r in summary["edits"]
-    )
-    coar_rows = ""
-    for r in (summary.get("coar") or {}).get("sweep", []):
-        coar_rows += (
-            f"<tr><td>{r['k']}</td>"
-            + "".join(
-                f"<td>{_fmt(r['after']['eval'][g])}</td>" for g in ("conflict", "other", "all")
-            )
-            + f"<td>{_fmt(r['after'][on]['conflict'])} / {_fmt(r['after'][on]['other'])}</td></tr>"
-        )
-    coar_table = (
-        '<table class="summary"><caption class="muted">Coar-Edit: accuracy (%) against k</caption>'
-        "<tr><th>k</th><th>conflicting</th><th>rest</th><th>all</th><th>selection</th></tr>"
-        f"{coar_rows}</table>"
-        if coar_rows
-        else ""
-    )
-    return (
-        "<h2>Planted shortcut: NPEFF (§3.5) and Coar-Edit</h2>"
-        '<p class="muted">Accuracy (%) on the eval split; the best edit of each method is chosen '
-        f"on the {escape(on)} split with the rest dropping at most "
-        f"{100 * m['max_other_drop']:.0f} points there.</p>"
-        '<div class="tables">'
-        f'<table class="summary"><caption class="muted">methods</caption>{head}{body}</table>'
-        f'<table class="summary"><caption class="muted">beside the paper</caption>{paper}</table>'
-        "</div>"
-        '<div class="tables">'
-        '<table class="summary"><caption class="muted">NPEFF edits (eval %)</caption>'
-        "<tr><th>component</th><th>edit</th><th>scale</th><th>conflicting</th><th>rest</th>"
-        f"<th>all</th><th>selection</th></tr>{edits}</table>{coar_table}</div>"
-    )
 
 
 main = stage_main("shortcut", run, single_process=True)

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from npeff import config_dir
-from npeff.artifacts.atomic import write_json_atomic
+from npeff.artifacts.tracr_check import save_tracr_check
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run(
         },
     }
     out["report_tables"] = report_tables(out)
-    write_json_atomic(output_dir / "tracr_check.json", out)
+    save_tracr_check(output_dir, out)
     for r, d in sorted(by_n.items()):
         lc = d["layer_check"]
         log.info(

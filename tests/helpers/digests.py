@@ -14,8 +14,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-TIMING_KEY = re.compile(r"(^|_)(seconds|elapsed|time|timestamp|wall|examples_per_second|per_s|examples_per_s)($|_)")
+TIMING_KEY = re.compile(
+    r"(^|_)(seconds|elapsed|time|runtime|timestamp|wall|examples_per_second|per_s|examples_per_s)($|_)"
+)
 SKIPPED_NAMES = {"pipeline.log", "wandb", "csv", "checkpoints", ".hydra"}
+# A checkpoint file's own hash changes run to run (Lightning stores loop timing in it); what the
+# weights are is pinned by the checkpoint digest and by ``weights_sha256``.
+UNSTABLE_KEYS = {"sha256"}
 
 
 def _scrub_text(text: str, roots: list[str]) -> str:
@@ -28,7 +33,9 @@ def _scrub(value: Any, roots: list[str]) -> Any:
     """``value`` with paths replaced and timing keys dropped (JSON strings parsed)."""
     if isinstance(value, dict):
         return {
-            k: _scrub(v, roots) for k, v in sorted(value.items()) if not TIMING_KEY.search(str(k))
+            k: _scrub(v, roots)
+            for k, v in sorted(value.items())
+            if not TIMING_KEY.search(str(k)) and k not in UNSTABLE_KEYS
         }
     if isinstance(value, list | tuple):
         return [_scrub(v, roots) for v in value]
@@ -64,8 +71,12 @@ def _h5_digest(path: Path, roots: list[str]) -> str:
                 v = v.item()
             if isinstance(v, str) and key == "config":
                 v = _scrub_text(v, roots)
-                v = "\n".join(ln for ln in v.splitlines() if not TIMING_KEY.search(ln.split(":")[0]))
-            parts.append(f"{name}@{key}={json.dumps(_scrub(v, roots), sort_keys=True, default=str)}")
+                v = "\n".join(
+                    ln for ln in v.splitlines() if not TIMING_KEY.search(ln.split(":")[0])
+                )
+            parts.append(
+                f"{name}@{key}={json.dumps(_scrub(v, roots), sort_keys=True, default=str)}"
+            )
 
     def visit(name: str, obj: Any) -> None:
         attrs(name, obj)
@@ -99,7 +110,9 @@ def file_digest(path: Path, roots: list[str]) -> str:
     if suffix == ".h5":
         return _h5_digest(path, roots)
     if suffix == ".json":
-        return _sha(json.dumps(_scrub(json.loads(path.read_text()), roots), sort_keys=True).encode())
+        return _sha(
+            json.dumps(_scrub(json.loads(path.read_text()), roots), sort_keys=True).encode()
+        )
     if suffix in (".ckpt", ".pt"):
         return _ckpt_digest(path)
     if suffix in (".html", ".txt", ".csv"):

@@ -18,13 +18,14 @@ from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
 from npeff.artifacts.decomposition import Decomposition, save_decomposition
+from npeff.artifacts.digest import file_sha256
 from npeff.artifacts.perturbation import load_perturbation
 from npeff.coar.ablation import loop_margins
+from npeff.coar.npeff_compare import perturbation_vectors
 from npeff.models import build_model, forward_logits, save_checkpoint
 from npeff.models.units import build_unit_map
 from npeff.run import coar, compare_coar, perturb
 from npeff.run.common import CONFIG_PATH
-from npeff.run.pefs import _file_sha256
 from npeff.tasks import build_task
 from npeff.tasks.checkpoint import load_checkpoint
 
@@ -72,7 +73,7 @@ def run_files(tmp_path_factory):
         top_k_classes=2,
         metadata={
             "split": "eval",
-            "model_identity": {"checkpoint": str(ckpt), "sha256": _file_sha256(ckpt)},
+            "model_identity": {"checkpoint": str(ckpt), "sha256": file_sha256(ckpt)},
         },
         progress=False,
     )
@@ -198,7 +199,7 @@ def test_compare_coar_stage(run_files, tmp_path):
         EvalSettings(n_top=16, n_baseline=1),
         progress=False,
     )
-    vecs = compare_coar._perturbation_vectors(ev, dec, res, list(range(N_SETS)), None)
+    vecs = perturbation_vectors(ev, dec, res, list(range(N_SETS)), None)
     for c, j in enumerate(res.component_indices):
         v, scale = vecs[int(j)]
         kl = ev.example_kls(v, scale)

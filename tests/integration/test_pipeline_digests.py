@@ -26,10 +26,20 @@ from tests.integration.test_pipeline import TINY
 PINS = Path(__file__).parent / "data" / "pipeline_digests.json"
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown-cpu"
+
+
 def _machine() -> str:
     import torch
 
-    return f"{platform.machine()}-{os.cpu_count()}cpu-torch{torch.__version__}"
+    return f"{platform.machine()}-{_cpu_model()}-{os.cpu_count()}cpu-torch{torch.__version__}"
 
 
 def _run(overrides: list[str], tmp_path: Path) -> dict[str, str]:

@@ -13,10 +13,10 @@ from npeff.perturb.components import perturb_diag, perturb_lrm
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
 from npeff.perturb.examples import ExampleCache
 from npeff.perturb.metrics import safe_ratio
+from npeff.perturb.summary import summarize
 from npeff.perturb.targeting import KlTargetSettings
 from npeff.report import prepare_report
 from npeff.report.html import render
-from npeff.run.perturb import summarize
 
 N, D, R = 60, 6, 6
 
