@@ -73,7 +73,8 @@ def resolve_model(cfg: DictConfig, output_dir: Path):
         return loaded, None
     task = build_task(cfg.task)
     check_inputs(build_model(cfg.model, task.model_hints()), cfg.coar)
-    from npeff.run.pipeline import cached_train, stage_config
+    from npeff.run.configs import stage_config
+    from npeff.run.train_cache import cached_train
 
     train_cfg = stage_config(cfg, "train")
     ckpt, metrics = cached_train(train_cfg, output_dir / "train", Path(str(cfg.cache_dir)))

@@ -21,7 +21,7 @@ class CompareAfterSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from npeff.run import compare
-        from npeff.run.pipeline import compose_stage_config
+        from npeff.run.configs import compose_stage_config
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         cfg = compose_stage_config("compare")

@@ -21,15 +21,17 @@ from npeff.artifacts.tracr_check import save_tracr_check
 log = logging.getLogger(__name__)
 
 
-def ensure_model(cfg: DictConfig) -> None:
-    """Compile ``cfg.tracr_compile.program`` into ``model.path`` when that file is missing."""
-    path = cfg.model.get("path")
+def ensure_model(model_cfg: DictConfig, options: DictConfig | dict | None = None) -> None:
+    """Compile ``options.program`` (settings of ``conf/tracr_compile.yaml``; the pipeline's
+    ``steps.tracr_compile``) into ``model_cfg.path`` when that file is missing."""
+    path = model_cfg.get("path")
     if not path or Path(str(path)).is_file():
         return
 
     from npeff.tracr.compile import compile_and_export
 
-    options = OmegaConf.to_container(cfg.get("tracr_compile") or {}, resolve=True)
+    options = OmegaConf.to_container(OmegaConf.create(dict(options or {})), resolve=True)
+    options.pop("enabled", None)
     base = OmegaConf.load(config_dir() / "tracr_compile.yaml")
     base.pop("defaults", None)
     merged = OmegaConf.merge(base, options)
@@ -41,20 +43,21 @@ PAPER = {32: "30/32", 128: "92/128"}  # paper §3.2, 1,616 examples, top 128
 
 
 def run(
-    cfg: DictConfig,
+    settings: DictConfig | dict,
     output_dir: Path,
     checkpoint: Path,
     decomposition: Path,
     coeffs: Path,
     split: str = "eval",
     extra: dict | None = None,
+    concept_top_k: int = 128,
 ) -> dict:
     """Write ``tracr_check.json`` into ``output_dir`` and return its headline numbers.
 
     ``coeffs`` holds W of the ``split`` examples (the pipeline: eval coefficients with G frozen;
     the decomposition itself with ``split="fit"``). ``extra``: ``{n_components: (decomposition,
     coeffs)}`` of further decompositions of the same PEFs (the pipeline's
-    ``tracr_check.extra_n_components``); each gets the concept statistic and the layer check too
+    ``steps.tracr_check.extra_n_components``); each gets the concept statistic and the layer check too
     (``by_n_components``)."""
     from npeff.tasks.checkpoint import load_checkpoint
 
@@ -62,10 +65,9 @@ def run(
     loaded = load_checkpoint(checkpoint)
     task, model = loaded.task, loaded.model
     export = task.export
-    rc = cfg.get("tracr_check") or {}
-    # the same k as the report's concept statistic (one setting: stages.report.report.concept_top_k)
-    k = int(OmegaConf.select(cfg, "stages.report.report.concept_top_k", default=None) or 128)
-    n_shuffles = int(rc.get("n_shuffles", 20))
+    # ``concept_top_k``: the same k as the report's concept statistic (stages.report.concept_top_k)
+    k = int(concept_top_k)
+    n_shuffles = int((settings or {}).get("n_shuffles", 20))
 
     # accuracy at the output temperature
     batch = task.tensors(split)

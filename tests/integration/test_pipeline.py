@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 
 from npeff.run import pipeline
 from npeff.run.common import CONFIG_PATH
+from npeff.run.configs import stage_config
+from npeff.run.train_cache import train_cache_key
 
 # A toy NLI problem small enough for the whole pipeline to run in seconds.
 TINY = [
@@ -30,8 +32,8 @@ TINY = [
     "decomp.n_iters_g_only=5",
     "decomp.n_iters_joint=30",
     "perturb.n_top=16",
-    "+stages.fit.fit.n_iters=50",
-    "+stages.report.report.n_shuffles=5",
+    "+stages.fit.n_iters=50",
+    "+stages.report.n_shuffles=5",
 ]
 
 HEADLINE = (
@@ -104,20 +106,18 @@ def test_pipeline_end_to_end_and_cache(tmp_path):
     again = run_pipeline(overrides, tmp_path / "run2")
     assert again["train_cached"]
     assert again["model_accuracy"] == metrics["model_accuracy"]
-    key_a = pipeline.train_cache_key(pipeline.stage_config(compose_pipeline(overrides), "train"))
-    key_b = pipeline.train_cache_key(
-        pipeline.stage_config(compose_pipeline(overrides + ["seed=1"]), "train")
-    )
+    key_a = train_cache_key(stage_config(compose_pipeline(overrides), "train"))
+    key_b = train_cache_key(stage_config(compose_pipeline(overrides + ["seed=1"]), "train"))
     assert key_a != key_b
 
 
 def test_stage_configs_take_the_pipeline_groups():
     cfg = compose_pipeline(["decomp.n_components=7", "fisher.n_values=123", "task.n_fit=50"])
-    dec = pipeline.stage_config(cfg, "decompose", inputs={"pefs": "x.h5"})
+    dec = stage_config(cfg, "decompose", inputs={"pefs": "x.h5"})
     assert dec.decomp.n_components == 7 and dec.inputs.pefs == "x.h5"
-    pefs = pipeline.stage_config(cfg, "pefs", "pefs_fit", split="fit")
+    pefs = stage_config(cfg, "pefs", "pefs_fit", split="fit")
     assert pefs.fisher.n_values == 123 and pefs.split == "fit"
-    train = pipeline.stage_config(cfg, "train")
+    train = stage_config(cfg, "train")
     assert train.task.n_fit == 50
     assert train.optim.lr == cfg.optim.lr  # the task's training recipe reaches the train stage
 
@@ -138,7 +138,7 @@ def test_every_experiment_composes(experiment):
     OmegaConf.resolve(cfg)
     assert (cfg.decomp.kind == "diag") == (cfg.fisher.kind == "diag")
     for stage in ("train", "pefs", "decompose", "fit", "perturb", "report"):
-        pipeline.stage_config(cfg, stage)
+        stage_config(cfg, stage)
     if experiment.endswith("_ablation"):
         assert cfg.hydra.mode.name == "MULTIRUN"
         assert cfg.hydra.sweeper.params
@@ -161,7 +161,7 @@ def test_experiment_names_cover_the_documented_recipes():
 
 def test_train_config_of_another_task_has_only_that_tasks_options():
     cfg = compose_pipeline(["experiment=group_s4"])
-    train = pipeline.stage_config(cfg, "train")
+    train = stage_config(cfg, "train")
     assert train.task == cfg.task and train.model == cfg.model
     assert (
         train.optim.name == "adam" and train.batch_size is None

@@ -27,8 +27,8 @@ COMMON = [
     "decomp.n_iters_g_only=5",
     "decomp.n_iters_joint=30",
     "perturb.n_top=8",
-    "+stages.fit.fit.n_iters=30",
-    "+stages.report.report.n_shuffles=2",
+    "+stages.fit.n_iters=30",
+    "+stages.report.n_shuffles=2",
 ]
 
 
@@ -61,7 +61,7 @@ def test_tiny_lm_pipeline_on_projected_pefs(tmp_path):
         "fisher.n_samples=4",
         "fisher.compression=projection",
         "fisher.projection.d=256",
-        "recovery.n_iters=40",
+        "steps.recover.n_iters=40",
         *COMMON,
     ]
     metrics = run_pipeline(over + [f"paths.output_dir={tmp_path / 'outputs'}"], out)

@@ -31,8 +31,8 @@ SHRUNK = [
     "decomp.n_iters_g_only=5",
     "decomp.n_iters_joint=40",
     "perturb.n_top=8",
-    "+stages.fit.fit.n_iters=50",
-    "+stages.report.report.n_shuffles=2",
+    "+stages.fit.n_iters=50",
+    "+stages.report.n_shuffles=2",
 ]
 
 

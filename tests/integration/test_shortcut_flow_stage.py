@@ -30,19 +30,19 @@ SHRUNK = [
     "decomp.n_components=4",
     "decomp.n_iters_g_only=5",
     "decomp.n_iters_joint=30",
-    "flawed.n_new_components=3",
+    "steps.expand.n_new_components=3",
     "stages.expand.decomp.n_iters_joint=30",
     "perturb.n_top=16",
     "perturb.flawed.min_incorrect=1",
-    "+stages.fit.fit.n_iters=50",
-    "+stages.report.report.n_shuffles=5",
-    "+stages.shortcut.shortcut_fix.min_incorrect=1",
-    "+stages.shortcut.shortcut_fix.n_shuffles=10",
-    "+stages.shortcut.shortcut_fix.gradient.n_bisect=2",
-    "+stages.shortcut.shortcut_fix.coar.n_masks=40",
-    "+stages.shortcut.shortcut_fix.coar.n_references=32",
-    "+stages.shortcut.shortcut_fix.coar.ks=[1,4]",
-    "+stages.shortcut.shortcut_fix.coar.units=[{pattern: hf.bert.encoder.layer.*.intermediate.dense.weight, granularity: neuron}]",
+    "+stages.fit.n_iters=50",
+    "+stages.report.n_shuffles=5",
+    "+stages.shortcut.min_incorrect=1",
+    "+stages.shortcut.n_shuffles=10",
+    "+stages.shortcut.gradient.n_bisect=2",
+    "+stages.shortcut.coar.n_masks=40",
+    "+stages.shortcut.coar.n_references=32",
+    "+stages.shortcut.coar.ks=[1,4]",
+    "+stages.shortcut.coar.units=[{pattern: hf.bert.encoder.layer.*.intermediate.dense.weight, granularity: neuron}]",
 ]
 
 
@@ -83,8 +83,8 @@ def test_shortcut_fix_end_to_end(tmp_path):
 
 
 def test_shortcut_fix_needs_the_expansion(tmp_path):
-    with pytest.raises(ValueError, match="flawed.enabled"):
-        run(["experiment=shortcut_fix", "flawed.enabled=false"], tmp_path)
+    with pytest.raises(ValueError, match="steps.expand.enabled"):
+        run(["experiment=shortcut_fix", "steps.expand.enabled=false"], tmp_path)
     assert not (tmp_path / "train").exists()
 
 

@@ -17,11 +17,11 @@ SMALL = [
     "decomp.n_iters_g_only=5",
     "decomp.n_iters_joint=30",
     "perturb.n_top=16",
-    "+stages.fit.fit.n_iters=50",
-    "stages.report.report.concept_top_k=16",
-    "+stages.report.report.n_shuffles=5",
-    "tracr_check.n_shuffles=5",
-    "tracr_check.extra_n_components=[6]",
+    "+stages.fit.n_iters=50",
+    "stages.report.concept_top_k=16",
+    "+stages.report.n_shuffles=5",
+    "steps.tracr_check.n_shuffles=5",
+    "steps.tracr_check.extra_n_components=[6]",
     "trainer.enable_model_summary=false",
 ]
 

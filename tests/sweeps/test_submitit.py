@@ -49,8 +49,8 @@ TINIER = [
     "decomp.n_iters_g_only=3",
     "decomp.n_iters_joint=12",
     "perturb.n_top=8",
-    "+stages.fit.fit.n_iters=20",
-    "+stages.report.report.n_shuffles=2",
+    "+stages.fit.n_iters=20",
+    "+stages.report.n_shuffles=2",
     "experiment=components_ablation",
     "decomp.n_components=2,3",
 ]

@@ -18,11 +18,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "npeff"
 
-# Cycles inside npeff/run/ that are being removed on other branches (issue 23). Each entry is the
-# sorted list of the modules of one strongly connected component; the lead empties this list.
-EXPECTED_RUN_CYCLES: list[list[str]] = [
-    ["npeff.run.coar", "npeff.run.pipeline"],
-]
 
 # design.md §2: who may not import whom (package -> packages it must not use).
 FORBIDDEN = {
@@ -172,19 +167,7 @@ def test_the_checker_sees_cycles_and_function_level_imports(tmp_path):
 
 def test_no_file_level_import_cycle():
     found = cycles(GRAPH)
-    unexpected = [c for c in found if c not in EXPECTED_RUN_CYCLES]
-    assert not unexpected, f"import cycles between files: {unexpected}"
-    stale = [c for c in EXPECTED_RUN_CYCLES if c not in found]
-    assert not stale, f"fixed: remove {stale} from EXPECTED_RUN_CYCLES"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="run/coar.py <-> run/pipeline.py: the lead's rewrite of run/pipeline.py removes it "
-    "(then empty EXPECTED_RUN_CYCLES and delete this test)",
-)
-def test_no_cycle_inside_run():
-    assert not [c for c in cycles(GRAPH) if all(m.startswith("npeff.run.") for m in c)]
+    assert not found, f"import cycles between files: {found}"
 
 
 def test_no_package_level_import_cycle():
@@ -206,11 +189,6 @@ def test_layer_rules():
     assert not broken, f"imports that design.md §2 forbids: {sorted(broken)}"
 
 
-# Private helpers of run/ modules that other run/ modules import (issue 23: the lead's and
-# wip-run's; they move out of run/ there). The lead empties this list.
-EXPECTED_RUN_PRIVATE: set[str] = set()
-
-
 def private_imports() -> set[str]:
     """``mod: from npeff.x import _name`` for every private name one module takes from another."""
     found = set()
@@ -224,9 +202,8 @@ def private_imports() -> set[str]:
 
 
 def test_no_private_name_imported_across_modules():
-    assert not sorted(private_imports() - EXPECTED_RUN_PRIVATE)
-    stale = EXPECTED_RUN_PRIVATE - private_imports()
-    assert not stale, f"fixed: remove {sorted(stale)} from EXPECTED_RUN_PRIVATE"
+    found = sorted(private_imports())
+    assert not found, f"private names imported from another module (make them public): {found}"
 
 
 def test_every_config_is_package_data():
