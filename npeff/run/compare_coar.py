@@ -3,7 +3,7 @@
     npeff-compare-coar inputs.checkpoint=<model.ckpt> inputs.coeffs=<fit/coeffs.h5> \\
         inputs.pefs=<pefs_eval/pefs.h5> inputs.perturbation=<perturb/perturbation.h5> \\
         inputs.attributions=<npeff-coar run>/attributions.h5
-    npeff experiment=coar_compare_s4        # the same inside the pipeline (coar_compare.enabled)
+    npeff experiment=coar_compare_s4        # the same inside the pipeline (steps.coar_compare.enabled)
 
 Inputs: an NPEFF run's coefficients (W of the eval examples, with G/H or their decomposition),
 the PEF file of those examples, optionally its perturbation result, and a COAR attributions file
@@ -63,7 +63,7 @@ def check_same_model(att, pefs, loaded) -> None:
             f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
             f"computed on ({att.model_identity.get('checkpoint')}): NPEFF and COAR must be "
             "compared on the same checkpoint; run npeff-coar inputs.checkpoint=<the NPEFF run's "
-            "model.ckpt> coar.split=eval (or npeff ... coar_compare.enabled=true)"
+            "model.ckpt> coar.split=eval (or npeff ... steps.coar_compare.enabled=true)"
         )
     att.check_model(loaded.model)
     pid = (pefs.metadata or {}).get("model_identity") or {}

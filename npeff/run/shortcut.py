@@ -2,7 +2,7 @@
 Coar-Edit's.
 
 Inputs: the checkpoint of a model trained with the task's shortcut knob (``task.shortcut``), the
-expanded decomposition (new components first, :func:`npeff.run.pipeline._flawed_expansion`), its
+expanded decomposition (new components first, the pipeline step ``expand``, :mod:`npeff.run.steps.expand`), its
 coefficients fitted on ``eval`` and the eval PEF file. Steps:
 
 1. Eval predictions; share of expanded vs original components with ≥ 50% incorrect top-16
