@@ -24,8 +24,11 @@ def top_indices(W: np.ndarray, k: int) -> np.ndarray:
     Returns:
       int64 [r, min(k, n)]; row j lists the examples with the largest W[:, j], largest first.
       Ties are broken by the lower example index (a stable sort), so the result is deterministic.
+      A NaN coefficient ranks below every number (a diverged column still yields k rows).
     """
     W = _check_W(W)
+    if np.issubdtype(W.dtype, np.floating) and np.isnan(W).any():
+        W = np.where(np.isnan(W), -np.inf, W)
     if k < 1:
         raise ValueError(f"top-k must be >= 1, got {k}")
     n, r = W.shape
