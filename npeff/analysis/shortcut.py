@@ -101,8 +101,15 @@ def cue_carrying(
     """
     components = np.asarray(components, dtype=np.int64)
     cue = np.asarray(cue, dtype=bool)
-    if components.size == 0:
-        return {"frac": float("nan"), "carrying": [], "share": [], "shuffled_frac_mean": None}
+    if components.size == 0:  # nothing to test: every figure undefined, the same keys
+        return {
+            "frac": float("nan"),
+            "carrying": [],
+            "share": [],
+            "shuffled_frac_mean": None,
+            "shuffled_frac_max": None,
+            "p_value": None,
+        }
     top = top_indices(np.asarray(W)[:, components], k)  # [c, k]
     share = cue[top].mean(axis=1)
     carrying = share >= min_share

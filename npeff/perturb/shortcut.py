@@ -188,3 +188,64 @@ def best_edit(
     pool = ok or list(range(len(records)))
     i = max(pool, key=lambda i: (gain(records[i]), -drop(records[i])))
     return i, bool(ok)
+
+
+def edit_records(
+    model: nn.Module,
+    perturber: ModelPerturber,
+    scorer: EditScorer,
+    directions: dict[int, ParameterVector],
+    select: SplitExamples,
+    W_select: np.ndarray,
+    wrong_select: np.ndarray,
+    magnitude: float,
+    n_top: int,
+    gradient: dict | None = None,
+    batch_size: int = 256,
+) -> list[dict]:
+    """Every edit of every component j in ``directions`` (unit LRM directions), each chosen with
+    the selection split only: θ ± ``magnitude``·v_j (the paper's), and with ``gradient`` settings
+    (``rho0``, ``rho_max``, ``n_bisect``) the loss-gradient step (:func:`gradient_scale`) on j's
+    incorrectly predicted top-``n_top`` examples of that split.
+
+    W_select: [n_sel, r] coefficients of the selection split's first n_sel examples (in
+    ``select.cache`` order); wrong_select: bool [n_sel]. Each record holds ``component``,
+    ``kind``, ``scale``, ``before`` / ``after`` (``{split: {group: accuracy}}`` of ``scorer``, the
+    reported figures; nothing here reads them to choose) and, for gradient edits, ``gradient``.
+    """
+    records: list[dict] = []
+    for j, v in directions.items():
+        for s in (1, -1):
+            records.append(
+                {
+                    "component": j,
+                    "kind": f"{'+' if s > 0 else '-'}{magnitude:g}",
+                    "scale": s * magnitude,
+                }
+                | {"before": scorer.before, "after": scorer.score(v, s * magnitude)}
+            )
+        if gradient is None:
+            continue
+        top = np.argsort(-W_select[:, j], kind="stable")[:n_top]
+        bad = np.sort(top[wrong_select[top]])
+        rec = {"component": j, "kind": "gradient"}
+        if bad.size == 0:  # nothing to descend on: no gradient edit for this component
+            continue
+        batches = list(select.cache.batches(bad, batch_size))
+        step = gradient_scale(
+            lambda rho, v=v, batches=batches: loss_and_slope(model, perturber, batches, v, rho),
+            rho0=float(gradient["rho0"]),
+            rho_max=float(gradient["rho_max"]),
+            n_bisect=int(gradient["n_bisect"]),
+        )
+        rec["scale"] = step.scale
+        rec["gradient"] = {
+            "n_examples": int(bad.size),
+            "loss_before": step.loss_before,
+            "loss_after": step.loss_after,
+            "slope_at_zero": step.slope_at_zero,
+            "n_evals": step.n_evals,
+            "hit_rho_max": step.hit_max,
+        }
+        records.append(rec | {"before": scorer.before, "after": scorer.score(v, step.scale)})
+    return records

@@ -9,13 +9,15 @@ coefficients fitted on ``eval`` and the eval PEF file. Steps:
    examples (the paper's 41% vs 4.3%); share of the flawed expanded ones whose top examples carry
    the ``cue`` (and ``cue_conflict``) concept, with a shuffled control (rows of W permuted) and a
    stricter one (permuted within correct / incorrect predictions).
-2. The flawed expanded components (≥ 8 of the top 16 incorrect) perturbed along their LRM
+2. The edits, chosen on the ``select_on`` split only (``fit``; eval is touched once, to report):
+   the flawed expanded components (≥ 8 of their top 16 examples of that split incorrect, by the
+   coefficients ``inputs.select_coeffs`` fitted on that split's PEFs) perturbed along their LRM
    directions at ±``magnitude`` (the paper's 0.3), and along the same direction with the sign and
-   scale chosen by the loss gradient on the component's incorrect top examples
-   (:func:`npeff.perturb.shortcut.gradient_scale`).
+   scale chosen by the loss gradient on the component's incorrect top examples of that split
+   (:func:`npeff.perturb.shortcut.edit_records`).
 3. Accuracy on cue-conflicting examples, on the rest, on cue-free ones and on all, on ``fit`` and
-   ``eval``, before and after every edit; the best edit is chosen on ``fit`` (the ``select_on``
-   split, which nothing here was fitted on except the expansion), its ``eval`` figures reported.
+   ``eval``, before and after every edit; the best edit is chosen on ``select_on``, its ``eval``
+   figures reported (``selection_split`` records the split).
 4. Coar-Edit on the same model (:mod:`npeff.coar.shortcut`) when ``npeff.coar`` imports:
    targets = cue-conflicting ``fit`` errors, references = correct ``fit`` examples, top-k units
    ablated, the same accuracies against k.
@@ -69,7 +71,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     from npeff.artifacts.pefs import load_pefs
     from npeff.perturb.directions import lrm_direction, normalize_rows
     from npeff.perturb.flawed import expansion_components, select_flawed_components
-    from npeff.perturb.shortcut import EditScorer, best_edit, gradient_scale, loss_and_slope
+    from npeff.perturb.shortcut import EditScorer, best_edit, edit_records
     from npeff.perturb.vector import ModelPerturber
     from npeff.tasks.checkpoint import load_checkpoint
 
@@ -131,44 +133,39 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
                 "within_correctness_p_value": strict["p_value"],
             }
 
-    # 2. edits of the selected (flawed) expansion components
+    # 2. edits of the flawed expansion components, chosen on the selection split only: which
+    # components (their top examples' errors), each edit's sign and scale, and the best edit
+    on, cap = str(sc.select_on), float(sc.max_other_drop)
+    W_sel = _selection_coefficients(cfg, dec, on)
+    if W_sel.shape[0] > fit.cache.n:
+        raise ValueError(
+            f"inputs.select_coeffs has {W_sel.shape[0]} rows, the {on} split only {fit.cache.n} "
+            "examples: fit them on that split's PEF file"
+        )
+    sel_labels = fit.cache.labels.numpy()[: W_sel.shape[0]]
+    sel_preds = fit.cache.logits(model, None, bs)[: W_sel.shape[0]].argmax(-1).numpy()
+    wrong_sel = sel_preds != sel_labels
     selected = select_flawed_components(
-        dec.W, expanded, labels, preds, n_top=k, min_incorrect=int(sc.min_incorrect)
+        W_sel, expanded, sel_labels, sel_preds, n_top=k, min_incorrect=int(sc.min_incorrect)
     ).tolist()
     G_unit = normalize_rows(dec.G)
-    mag = float(sc.magnitude)
-    records: list[dict] = []
-    used_for_choice = np.zeros(dec.n_examples, dtype=bool)
-    for j in selected:
-        v = lrm_direction(dec.G, dec.new_to_old_col_indices, layout, j, sc.tau, G_unit)
-        for s in (1, -1):
-            records.append(
-                {"component": j, "kind": f"{'+' if s > 0 else '-'}{mag:g}", "scale": s * mag}
-                | {"before": before, "after": scorer.score(v, s * mag)}
-            )
-        if sc.gradient.enabled:
-            top = np.argsort(-dec.W[:, j], kind="stable")[:k]
-            bad = np.sort(top[wrong[top]])
-            used_for_choice[bad] = True
-            batches = list(ev.cache.batches(bad, bs))
-            step = gradient_scale(
-                lambda rho, v=v, batches=batches: loss_and_slope(model, perturber, batches, v, rho),
-                rho0=float(sc.gradient.rho0),
-                rho_max=float(sc.gradient.rho_max),
-                n_bisect=int(sc.gradient.n_bisect),
-            )
-            rec = {"component": j, "kind": "gradient", "scale": step.scale}
-            rec["gradient"] = {
-                "n_examples": int(bad.size),
-                "loss_before": step.loss_before,
-                "loss_after": step.loss_after,
-                "slope_at_zero": step.slope_at_zero,
-                "n_evals": step.n_evals,
-                "hit_rho_max": step.hit_max,
-            }
-            records.append(rec | {"before": before, "after": scorer.score(v, step.scale)})
-        log.info("shortcut: edited component %d", j)
-    on, cap = str(sc.select_on), float(sc.max_other_drop)
+    directions = {
+        j: lrm_direction(dec.G, dec.new_to_old_col_indices, layout, j, sc.tau, G_unit)
+        for j in selected
+    }
+    records = edit_records(
+        model,
+        perturber,
+        scorer,
+        directions,
+        fit,
+        W_sel,
+        wrong_sel,
+        float(sc.magnitude),
+        k,
+        gradient=dict(sc.gradient) if sc.gradient.enabled else None,
+        batch_size=bs,
+    )
     kinds = {"paper": [r for r in records if r["kind"] != "gradient"]}
     kinds["gradient"] = [r for r in records if r["kind"] == "gradient"]
     kinds["any"] = records
@@ -176,9 +173,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     for name, recs in kinds.items():
         i, met = best_edit(recs, on, cap)
         best[name] = None if i is None else {**recs[i], "meets_cap_on_selection_split": met}
-
-    # held-out view: eval accuracy excluding the examples the gradient edits were fitted on
-    held = {g: m & ~used_for_choice for g, m in ev.masks.items()}
 
     # 4. Coar-Edit (optional; needs npeff.coar)
     from npeff.coar import shortcut as shortcut_coar
@@ -233,21 +227,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "k": None if cb is None else cb["k"],
         },
         "select_on": on,
+        "selection_split": on,
         "max_other_drop": cap,
         "paper": dict(PAPER),
     }
-    if bn is not None:
-        # the chosen NPEFF edit once more on eval without the examples its choice may have used
-        v = lrm_direction(dec.G, dec.new_to_old_col_indices, layout, bn["component"], sc.tau)
-        with perturber.perturbed(v, bn["scale"]):
-            p2 = ev.cache.logits(model, None, bs).argmax(-1).numpy()
-        from npeff.analysis.shortcut import group_accuracies
-
-        metrics_sc["npeff"]["heldout"] = {
-            "before": group_accuracies(wrong == 0, held),
-            "after": group_accuracies(p2 == labels, held),
-            "n_excluded": int(used_for_choice.sum()),
-        }
     summary = {
         "shortcut": metrics_sc,
         "expanded_components": expanded,
@@ -277,6 +260,27 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         frac_orig,
     )
     return metrics
+
+
+def _selection_coefficients(cfg: DictConfig, dec, split: str) -> np.ndarray:
+    """W [n_sel, r] of the selection split's first examples, in order: ``inputs.select_coeffs``
+    (the pipeline fits the expanded decomposition on the fit PEFs), checked against ``dec``."""
+    from npeff.artifacts.decomposition import load_decomposition
+
+    path = (cfg.inputs.get("select_coeffs") or "") if "inputs" in cfg else ""
+    if str(path) in ("", "???", "None"):
+        raise ValueError(
+            f"the edits are chosen on shortcut_fix.select_on={split}: pass inputs.select_coeffs, "
+            f"the decomposition's coefficients fitted on that split's PEFs (npeff-fit "
+            f"inputs.pefs=<{split} pefs.h5> inputs.decomposition=<expanded decomposition.h5>)"
+        )
+    sel = load_decomposition(path)
+    if sel.n_components != dec.n_components:
+        raise ValueError(
+            f"inputs.select_coeffs has {sel.n_components} components, the decomposition "
+            f"{dec.n_components}: fit them with the same (expanded) decomposition"
+        )
+    return np.asarray(sel.W)
 
 
 main = stage_main("shortcut", run, single_process=True)

@@ -51,9 +51,22 @@ def run(overrides, out):
         return pipeline.run(compose("pipeline", overrides=overrides), out)
 
 
-def test_shortcut_fix_end_to_end(tmp_path):
-    metrics = run(SHRUNK + [f"paths.output_dir={tmp_path / 'o'}"], tmp_path / "run")
+@pytest.fixture(scope="module")
+def shrunk(tmp_path_factory):
+    """The shrunk experiment run once: (pipeline config, run dir, headline metrics)."""
+    tmp = tmp_path_factory.mktemp("shortcut")
+    overrides = SHRUNK + [f"paths.output_dir={tmp / 'o'}"]
+    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
+        cfg = compose("pipeline", overrides=overrides)
+    return cfg, tmp / "run", pipeline.run(cfg, tmp / "run")
+
+
+def test_shortcut_fix_end_to_end(shrunk):
+    _, run_dir, metrics = shrunk
+    tmp_path = run_dir.parent
     sc = metrics["shortcut"]
+    assert sc["selection_split"] == "fit"
+    assert (run_dir / "fit_select" / "coeffs.h5").is_file()
     for key in (
         "conflict_acc_before",
         "frac_flawed_expanded",
@@ -80,6 +93,74 @@ def test_shortcut_fix_end_to_end(tmp_path):
     assert sc["coar"]["available"] == shortcut_coar.available()
     if sc["coar"]["available"]:
         assert [r["k"] for r in summary["coar"]["sweep"]] == [0, 1, 4]
+
+
+def _choices(summary: dict) -> dict:
+    """Everything the stage chose: components, every edit's kind and scale, the best edits."""
+    best = {
+        name: None if b is None else (b["component"], b["kind"], b["scale"])
+        for name, b in summary["best"].items()
+    }
+    edits = [(r["component"], r["kind"], r["scale"]) for r in summary["edits"]]
+    coar = None if summary["coar"] is None else summary["coar"].get("best", {}).get("k")
+    return {"selected": summary["selected_components"], "edits": edits, "best": best, "coar": coar}
+
+
+def test_eval_labels_choose_nothing(shrunk, tmp_path, monkeypatch):
+    """Permuting the eval labels changes the reported eval figures, never a choice: the flawed
+    components, each edit's sign and scale and the best edit come from the fit split."""
+    import numpy as np
+
+    from npeff.run import shortcut
+    from npeff.run.configs import stage_config
+
+    cfg, run_dir, _ = shrunk
+    inputs = {
+        "checkpoint": str(run_dir / "train" / "model.ckpt"),
+        "decomposition": str(run_dir / "expand" / "decomposition.h5"),
+        "coeffs": str(run_dir / "fit" / "coeffs.h5"),
+        "pefs": str(run_dir / "pefs_eval" / "pefs.h5"),
+        "select_coeffs": str(run_dir / "fit_select" / "coeffs.h5"),
+    }
+    if not (run_dir / "train" / "model.ckpt").is_file():  # reused from the training cache
+        inputs["checkpoint"] = json.loads((run_dir / "train" / "metrics.json").read_text())[
+            "checkpoint"
+        ]
+    stage_cfg = stage_config(
+        cfg, "shortcut", inputs=inputs, shortcut_fix={"expansion_components": [0, 1, 2]}
+    )
+    shortcut.run(stage_cfg, tmp_path / "plain")
+    plain = json.loads((tmp_path / "plain" / "shortcut.json").read_text())
+
+    from npeff.tasks.checkpoint import load_checkpoint
+
+    model = load_checkpoint(inputs["checkpoint"]).model.eval()
+    split_examples = shortcut._split_examples
+
+    def relabelled(how):
+        def wrapped(task, split, batch_size, n=None):
+            sp, concepts = split_examples(task, split, batch_size, n)
+            if split == "eval":
+                if how == "permuted":
+                    new = sp.cache.labels[np.random.default_rng(0).permutation(sp.cache.n)]
+                else:  # the model's own predictions: no eval error left to select on
+                    new = sp.cache.logits(model, None, batch_size).argmax(-1)
+                sp.cache.labels = new.long()
+                start = 0
+                for b in sp.cache.batches():
+                    size = len(b["labels"])
+                    b["labels"] = sp.cache.labels[start : start + size].clone()
+                    start += size
+            return sp, concepts
+
+        return wrapped
+
+    for how in ("permuted", "predicted"):
+        monkeypatch.setattr(shortcut, "_split_examples", relabelled(how))
+        shortcut.run(stage_cfg, tmp_path / how)
+        other = json.loads((tmp_path / how / "shortcut.json").read_text())
+        assert other["before"]["eval"] != plain["before"]["eval"]  # the labels did reach eval
+        assert _choices(other) == _choices(plain), how
 
 
 def test_shortcut_fix_needs_the_expansion(tmp_path):

@@ -10,17 +10,30 @@ from npeff.run.steps import Context, Step, fmt
 
 
 def _shortcut(ctx: Context) -> dict:
-    from npeff.run import shortcut
+    from npeff.run import fit, shortcut
 
     a = ctx.artifacts
+    inputs = {
+        "checkpoint": str(a["checkpoint"]),
+        "decomposition": str(a["decomposition"]),
+        "coeffs": str(a["coeffs"]),
+        "pefs": str(a["eval_pefs"]),
+    }
+    on = str(ctx.config("shortcut").shortcut_fix.select_on)
+    if on == "eval":
+        inputs["select_coeffs"] = str(a["coeffs"])
+    elif on == "fit":  # the expanded decomposition's coefficients on the fit PEFs: the edits'
+        # selection, sign and scale never see an eval label
+        sel_cfg = ctx.config(
+            "fit", inputs={"pefs": str(a["fit_pefs"]), "decomposition": str(a["decomposition"])}
+        )
+        ctx.stage("fit_select", fit.run, sel_cfg, ctx.dir("fit_select"), single=True)
+        inputs["select_coeffs"] = str(ctx.dir("fit_select") / "coeffs.h5")
+    else:
+        raise ValueError(f"stages.shortcut.select_on={on!r}: use fit (the default) or eval")
     cfg = ctx.config(
         "shortcut",
-        inputs={
-            "checkpoint": str(a["checkpoint"]),
-            "decomposition": str(a["decomposition"]),
-            "coeffs": str(a["coeffs"]),
-            "pefs": str(a["eval_pefs"]),
-        },
+        inputs=inputs,
         shortcut_fix={"expansion_components": list(a["expansion"]["components"])},
     )
     ctx.stage("shortcut", shortcut.run, cfg, ctx.dir("shortcut"), single=True)
@@ -58,7 +71,7 @@ STEPS = [
         "shortcut",
         130,
         _shortcut,
-        needs=("checkpoint", "decomposition", "coeffs", "eval_pefs", "expansion"),
+        needs=("checkpoint", "fit_pefs", "decomposition", "coeffs", "eval_pefs", "expansion"),
         auto=lambda cfg: False,
         check=_check,
         headline=_headline,
