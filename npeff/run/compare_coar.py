@@ -43,15 +43,6 @@ JSON_NAME = "compare_coar.json"
 SECTION_NAME = "section.html"
 
 
-def _split_of(meta: dict) -> str | None:
-    if meta.get("split"):
-        return str(meta["split"])
-    conf = meta.get("config")
-    if isinstance(conf, dict) and conf.get("split"):
-        return str(conf["split"])
-    return None
-
-
 def check_same_model(att, pefs, loaded) -> None:
     """The checkpoint must be the model of both the attributions and the PEF file (by file hash
     and, for the attributions, by weights); clear errors otherwise."""
@@ -97,7 +88,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the stage; returns its metrics (also in ``metrics.json``)."""
     from npeff.artifacts.coefficients import with_components
     from npeff.artifacts.decomposition import load_decomposition
-    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
+    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs, pefs_split
     from npeff.coar import load_attributions
     from npeff.coar.npeff_compare import compare_with_npeff
     from npeff.perturb.examples import ExampleCache
@@ -139,10 +130,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "on parameters that include every COAR unit (pefs params.include), or run npeff-coar "
             "with units inside the PEFs' parameters"
         )
-    split = cfg.get("split") or _split_of(pefs.metadata or {})
+    split = pefs_split(pefs, cfg.get("split"))
     att_split = (_att_config(att).get("coar") or {}).get("split")
-    if not split:
-        raise ValueError("cannot tell the PEF file's split from its metadata; pass split=eval")
     if att_split and att_split != split:
         raise ValueError(
             f"the attributions are of split {att_split!r} but the NPEFF coefficients of split "

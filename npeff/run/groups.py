@@ -49,10 +49,10 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
     out = {"irrep_purity": ip}
     coeffs = load_decomposition(inputs.coeffs) if inputs.get("coeffs") else dec
     if inputs.get("pefs"):
-        from npeff.artifacts.pefs import load_pefs
+        from npeff.artifacts.pefs import load_pefs, pefs_split
 
         pefs = load_pefs(inputs.pefs)
-        split = str(cfg.get("split") or pefs.metadata.get("split") or "eval")
+        split = pefs_split(pefs, cfg.get("split"), default="eval")
         task = load_checkpoint(zoo.path).task
         t = task.tensors(split)
         src = pefs.source_indices
