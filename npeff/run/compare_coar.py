@@ -46,25 +46,19 @@ SECTION_NAME = "section.html"
 def check_same_model(att, pefs, loaded) -> None:
     """The checkpoint must be the model of both the attributions and the PEF file (by file hash
     and, for the attributions, by weights); clear errors otherwise."""
-    from npeff.artifacts.digest import file_sha256
+    from npeff.models.identity import check_identity
 
-    want = att.model_identity.get("sha256")  # attributions ↔ checkpoint: file hash, then weights
-    if want and want != file_sha256(loaded.path):
-        raise ValueError(
-            f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
-            f"computed on ({att.model_identity.get('checkpoint')}): NPEFF and COAR must be "
-            "compared on the same checkpoint; run npeff-coar inputs.checkpoint=<the NPEFF run's "
-            "model.ckpt> coar.split=eval (or npeff ... steps.coar_compare.enabled=true)"
-        )
-    att.check_model(loaded.model)
-    pid = (pefs.metadata or {}).get("model_identity") or {}
-    want = pid.get("sha256")
-    if want and want != file_sha256(loaded.path):
-        raise ValueError(
-            f"inputs.checkpoint {loaded.path} is not the model the PEFs (and the NPEFF run) were "
-            f"computed on ({pid.get('checkpoint')}): NPEFF and COAR must be compared on the same "
-            "checkpoint; run npeff-coar with inputs.checkpoint=<the NPEFF run's model.ckpt>"
-        )
+    fix = (
+        "NPEFF and COAR must be compared on the same checkpoint; run npeff-coar "
+        "inputs.checkpoint=<the NPEFF run's model.ckpt> coar.split=eval (or npeff ... "
+        "steps.coar_compare.enabled=true)"
+    )
+    check_identity(
+        att.model_identity, f"the attributions {att.path}", fix, loaded.path, loaded.model
+    )
+    att.units.check_model(loaded.model)
+    pid = (pefs.metadata or {}).get("model_identity")
+    check_identity(pid, "the PEFs (and the NPEFF run)", fix, loaded.path)
 
 
 def align_examples(
