@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from npeff.artifacts.atomic import atomic_path
+from npeff.artifacts.torch_file import load_torch_file
 
 ZOO_NAME = "zoo.pt"
 ZOO_FORMAT = "npeff-group-zoo"
@@ -81,19 +82,7 @@ def load_zoo_file(path: str | os.PathLike) -> GroupZoo:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no group zoo at {path}: {_HOW}")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
-        raise ValueError(
-            f"{path} is not an npeff group zoo (unreadable: {type(e).__name__}); {_HOW}"
-        ) from None
-    if not isinstance(raw, dict) or raw.get("format") != ZOO_FORMAT:
-        raise ValueError(f"{path} is not an npeff group zoo (format {ZOO_FORMAT!r}); {_HOW}")
-    if int(raw.get("version", 0)) > ZOO_VERSION:
-        raise ValueError(
-            f"{path} is a group zoo of version {raw['version']} (this npeff reads up to "
-            f"{ZOO_VERSION}): upgrade npeff"
-        )
+    raw = load_torch_file(path, ZOO_FORMAT, ZOO_VERSION, "npeff group zoo", _HOW)
     return GroupZoo(
         params=raw["params"],
         config=raw["config"],

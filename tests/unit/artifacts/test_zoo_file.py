@@ -41,7 +41,7 @@ def test_a_zoo_round_trips(tmp_path):
 def test_a_file_that_is_not_a_zoo_is_one_line_naming_it(tmp_path, content):
     path = tmp_path / "zoo.pt"
     content(path)
-    with pytest.raises(ValueError, match="is not an npeff group zoo") as e:
+    with pytest.raises(ValueError, match="is not an? (readable )?npeff group zoo") as e:
         load_zoo_file(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
