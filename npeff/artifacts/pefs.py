@@ -687,3 +687,37 @@ def read_pefs_progress(path: str | os.PathLike) -> tuple[int, bool]:
     with h5py.File(path, "r") as f:
         attrs = _check_npeff_group(f, ARTIFACT_PEFS, allow_incomplete=True)
         return int(attrs.get(keys.ATTR_N_WRITTEN, 0)), bool(attrs.get(keys.ATTR_COMPLETE, False))
+
+
+SPLIT_UNKNOWN = (
+    "cannot tell which data split the PEFs were computed on (no 'split' in the PEF file's "
+    "metadata, or no PEF file); pass split=fit or split=eval"
+)
+
+
+def pefs_split(pefs, given: str | None = None, default: str | None = None) -> str:
+    """The data split a PEF file was computed on.
+
+    ``given`` (a ``split=`` override) when set; else the file's metadata ``split``, else the
+    ``split`` of the run config stored with it (a dict, or YAML/JSON text). ``pefs``: a
+    :class:`Pefs`, its ``metadata`` dict, or None. Without one: ``default``, or a ValueError.
+    """
+    if given:
+        return str(given)
+    meta = pefs if isinstance(pefs, dict) or pefs is None else getattr(pefs, "metadata", None)
+    meta = meta or {}
+    if meta.get("split"):
+        return str(meta["split"])
+    conf = meta.get("config")
+    if isinstance(conf, str):
+        import yaml
+
+        try:
+            conf = yaml.safe_load(conf)
+        except yaml.YAMLError:  # free-form metadata: no split there
+            conf = None
+    if isinstance(conf, dict) and conf.get("split"):
+        return str(conf["split"])
+    if default is not None:
+        return str(default)
+    raise ValueError(SPLIT_UNKNOWN)

@@ -33,6 +33,7 @@ from npeff.coar.dataset import run_ablations
 from npeff.coar.evaluation import correlation_table, eval_alphas
 from npeff.coar.masks import check_alpha, eval_stream, sample_masks
 from npeff.models.core import LABELS_KEY, forward_logits
+from npeff.models.identity import check_identity, weights_digest
 from npeff.models.units import UnitMap, build_unit_map
 
 DEFAULT_EVAL_FACTORS = (0.5, 1.0, 2.0, 4.0)
@@ -75,30 +76,12 @@ class Attributions:
     def check_model(self, model: nn.Module) -> None:
         """Fail clearly unless ``model`` is the model these attributions were computed on."""
         self.units.check_model(model)
-        want = self.model_identity.get("weights_sha256")
-        if want and weights_digest(model) != want:
-            raise ValueError(
-                f"the model's weights differ from those the attributions in {self.path} were "
-                f"computed on (checkpoint {self.model_identity.get('checkpoint', '?')}): pass that "
-                "model's checkpoint, or recompute the attributions with npeff-coar"
-            )
-
-
-def weights_digest(model: nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, shapes, float32 bytes) of ``model``."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(
-            t.detach()
-            .cpu()
-            .contiguous()
-            .to(torch.float32 if t.is_floating_point() else t.dtype)
-            .numpy()
-            .tobytes()
+        check_identity(
+            self.model_identity,
+            f"the attributions {self.path}",
+            "pass that model's checkpoint, or recompute the attributions with npeff-coar",
+            model=model,
         )
-    return h.hexdigest()
 
 
 def load_attributions(path: str | os.PathLike) -> Attributions:

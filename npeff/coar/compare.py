@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.layout import ParameterLayout
 from npeff.coar.ablation import AblationEngine
-from npeff.models.units import UnitMap
+from npeff.models.units import UnitMap, mass_on_units, unit_membership
 
 
 def unit_shares(
@@ -40,28 +40,10 @@ def unit_shares(
     ``layout``'s flat vector; None: all m columns). A share is of the component's whole mass,
     units or not, so a row sums to the fraction of the mass on unit weights.
     """
-    import scipy.sparse as sp
-
-    if sp.issparse(vectors):
-        v = sp.csr_matrix(vectors, dtype=np.float64)
-        mass = v.multiply(v) if kind != "diag" else v.maximum(0)
-        mass = sp.csr_matrix(mass)
-        total = np.asarray(mass.sum(1)).reshape(-1, 1)
-    else:
-        v = np.asarray(vectors, dtype=np.float64)
-        mass = v * v if kind != "diag" else np.clip(v, 0, None)
-        total = mass.sum(1, keepdims=True)
     owner = unit_map.unit_of_flat(layout).numpy()
     if col_indices is not None:
         owner = owner[np.asarray(col_indices, dtype=np.int64)]
-    if owner.shape[0] != v.shape[1]:
-        raise ValueError(f"{v.shape[1]} component columns but {owner.shape[0]} layout entries")
-    keep = np.flatnonzero(owner >= 0)
-    onehot = sp.csr_matrix(
-        (np.ones(len(keep)), (keep, owner[keep])), shape=(owner.shape[0], unit_map.n_units)
-    )
-    out = (mass @ onehot).toarray() if sp.issparse(mass) else np.asarray((onehot.T @ mass.T).T)
-    return out / np.where(total > 0, total, 1.0)
+    return mass_on_units(vectors, unit_membership(owner, unit_map.n_units), kind)
 
 
 def top_unit_sets(shares: np.ndarray, k: int) -> np.ndarray:

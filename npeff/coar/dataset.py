@@ -50,6 +50,15 @@ def run_ablations(
     progress: bool = True,
 ) -> int:
     """Extend ``path`` to ``n_masks`` ablations (resuming it); returns the masks now held."""
+    kw = dict(
+        alpha=alpha,
+        n_masks=n_masks,
+        seed=seed,
+        chunk_masks=chunk_masks,
+        masks_per_forward=masks_per_forward,
+        method=method,
+        progress=progress,
+    )
     if devices * num_nodes > 1:
         from lightning.fabric import Fabric
 
@@ -65,32 +74,10 @@ def run_ablations(
             batches,
             Path(path),
             writer_kwargs,
-            dict(
-                alpha=alpha,
-                n_masks=n_masks,
-                seed=seed,
-                chunk_masks=chunk_masks,
-                masks_per_forward=masks_per_forward,
-                method=method,
-                progress=progress,
-            ),
+            kw,
         )
         return read_progress(path)[0]
-    return _loop(
-        None,
-        model,
-        unit_map,
-        batches,
-        Path(path),
-        writer_kwargs,
-        alpha=alpha,
-        n_masks=n_masks,
-        seed=seed,
-        chunk_masks=chunk_masks,
-        masks_per_forward=masks_per_forward,
-        method=method,
-        progress=progress,
-    )
+    return _loop(None, model, unit_map, batches, Path(path), writer_kwargs, **kw)
 
 
 def _worker(fabric, model, unit_map_json, batches, path, writer_kwargs, kw) -> None:

@@ -4,7 +4,8 @@
   of ``hidden.weight``, ``hidden.bias`` entry and column of ``unembed.weight``; the shared
   embeddings and the unembedding bias belong to none).
 * :func:`component_neuron_mass`: per component, its pseudo-Fisher mass per neuron (LRM: the
-  squared entries of g_j; D-NPEFF: the entries of h_j) summed over the neuron's parameters.
+  squared entries of g_j; D-NPEFF: the entries of h_j) summed over the neuron's parameters
+  (:func:`npeff.models.units.mass_on_units`, as the NPEFF↔COAR comparison's unit shares).
 * :func:`irrep_purity`: the share of each row's mass on the neurons of its dominant irrep, next
   to the same with the neurons' irrep labels shuffled. Any ``[rows, neurons]`` mass works here, so
   COAR's top units per example can be read the same way.
@@ -22,6 +23,7 @@ from npeff.analysis.top_examples import top_indices
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
 from npeff.models.simple import GROUP_HIDDEN_BIAS, GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
+from npeff.models.units import mass_on_units, unit_membership
 
 
 def neuron_owner(layout, n_neurons: int) -> np.ndarray:
@@ -47,20 +49,11 @@ def component_neuron_mass(decomposition, n_neurons: int) -> np.ndarray:
     owner_all = neuron_owner(decomposition.layout, n_neurons)
     cols = np.asarray(decomposition.new_to_old_col_indices)
     owner = owner_all[cols]
-    if decomposition.kind == "lrm":
-        if decomposition.G is None:
-            raise ValueError("the LRM decomposition stores no G: cannot map it to neurons")
-        mass = np.asarray(decomposition.G, dtype=np.float64) ** 2
-    else:
-        h = decomposition.H
-        mass = np.asarray(h.todense() if hasattr(h, "todense") else h, dtype=np.float64)
-    keep = owner >= 0
-    out = np.zeros((mass.shape[0], n_neurons))
-    for i in range(n_neurons):
-        sel = keep & (owner == i)
-        if sel.any():
-            out[:, i] = mass[:, sel].sum(axis=1)
-    return out
+    if decomposition.kind == "lrm" and decomposition.G is None:
+        raise ValueError("the LRM decomposition stores no G: cannot map it to neurons")
+    vectors = decomposition.G if decomposition.kind == "lrm" else decomposition.H
+    member = unit_membership(owner, n_neurons)
+    return mass_on_units(vectors, member, decomposition.kind, share=False)
 
 
 def irrep_purity(

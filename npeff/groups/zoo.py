@@ -38,8 +38,6 @@ from npeff.models.simple import (
 log = logging.getLogger(__name__)
 
 PARAM_KEYS = GROUP_MLP_PARAMETERS
-ZOO_NAME = "zoo.pt"
-ZOO_FORMAT = "npeff-group-zoo"
 STATE_NAME = "zoo_state.pt"
 
 # The two recipes of seed-systems.md §2.2 (an ``optim`` mapping as in npeff.models.lightning).

@@ -9,10 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.groups.zoo import RECIPES, ZOO_FORMAT, ZOO_NAME
+from npeff.artifacts.zoo import ZOO_NAME, GroupZoo, load_zoo_file, zoo_path
+from npeff.groups.zoo import RECIPES
 from npeff.models.simple import GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
 
 log = logging.getLogger(__name__)
@@ -29,46 +29,22 @@ def zoo_optim(cfg: DictConfig) -> dict[str, Any]:
     return optim
 
 
-class GroupZoo:
-    """A loaded zoo: ``params`` ``{key: [S, ...]}``, ``config`` (dict), ``seeds``, ``metrics``."""
-
-    def __init__(self, params, config, seeds, metrics, path: Path):
-        self.params, self.config, self.seeds, self.metrics, self.path = (
-            params,
-            config,
-            seeds,
-            metrics,
-            path,
-        )
-
-    @property
-    def n_seeds(self) -> int:
-        return len(self.seeds)
-
-    @property
-    def group_name(self) -> str:
-        return str(self.config["task"]["group"])
-
-
 def load_zoo(path: str | Path) -> GroupZoo:
     """A zoo from ``zoo.pt`` / its run dir, or a one-model zoo from a group ``model.ckpt``.
 
     Fails clearly when the file is neither (e.g. a checkpoint of another task or model)."""
-    from npeff.models.checkpoint import read_checkpoint
+    from npeff.models.checkpoint import CHECKPOINT_NAME, read_checkpoint
 
     p = Path(path).expanduser()
     if p.is_dir():
-        p = p / ZOO_NAME if (p / ZOO_NAME).is_file() else p / "model.ckpt"
+        p = zoo_path(p) if zoo_path(p).is_file() else p / CHECKPOINT_NAME
     if not p.is_file():
         raise FileNotFoundError(
             f"no group zoo or checkpoint at {path}: train one with "
             "`npeff-train task=group task.n_seeds=20` and pass its run dir"
         )
     if p.name == ZOO_NAME:
-        raw = torch.load(p, weights_only=False, map_location="cpu")
-        if not isinstance(raw, dict) or raw.get("format") != ZOO_FORMAT:
-            raise ValueError(f"{p} is not an npeff group zoo (format {ZOO_FORMAT!r})")
-        return GroupZoo(raw["params"], raw["config"], list(raw["seeds"]), raw["metrics"], p)
+        return load_zoo_file(p)
     raw = read_checkpoint(p)
     conf = raw["config"]
     if (conf.get("task") or {}).get("name") != "group" or (conf.get("model") or {}).get(

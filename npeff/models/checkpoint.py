@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from npeff.artifacts.atomic import atomic_path
+from npeff.artifacts.torch_file import load_torch_file
 
 CHECKPOINT_NAME = "model.ckpt"
 CHECKPOINT_FORMAT = "npeff-model"
@@ -67,18 +68,6 @@ def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The raw checkpoint dict, after checking it is an npeff model checkpoint."""
     p = resolve_checkpoint_path(path)
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
-        raise ValueError(
-            f"{p} is not a readable npeff model checkpoint ({type(e).__name__}: {e})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{p} is not an npeff model checkpoint (written by npeff-train); got a foreign file"
-        )
-    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{p} has checkpoint version {payload.get('version')}; this npeff reads <= {CHECKPOINT_VERSION}"
-        )
-    return payload
+    return load_torch_file(
+        p, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "npeff model checkpoint", "written by npeff-train"
+    )

@@ -378,3 +378,52 @@ __all__ = [
     "build_unit_map",
     "unit_modules",
 ]
+
+
+def unit_membership(owner, n_units: int):
+    """scipy csr ``[m', n_units]`` 0/1: entry ``(i, c)`` is 1 when column i belongs to unit c.
+
+    ``owner`` int ``[m']``: the unit of each column (−1: none), e.g.
+    ``UnitMap.unit_of_flat(layout)[new_to_old_col_indices]``."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    owner = np.asarray(owner, dtype=np.int64).reshape(-1)
+    if owner.size and owner.max() >= n_units:
+        raise ValueError(f"a column belongs to unit {owner.max()}, but there are {n_units} units")
+    keep = np.flatnonzero(owner >= 0)
+    return sp.csr_matrix(
+        (np.ones(len(keep)), (keep, owner[keep])), shape=(owner.shape[0], int(n_units))
+    )
+
+
+def mass_on_units(vectors, membership, kind: str = "lrm", share: bool = True):
+    """float64 ``[r, U]``: each component's pseudo-Fisher mass on each unit (a set of columns).
+
+    ``vectors`` ``[r, m']`` (dense, or scipy sparse such as a sparsified D-NPEFF H): the rows of G
+    (LRM; an entry's mass is g²) or of H (``kind="diag"``; mass = max(h, 0)) over m' columns.
+    ``membership`` ``[m', U]`` (0/1, dense or sparse; :func:`unit_membership` from an owner
+    vector; columns may overlap): which columns each unit holds. ``share``: divide by the
+    component's whole mass (units or not, so a row sums to the fraction of its mass on units; a
+    component without mass gets 0), else the raw mass.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    if sp.issparse(vectors):
+        v = sp.csr_matrix(vectors, dtype=np.float64)
+        mass = v.multiply(v) if kind != "diag" else v.maximum(0)
+        mass = sp.csr_matrix(mass)
+        total = np.asarray(mass.sum(1)).reshape(-1, 1)
+    else:
+        v = np.asarray(vectors, dtype=np.float64)
+        mass = v * v if kind != "diag" else np.clip(v, 0, None)
+        total = mass.sum(1, keepdims=True)
+    onehot = sp.csr_matrix(membership, dtype=np.float64)
+    if onehot.shape[0] != v.shape[1]:
+        raise ValueError(
+            f"{v.shape[1]} component columns but {onehot.shape[0]} columns in the unit "
+            "membership: pass the owners of the kept columns (new_to_old_col_indices)"
+        )
+    out = (mass @ onehot).toarray() if sp.issparse(mass) else np.asarray((onehot.T @ mass.T).T)
+    return out / np.where(total > 0, total, 1.0) if share else out

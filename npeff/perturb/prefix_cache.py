@@ -49,6 +49,16 @@ def _batch_size(batch: dict) -> int:
     return int(len(batch["labels"])) if "labels" in batch else len(next(iter(batch.values())))
 
 
+def _forward_hooked(model: nn.Module, batch: dict, forward: ForwardFn, handles: list):
+    """The logits of one no-grad forward; the hook ``handles`` are removed afterwards."""
+    try:
+        with torch.no_grad():
+            return forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _record_order(model: nn.Module, batch: dict, forward: ForwardFn):
     """Event indices (start, end) and call counts of every module on one forward."""
     events: dict[str, list[int]] = {}
@@ -67,13 +77,7 @@ def _record_order(model: nn.Module, batch: dict, forward: ForwardFn):
 
         handles.append(mod.register_forward_pre_hook(pre))
         handles.append(mod.register_forward_hook(post))
-    try:
-        with torch.no_grad():
-            logits = forward(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return events, logits
+    return events, _forward_hooked(model, batch, forward, handles)
 
 
 def _frozen_modules(model: nn.Module, perturbed: set[str], events) -> list[str]:
@@ -122,13 +126,7 @@ def _capture(model: nn.Module, batch: dict, names: list[str], forward: ForwardFn
         mods[n].register_forward_hook(lambda m, a, out, _n=n: got.__setitem__(_n, out))
         for n in names
     ]
-    try:
-        with torch.no_grad():
-            logits = forward(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, got
+    return _forward_hooked(model, batch, forward, handles), got
 
 
 def _nan_like(out):

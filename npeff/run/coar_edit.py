@@ -100,16 +100,13 @@ def _data_loader(task, spec: Mapping, batch_size: int):
 
 def _check_identity(att, loaded) -> None:
     """A checkpoint of another model than the attributions' is an error (before any work)."""
-    from npeff.artifacts.digest import file_sha256
+    from npeff.models.identity import check_identity
 
-    want = att.model_identity.get("sha256")
-    if want and want != file_sha256(loaded.path):
-        raise ValueError(
-            f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
-            f"computed on ({att.model_identity.get('checkpoint')}); pass that checkpoint or leave "
-            "inputs.checkpoint unset"
-        )
-    att.check_model(loaded.model)
+    fix = "pass that checkpoint or leave inputs.checkpoint unset"
+    check_identity(
+        att.model_identity, f"the attributions {att.path}", fix, loaded.path, loaded.model
+    )
+    att.units.check_model(loaded.model)
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict:

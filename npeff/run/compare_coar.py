@@ -43,37 +43,22 @@ JSON_NAME = "compare_coar.json"
 SECTION_NAME = "section.html"
 
 
-def _split_of(meta: dict) -> str | None:
-    if meta.get("split"):
-        return str(meta["split"])
-    conf = meta.get("config")
-    if isinstance(conf, dict) and conf.get("split"):
-        return str(conf["split"])
-    return None
-
-
 def check_same_model(att, pefs, loaded) -> None:
     """The checkpoint must be the model of both the attributions and the PEF file (by file hash
     and, for the attributions, by weights); clear errors otherwise."""
-    from npeff.artifacts.digest import file_sha256
+    from npeff.models.identity import check_identity
 
-    want = att.model_identity.get("sha256")  # attributions ↔ checkpoint: file hash, then weights
-    if want and want != file_sha256(loaded.path):
-        raise ValueError(
-            f"inputs.checkpoint {loaded.path} is not the model the attributions {att.path} were "
-            f"computed on ({att.model_identity.get('checkpoint')}): NPEFF and COAR must be "
-            "compared on the same checkpoint; run npeff-coar inputs.checkpoint=<the NPEFF run's "
-            "model.ckpt> coar.split=eval (or npeff ... steps.coar_compare.enabled=true)"
-        )
-    att.check_model(loaded.model)
-    pid = (pefs.metadata or {}).get("model_identity") or {}
-    want = pid.get("sha256")
-    if want and want != file_sha256(loaded.path):
-        raise ValueError(
-            f"inputs.checkpoint {loaded.path} is not the model the PEFs (and the NPEFF run) were "
-            f"computed on ({pid.get('checkpoint')}): NPEFF and COAR must be compared on the same "
-            "checkpoint; run npeff-coar with inputs.checkpoint=<the NPEFF run's model.ckpt>"
-        )
+    fix = (
+        "NPEFF and COAR must be compared on the same checkpoint; run npeff-coar "
+        "inputs.checkpoint=<the NPEFF run's model.ckpt> coar.split=eval (or npeff ... "
+        "steps.coar_compare.enabled=true)"
+    )
+    check_identity(
+        att.model_identity, f"the attributions {att.path}", fix, loaded.path, loaded.model
+    )
+    att.units.check_model(loaded.model)
+    pid = (pefs.metadata or {}).get("model_identity")
+    check_identity(pid, "the PEFs (and the NPEFF run)", fix, loaded.path)
 
 
 def align_examples(
@@ -97,7 +82,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the stage; returns its metrics (also in ``metrics.json``)."""
     from npeff.artifacts.coefficients import with_components
     from npeff.artifacts.decomposition import load_decomposition
-    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
+    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs, pefs_split
     from npeff.coar import load_attributions
     from npeff.coar.npeff_compare import compare_with_npeff
     from npeff.perturb.examples import ExampleCache
@@ -139,10 +124,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "on parameters that include every COAR unit (pefs params.include), or run npeff-coar "
             "with units inside the PEFs' parameters"
         )
-    split = cfg.get("split") or _split_of(pefs.metadata or {})
+    split = pefs_split(pefs, cfg.get("split"))
     att_split = (_att_config(att).get("coar") or {}).get("split")
-    if not split:
-        raise ValueError("cannot tell the PEF file's split from its metadata; pass split=eval")
     if att_split and att_split != split:
         raise ValueError(
             f"the attributions are of split {att_split!r} but the NPEFF coefficients of split "

@@ -49,10 +49,10 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
     out = {"irrep_purity": ip}
     coeffs = load_decomposition(inputs.coeffs) if inputs.get("coeffs") else dec
     if inputs.get("pefs"):
-        from npeff.artifacts.pefs import load_pefs
+        from npeff.artifacts.pefs import load_pefs, pefs_split
 
         pefs = load_pefs(inputs.pefs)
-        split = str(cfg.get("split") or pefs.metadata.get("split") or "eval")
+        split = pefs_split(pefs, cfg.get("split"), default="eval")
         task = load_checkpoint(zoo.path).task
         t = task.tensors(split)
         src = pefs.source_indices
@@ -83,12 +83,14 @@ def _coar_analysis(cfg, na, zoo) -> dict | None:
     if not cfg.inputs.get("coar"):
         return None
     import npeff.coar
+    from npeff.artifacts.zoo import ZOO_NAME
     from npeff.groups.coar_units import coar_irrep_purity
+    from npeff.models.checkpoint import CHECKPOINT_NAME
     from npeff.tasks.checkpoint import load_checkpoint
 
     attr = npeff.coar.load_attributions(cfg.inputs.coar)
     # the neuron analysis read here is the first seed's: the attributions must be that model's
-    first = zoo.path if zoo.path.name != "zoo.pt" else zoo.path.parent / "model.ckpt"
+    first = zoo.path if zoo.path.name != ZOO_NAME else zoo.path.parent / CHECKPOINT_NAME
     attr.check_model(load_checkpoint(first).model)
     g = cfg.groups
     return coar_irrep_purity(

@@ -42,32 +42,10 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _resolve_split(cfg: DictConfig, pefs) -> str:
-    """The data split the PEFs were computed on: ``cfg.split``, else the PEF file's metadata."""
-    if cfg.get("split"):
-        return str(cfg.split)
-    meta = pefs.metadata or {}
-    for key in ("split",):
-        if meta.get(key):
-            return str(meta[key])
-    conf = meta.get("config")
-    if isinstance(conf, str):
-        try:
-            conf = OmegaConf.to_container(OmegaConf.create(conf))
-        except Exception:  # noqa: BLE001 - metadata is free-form; fall through to the error
-            conf = None
-    if isinstance(conf, dict) and conf.get("split"):
-        return str(conf["split"])
-    raise ValueError(
-        "cannot tell which data split the PEFs were computed on (no 'split' in the PEF file's "
-        "metadata); pass split=fit or split=eval"
-    )
-
-
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Run the perturbation stage; returns the metrics (also written to ``metrics.json``)."""
     from npeff.artifacts.decomposition import load_decomposition
-    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
+    from npeff.artifacts.pefs import load_dataset_fisher, load_pefs, pefs_split
     from npeff.tasks.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
@@ -102,7 +80,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     loaded = load_checkpoint(cfg.inputs.checkpoint)  # the only model load of the stage
     model = loaded.model.to(_device(cfg.get("device", "cpu"))).eval()
-    split = _resolve_split(cfg, pefs)
+    split = pefs_split(pefs, cfg.get("split"))
     loader = loaded.task.dataloader(split, batch_size=int(pc.batch_size))
     positions = pefs.source_indices  # rows of W / the PEF file → positions in the split
     if np.array_equal(positions, np.arange(len(positions))):

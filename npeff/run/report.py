@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from npeff.report import build_report, wandb_log
 from npeff.report.build import write_report
@@ -23,34 +23,15 @@ from npeff.run.common import stage_main, write_metrics
 log = logging.getLogger(__name__)
 
 
-def _split_from_metadata(pefs: Any) -> str | None:
-    meta = getattr(pefs, "metadata", None) or {}
-    if meta.get("split"):
-        return str(meta["split"])
-    conf = meta.get("config")
-    if isinstance(conf, str):
-        try:
-            conf = OmegaConf.to_container(OmegaConf.create(conf))
-        except Exception:  # noqa: BLE001 - free-form metadata; the caller reports the failure
-            conf = None
-    if isinstance(conf, dict) and conf.get("split"):
-        return str(conf["split"])
-    return None
-
-
 def _task_inputs(cfg: DictConfig, pefs: Any) -> dict[str, Any]:
     """Display examples, label and concept names, concepts of the report's split (or nothing)."""
     if not cfg.inputs.get("checkpoint"):
         log.info("no inputs.checkpoint: the report shows coefficients without example contents")
         return {}
+    from npeff.artifacts.pefs import pefs_split
     from npeff.tasks.checkpoint import load_checkpoint
 
-    split = cfg.get("split") or (_split_from_metadata(pefs) if pefs is not None else None)
-    if not split:
-        raise ValueError(
-            "cannot tell which data split the examples come from (no 'split' in the PEF file's "
-            "metadata, or no inputs.pefs); pass split=fit or split=eval"
-        )
+    split = pefs_split(pefs, cfg.get("split"))
     task = load_checkpoint(cfg.inputs.checkpoint).task
     out: dict[str, Any] = {"examples": task.examples(split), "label_names": list(task.label_names)}
     concepts = task.concepts(split)

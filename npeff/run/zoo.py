@@ -22,10 +22,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.artifacts.zoo import save_zoo, zoo_path
 from npeff.groups.zoo import (
     STATE_NAME,
-    ZOO_FORMAT,
-    ZOO_NAME,
     epochs_to_reach,
     init_params,
     train_zoo,
@@ -131,21 +130,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         / max(result.seconds, 1e-9),
     }
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
-    from npeff.artifacts.atomic import atomic_path
-
-    with atomic_path(output_dir / ZOO_NAME) as tmp:
-        torch.save(
-            {
-                "format": ZOO_FORMAT,
-                "version": 1,
-                "params": p,
-                "config": plain_cfg,
-                "seeds": seeds,
-                "metrics": metrics,
-                "history": result.history,
-            },
-            tmp,
-        )
+    save_zoo(zoo_path(output_dir), p, plain_cfg, seeds, metrics, result.history)
     from npeff.models.simple import GroupMLP
 
     model = GroupMLP(
@@ -172,7 +157,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     (output_dir / STATE_NAME).unlink(missing_ok=True)
     metrics["seconds"] = time.perf_counter() - t_start
     metrics["checkpoint"] = str(output_dir / CHECKPOINT_NAME)
-    metrics["zoo"] = str(output_dir / ZOO_NAME)
+    metrics["zoo"] = str(zoo_path(output_dir))
     write_metrics(output_dir, metrics)
     log.info(
         "zoo: held-out accuracy >= 99%% on %d/%d seeds (min %.4f); %.1f s",

@@ -21,6 +21,7 @@ import numpy as np
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.tracr_model import TracrExport
 from npeff.models.tracr import live_units, parse_param
+from npeff.models.units import mass_on_units
 
 
 @dataclass
@@ -100,29 +101,40 @@ def layer_check(
       base_rates: share of all examples holding each concept.
     """
     G = np.asarray(G, dtype=np.float64)
-    mass = G**2  # [r, m']
-    total = mass.sum(axis=1)
     cols = np.asarray(new_to_old)
     variables = list(masks.block)
-    block_cols = {v: masks.block[v][cols] for v in variables}
-    unit_cols = {v: masks.unit[v][cols] for v in variables}
     n_params = next(iter(masks.block.values())).size
+    chosen = {  # per component with a shared concept: its most specific one
+        j: min(concepts, key=lambda c: (base_rates.get(c, 1.0), c))
+        for j, concepts in enumerate(shared)
+        if concepts
+    }
+    names = sorted(set(chosen.values()))
+    # the column sets ("units") whose share of Σ g_j² is read: every column, each variable's
+    # blocks and units, each chosen concept's blocks and units (an AND: both variables')
+    sets = [np.ones(n_params, dtype=bool)]
+    sets += [masks.block[v] for v in variables] + [masks.unit[v] for v in variables]
+    sets += [_concept_mask(masks.block, c) for c in names]
+    sets += [_concept_mask(masks.unit, c) for c in names]
+    shares = mass_on_units(G, np.stack(sets, axis=1)[cols], "lrm")  # [r, 1 + 2V + 2C]
+    V, C = len(variables), len(names)
+    block_of = {v: 1 + i for i, v in enumerate(variables)}
+    unit_of = {v: 1 + V + i for i, v in enumerate(variables)}
+    concept_block = {c: 1 + 2 * V + i for i, c in enumerate(names)}
+    concept_unit = {c: 1 + 2 * V + C + i for i, c in enumerate(names)}
     rows = []
-    for j, concepts in enumerate(shared):
-        if not concepts or total[j] <= 0:
+    for j, concept in chosen.items():
+        if shares[j, 0] <= 0:  # no mass at all (the share of every column is 1 otherwise)
             continue
-        concept = min(concepts, key=lambda c: (base_rates.get(c, 1.0), c))
-        parts = concept.split("&")
-        bm, um = _concept_mask(block_cols, concept), _concept_mask(unit_cols, concept)
-        others = [v for v in variables if v not in parts]
-        ctrl_b = [float(mass[j, block_cols[v]].sum() / total[j]) for v in others]
-        ctrl_u = [float(mass[j, unit_cols[v]].sum() / total[j]) for v in others]
+        others = [v for v in variables if v not in concept.split("&")]
+        ctrl_b = [float(shares[j, block_of[v]]) for v in others]
+        ctrl_u = [float(shares[j, unit_of[v]]) for v in others]
         rows.append(
             {
                 "component": j,
                 "concept": concept,
-                "block_share": float(mass[j, bm].sum() / total[j]),
-                "unit_share": float(mass[j, um].sum() / total[j]),
+                "block_share": float(shares[j, concept_block[concept]]),
+                "unit_share": float(shares[j, concept_unit[concept]]),
                 "block_share_other_variables": float(np.mean(ctrl_b)) if ctrl_b else float("nan"),
                 "unit_share_other_variables": float(np.mean(ctrl_u)) if ctrl_u else float("nan"),
                 "block_param_fraction": float(_concept_mask(masks.block, concept).sum() / n_params),
