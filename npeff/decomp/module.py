@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -247,6 +248,7 @@ class DecompositionModule(L.LightningModule):
         s = self.settings
         if s.log_every and (k + 1) % s.log_every == 0:
             loss = self.fac.loss()
+            self._check_finite(loss, phase, k + 1)
             losses = self.records["losses"].setdefault(phase, [])
             prev = losses[-1] if losses else None
             losses.append(loss)
@@ -261,6 +263,21 @@ class DecompositionModule(L.LightningModule):
                 self.records["stopped_at"] = step + 1
                 self.trainer.should_stop = True
         return None
+
+    def _check_finite(self, loss: float, phase: str, step: int) -> None:
+        """A diverged factorization (NaN/inf loss) stops here with the fix, instead of writing
+        NaN components that every later stage would read as a result."""
+        if math.isfinite(loss):
+            return
+        s = self.settings
+        lr = s.lr_g_only if phase == "G_only" and s.lr_g_only is not None else s.lr_g
+        knob = (
+            "decomp.lr_g_only" if phase == "G_only" and s.lr_g_only is not None else "decomp.lr_g"
+        )
+        raise ValueError(
+            f"the decomposition diverged: loss {loss} at step {step} of phase {phase}; lower "
+            f"{knob} (now {lr:g}; e.g. {lr / 3:.2g})"
+        )
 
     # --- checkpoints: full G/H, W and records ---------------------------------------------------
     def _full_components_t(self) -> torch.Tensor:
@@ -293,6 +310,7 @@ class DecompositionModule(L.LightningModule):
     def on_train_end(self) -> None:
         full_t = self._full_components_t()  # collectives: every rank takes part
         self.records["final_loss"] = self.fac.loss()
+        self._check_finite(self.records["final_loss"], self.plan[-1][0], self.current_epoch)
         if self.global_rank == 0:
             save_decomposition(self.result(full_t), self.output_path)
         self.trainer.strategy.barrier("npeff-decomposition-written")
