@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_pipeline import TINY
+from tests.helpers.problems import TINY_PIPELINE
 
 BIN = Path(sys.executable).parent
 
 
 def test_pipeline_on_two_processes(tmp_path):
-    args = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
+    args = [a for a in TINY_PIPELINE if not a.startswith("trainer.max_epochs")] + [
         "trainer=ddp",
         "trainer.max_epochs=3",
         f"paths.output_dir={tmp_path / 'outputs'}",

@@ -11,7 +11,7 @@ import numpy as np
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import load_pefs
-from tests.integration.test_pipeline import run_pipeline
+from tests.helpers.compose import run_pipeline
 
 SHRUNK = [
     "experiment=digits_lvrm",

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from npeff.coar import shortcut as shortcut_coar
-from npeff.run import pipeline
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import run_pipeline
 
 SHRUNK = [
     "experiment=shortcut_fix",
@@ -46,13 +44,8 @@ SHRUNK = [
 ]
 
 
-def run(overrides, out):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return pipeline.run(compose("pipeline", overrides=overrides), out)
-
-
 def test_shortcut_fix_end_to_end(tmp_path):
-    metrics = run(SHRUNK + [f"paths.output_dir={tmp_path / 'o'}"], tmp_path / "run")
+    metrics = run_pipeline(SHRUNK + [f"paths.output_dir={tmp_path / 'o'}"], tmp_path / "run")
     sc = metrics["shortcut"]
     for key in (
         "conflict_acc_before",
@@ -84,7 +77,7 @@ def test_shortcut_fix_end_to_end(tmp_path):
 
 def test_shortcut_fix_needs_the_expansion(tmp_path):
     with pytest.raises(ValueError, match="steps.expand.enabled"):
-        run(["experiment=shortcut_fix", "steps.expand.enabled=false"], tmp_path)
+        run_pipeline(["experiment=shortcut_fix", "steps.expand.enabled=false"], tmp_path)
     assert not (tmp_path / "train").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.test_pipeline import run_pipeline
+from tests.helpers.compose import run_pipeline
 
 SMALL = [
     "experiment=tracr_nli",
