@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import h5py
 import numpy as np
+import pytest
 
 from npeff.artifacts import keys
 from npeff.coar import compute_attributions
 from tests.helpers.problems import two_class_problem
+
+pytestmark = pytest.mark.slow  # 2 processes
 
 
 def test_two_processes_equal_one(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import save_pefs
@@ -14,6 +15,8 @@ from npeff.decomp.synthetic import planted_lrm_pefs
 from npeff.run import decompose as stage
 from tests.helpers.compose import compose_config
 from tests.helpers.problems import DDP_DECOMP_OVERRIDES
+
+pytestmark = pytest.mark.slow  # 2 processes
 
 OVERRIDES = DDP_DECOMP_OVERRIDES
 

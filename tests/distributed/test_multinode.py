@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from npeff.artifacts.decomposition import load_decomposition
@@ -95,6 +96,7 @@ def the_run_dir(outputs: Path, stage: str) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_decompose_two_nodes_equals_one_process(tmp_path):
     pefs_data, _ = planted_lrm_pefs(n=20, m=29, C=2, r=3, K=30, seed=2)
     path = save_pefs(pefs_data, tmp_path / "pefs.h5")
@@ -162,6 +164,7 @@ def srun_two_nodes(exe: str, args: list[str], cwd: Path) -> None:
     wait_all(procs, "task")
 
 
+@pytest.mark.slow
 def test_decompose_srun_two_nodes_equals_one_process(tmp_path):
     pefs_data, _ = planted_lrm_pefs(n=20, m=29, C=2, r=3, K=30, seed=2)
     path = save_pefs(pefs_data, tmp_path / "pefs.h5")
@@ -193,6 +196,7 @@ def test_decompose_srun_two_nodes_equals_one_process(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_pefs_two_nodes_equals_one_process(tmp_path):
     task = build_task(PEFS_TASK)
     torch.manual_seed(0)

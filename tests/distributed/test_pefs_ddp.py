@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
@@ -20,6 +21,7 @@ def test_shard_bounds_cover_in_order():
             assert all(b[r][1] == b[r + 1][0] for r in range(w - 1))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     """LVRM (ragged col_sizes) and a sampled dataset Fisher: the hardest merge."""
     kind, sel = "lvrm", {"min_prob_class": 0.2, "max_classes": 3}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from npeff.artifacts.pefs import load_pefs
@@ -20,6 +21,8 @@ from npeff.run.pefs import run
 from npeff.tasks import build_task
 from tests.helpers.compose import compose_config
 from tests.helpers.problems import PEFS_MODEL, PEFS_TASK
+
+pytestmark = pytest.mark.slow  # 2 processes
 
 
 def test_cli_two_processes_equal_one(tmp_path):

@@ -120,6 +120,7 @@ def test_stage_rejects_runs_over_different_examples(tmp_path):
         run(compose_config("compare", [f"runs=[{a}]"]), tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_console_script_with_positional_sweep_dir(tmp_path):
     W_large, W_small, _ = _planted(n=120)
     _save(tmp_path / "sweep" / "0" / "decomposition.h5", W_small)

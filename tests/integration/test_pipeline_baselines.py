@@ -15,6 +15,7 @@ EVERY = ("concept_components", "concept_components_shuffled", "tcav_significant_
 BASELINE_ONLY = ("avg_max_cos_vs_npeff", "avg_max_cos_npeff_vs")
 
 
+@pytest.mark.slow
 def test_pipeline_with_baselines_compares_all_methods(tmp_path):
     overrides = TINY_PIPELINE + [
         f"paths.output_dir={tmp_path / 'outputs'}",

@@ -32,6 +32,7 @@ COMMON = [
 ]
 
 
+@pytest.mark.slow
 def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
     out = tmp_path / "run"
     over = ["experiment=tiny_lm", "fisher.k=3", *COMMON]
@@ -49,6 +50,7 @@ def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
     assert "concept_components" in json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_lm_pipeline_on_projected_pefs(tmp_path):
     """fisher.compression=projection end to end: projected fit PEFs → decomposition → top-K fit
     PEFs → components back in parameter space → coefficients on top-K eval PEFs → perturbations."""

@@ -8,6 +8,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import load_pefs
@@ -36,6 +37,7 @@ SHRUNK = [
 ]
 
 
+@pytest.mark.slow
 def test_digits_lvrm_pipeline(tmp_path):
     out = tmp_path / "run"
     metrics = run_pipeline(SHRUNK + [f"paths.output_dir={tmp_path / 'outputs'}"], out)

@@ -44,6 +44,7 @@ SHRUNK = [
 ]
 
 
+@pytest.mark.slow
 def test_shortcut_fix_end_to_end(tmp_path):
     metrics = run_pipeline(SHRUNK + [f"paths.output_dir={tmp_path / 'o'}"], tmp_path / "run")
     sc = metrics["shortcut"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers.compose import run_pipeline
 
 SMALL = [
@@ -26,6 +28,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 def test_tracr_pipeline(tmp_path):
     m = run_pipeline(SMALL + [f"paths.output_dir={tmp_path / 'out'}"], tmp_path / "run")
     assert m["model_accuracy"] == 1.0  # the compiled model reproduces RASP's labels

@@ -128,6 +128,7 @@ def test_tweets_minilm_experiment_runs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_multirun_writes_under_outputs_multirun(tmp_path):
     env = {**os.environ, "NPEFF_OUTPUT_DIR": str(tmp_path / "outputs"), "WANDB_MODE": "disabled"}
     exe = Path(sys.executable).parent / "npeff-train"

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.problems import TINY_PIPELINE
+
+pytestmark = pytest.mark.slow  # Hydra multiruns of the pipeline
 
 BIN = Path(sys.executable).parent
 

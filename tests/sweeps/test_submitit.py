@@ -18,6 +18,8 @@ import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 
+pytestmark = pytest.mark.slow  # a submitit sweep of the pipeline
+
 BIN = Path(sys.executable).parent
 
 

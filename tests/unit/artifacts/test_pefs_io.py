@@ -217,6 +217,7 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_process_resumes(tmp_path):
     """SIGKILL (no cleanup at all) after 3 committed chunks, then the same command again."""
     script = tmp_path / "run.py"
