@@ -3,21 +3,19 @@ attributions file as one process: rank 0 writes every mask in mask order."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import h5py
 import numpy as np
+import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_coar_attributions import _setup  # noqa: E402
+from npeff.artifacts import keys
+from npeff.coar import compute_attributions
+from tests.helpers.problems import two_class_problem
 
-from npeff.artifacts import keys  # noqa: E402
-from npeff.coar import compute_attributions  # noqa: E402
+pytestmark = pytest.mark.slow  # 2 processes
 
 
 def test_two_processes_equal_one(tmp_path):
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     # 150 masks in chunks of 16 over 2 ranks: 5 rounds, the last one ragged (6 masks, rank 1 idle)
     kw = dict(units="l2.weight", alpha=0.2, n_masks=150, chunk_masks=16, masks_per_forward=8)
     compute_attributions(m, loader, tmp_path / "one.h5", progress=False, evaluate=False, **kw)

@@ -14,6 +14,8 @@ from npeff.decomp.runner import decompose
 from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs
 from npeff.fisher.synthetic import planted_lvrm_pefs
 
+pytestmark = pytest.mark.slow  # 2 processes
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 DDP = {"devices": 2, "strategy": "ddp_spawn", "accelerator": "cpu"}

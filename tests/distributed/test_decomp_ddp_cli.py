@@ -7,34 +7,25 @@ import subprocess
 import sys
 
 import numpy as np
-from hydra import compose, initialize_config_dir
+import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import save_pefs
 from npeff.decomp.synthetic import planted_lrm_pefs
 from npeff.run import decompose as stage
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config
+from tests.helpers.problems import DDP_DECOMP_OVERRIDES
 
-OVERRIDES = [
-    "decomp.n_components=3",
-    "decomp.n_iters_g_only=4",
-    "decomp.n_iters_joint=12",
-    "decomp.lr_g=3e-3",
-    "decomp.log_every=4",
-    "decomp.dtype=float64",
-    "decomp.num_threads=1",
-    "logger=none",
-    "progress=false",
-    "checkpoint_every=0",
-]
+pytestmark = pytest.mark.slow  # 2 processes
+
+OVERRIDES = DDP_DECOMP_OVERRIDES
 
 
 def test_cli_ddp_equals_one_process(tmp_path):
     pefs, _ = planted_lrm_pefs(n=20, m=29, C=2, r=3, K=30, seed=2)
     path = save_pefs(pefs, tmp_path / "pefs.h5")
     overrides = [f"inputs.pefs={path}", *OVERRIDES]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("decompose", overrides=overrides)
+    cfg = compose_config("decompose", overrides)
     stage.run(cfg, tmp_path / "one")
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cmd = [

@@ -15,18 +15,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import load_pefs, save_pefs
 from npeff.decomp.synthetic import planted_lrm_pefs
 from npeff.models import build_model, save_checkpoint
 from npeff.run import decompose, pefs
-from npeff.run.common import CONFIG_PATH
 from npeff.tasks import build_task
-from tests.distributed.test_decomp_ddp_cli import OVERRIDES as DECOMP_OVERRIDES
-from tests.distributed.test_pefs_ddp_stage import MODEL, TASK
+from tests.helpers.compose import compose_config
+from tests.helpers.problems import DDP_DECOMP_OVERRIDES, PEFS_MODEL, PEFS_TASK
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 240
@@ -97,12 +96,12 @@ def the_run_dir(outputs: Path, stage: str) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_decompose_two_nodes_equals_one_process(tmp_path):
     pefs_data, _ = planted_lrm_pefs(n=20, m=29, C=2, r=3, K=30, seed=2)
     path = save_pefs(pefs_data, tmp_path / "pefs.h5")
-    args = [f"inputs.pefs={path}", *DECOMP_OVERRIDES]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("decompose", overrides=args)
+    args = [f"inputs.pefs={path}", *DDP_DECOMP_OVERRIDES]
+    cfg = compose_config("decompose", args)
     decompose.run(cfg, tmp_path / "one")
 
     outputs = tmp_path / "outputs"
@@ -165,12 +164,12 @@ def srun_two_nodes(exe: str, args: list[str], cwd: Path) -> None:
     wait_all(procs, "task")
 
 
+@pytest.mark.slow
 def test_decompose_srun_two_nodes_equals_one_process(tmp_path):
     pefs_data, _ = planted_lrm_pefs(n=20, m=29, C=2, r=3, K=30, seed=2)
     path = save_pefs(pefs_data, tmp_path / "pefs.h5")
-    args = [f"inputs.pefs={path}", *DECOMP_OVERRIDES]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("decompose", overrides=args)
+    args = [f"inputs.pefs={path}", *DDP_DECOMP_OVERRIDES]
+    cfg = compose_config("decompose", args)
     decompose.run(cfg, tmp_path / "one")
 
     outputs = tmp_path / "outputs"
@@ -197,13 +196,14 @@ def test_decompose_srun_two_nodes_equals_one_process(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_pefs_two_nodes_equals_one_process(tmp_path):
-    task = build_task(TASK)
+    task = build_task(PEFS_TASK)
     torch.manual_seed(0)
     ckpt = save_checkpoint(
         tmp_path / "model.ckpt",
-        build_model(MODEL, task.model_hints()),
-        {"model": MODEL, "task": TASK},
+        build_model(PEFS_MODEL, task.model_hints()),
+        {"model": PEFS_MODEL, "task": PEFS_TASK},
     )
     args = [
         f"inputs.checkpoint={ckpt}",
@@ -214,8 +214,7 @@ def test_pefs_two_nodes_equals_one_process(tmp_path):
         "fisher.min_prob_class=0.2",
         "progress=false",
     ]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("pefs", args)
+    cfg = compose_config("pefs", args)
     one = pefs.run(cfg, tmp_path / "one")
 
     outputs = tmp_path / "outputs"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_fisher_reference import problem  # noqa: E402
-from test_pefs_io import assert_same  # noqa: E402
-
-from npeff.artifacts.pefs import load_dataset_fisher, load_pefs  # noqa: E402
-from npeff.fisher import compute_pefs  # noqa: E402
-from npeff.fisher.distributed import compute_pefs_multiprocess, shard_bounds  # noqa: E402
+from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
+from npeff.fisher import compute_pefs
+from npeff.fisher.distributed import compute_pefs_multiprocess, shard_bounds
+from tests.helpers.problems import problem
+from tests.helpers.references import assert_same_pefs
 
 
 def test_shard_bounds_cover_in_order():
@@ -25,6 +21,7 @@ def test_shard_bounds_cover_in_order():
             assert all(b[r][1] == b[r + 1][0] for r in range(w - 1))
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     """LVRM (ragged col_sizes) and a sampled dataset Fisher: the hardest merge."""
     kind, sel = "lvrm", {"min_prob_class": 0.2, "max_classes": 3}
@@ -36,7 +33,7 @@ def test_two_processes_equal_one(tmp_path):
         model, loader, tmp_path / "two" / "pefs.h5", devices=2, strategy="ddp_spawn", **kw
     )
     a, b = load_pefs(one), load_pefs(two)
-    assert_same(a, b)
+    assert_same_pefs(a, b)
     assert a.metadata["fingerprint"] == b.metadata["fingerprint"]
     np.testing.assert_allclose(
         load_dataset_fisher(tmp_path / "one" / "dsf.h5"),

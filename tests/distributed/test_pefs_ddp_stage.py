@@ -12,33 +12,26 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.artifacts.pefs import load_pefs
 from npeff.models import build_model, save_checkpoint
-from npeff.run.common import CONFIG_PATH
 from npeff.run.pefs import run
 from npeff.tasks import build_task
+from tests.helpers.compose import compose_config
+from tests.helpers.problems import PEFS_MODEL, PEFS_TASK
 
-TASK = {"name": "toy_nli", "n_train": 40, "n_fit": 12, "n_eval": 10, "max_length": 16}
-MODEL = {
-    "name": "tiny_bert",
-    "hidden_size": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "intermediate_size": 24,
-    "max_length": 16,
-}
+pytestmark = pytest.mark.slow  # 2 processes
 
 
 def test_cli_two_processes_equal_one(tmp_path):
-    task = build_task(TASK)
+    task = build_task(PEFS_TASK)
     torch.manual_seed(0)
     ckpt = save_checkpoint(
         tmp_path / "model.ckpt",
-        build_model(MODEL, task.model_hints()),
-        {"model": MODEL, "task": TASK},
+        build_model(PEFS_MODEL, task.model_hints()),
+        {"model": PEFS_MODEL, "task": PEFS_TASK},
     )
     args = [
         f"inputs.checkpoint={ckpt}",
@@ -49,8 +42,7 @@ def test_cli_two_processes_equal_one(tmp_path):
         "fisher.min_prob_class=0.2",
         "progress=false",
     ]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("pefs", args)
+    cfg = compose_config("pefs", args)
     one = run(cfg, tmp_path / "one")
     exe = Path(sys.executable).parent / "npeff-pefs"
     cmd = [

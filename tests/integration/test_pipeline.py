@@ -7,34 +7,14 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from npeff.run import pipeline
 from npeff.run.common import CONFIG_PATH
 from npeff.run.configs import stage_config
 from npeff.run.train_cache import train_cache_key
-
-# A toy NLI problem small enough for the whole pipeline to run in seconds.
-TINY = [
-    "logger=none",
-    "task.n_train=400",
-    "task.n_fit=96",
-    "task.n_eval=96",
-    "model.hidden_size=32",
-    "model.num_layers=1",
-    "model.intermediate_size=64",
-    "trainer.max_epochs=4",
-    "trainer.enable_model_summary=false",
-    "progress=false",
-    "fisher.n_values=500",
-    "decomp.n_components=4",
-    "decomp.n_iters_g_only=5",
-    "decomp.n_iters_joint=30",
-    "perturb.n_top=16",
-    "+stages.fit.n_iters=50",
-    "+stages.report.n_shuffles=5",
-]
+from tests.helpers.compose import compose_config, run_pipeline
+from tests.helpers.problems import TINY_PIPELINE
 
 HEADLINE = (
     "model_accuracy",
@@ -49,19 +29,8 @@ HEADLINE = (
 )
 
 
-def compose_pipeline(overrides: list[str], *, hydra_cfg: bool = False):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("pipeline", overrides=overrides, return_hydra_config=hydra_cfg)
-
-
-def run_pipeline(overrides: list[str], out: Path) -> dict:
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("pipeline", overrides=overrides)
-        return pipeline.run(cfg, out)
-
-
 def test_pipeline_end_to_end_and_cache(tmp_path):
-    overrides = TINY + [f"paths.output_dir={tmp_path / 'outputs'}"]
+    overrides = TINY_PIPELINE + [f"paths.output_dir={tmp_path / 'outputs'}"]
     t0 = time.perf_counter()
     metrics = run_pipeline(overrides, tmp_path / "run1")
     elapsed = time.perf_counter() - t0
@@ -106,13 +75,17 @@ def test_pipeline_end_to_end_and_cache(tmp_path):
     again = run_pipeline(overrides, tmp_path / "run2")
     assert again["train_cached"]
     assert again["model_accuracy"] == metrics["model_accuracy"]
-    key_a = train_cache_key(stage_config(compose_pipeline(overrides), "train"))
-    key_b = train_cache_key(stage_config(compose_pipeline(overrides + ["seed=1"]), "train"))
+    key_a = train_cache_key(stage_config(compose_config("pipeline", overrides), "train"))
+    key_b = train_cache_key(
+        stage_config(compose_config("pipeline", overrides + ["seed=1"]), "train")
+    )
     assert key_a != key_b
 
 
 def test_stage_configs_take_the_pipeline_groups():
-    cfg = compose_pipeline(["decomp.n_components=7", "fisher.n_values=123", "task.n_fit=50"])
+    cfg = compose_config(
+        "pipeline", ["decomp.n_components=7", "fisher.n_values=123", "task.n_fit=50"]
+    )
     dec = stage_config(cfg, "decompose", inputs={"pefs": "x.h5"})
     assert dec.decomp.n_components == 7 and dec.inputs.pefs == "x.h5"
     pefs = stage_config(cfg, "pefs", "pefs_fit", split="fit")
@@ -123,7 +96,7 @@ def test_stage_configs_take_the_pipeline_groups():
 
 
 def test_mismatched_fisher_and_decomp_fail_before_work(tmp_path):
-    cfg = compose_pipeline(["fisher=diag", "decomp=lrm_npeff", "logger=none"])
+    cfg = compose_config("pipeline", ["fisher=diag", "decomp=lrm_npeff", "logger=none"])
     with pytest.raises(ValueError, match="fisher=diag"):
         pipeline.run(cfg, tmp_path)
     assert not (tmp_path / "train").exists()
@@ -134,7 +107,7 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_PATH) / "experiment").glob("*.
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes(experiment):
-    cfg = compose_pipeline([f"experiment={experiment}"], hydra_cfg=True)
+    cfg = compose_config("pipeline", [f"experiment={experiment}"], hydra_cfg=True)
     OmegaConf.resolve(cfg)
     assert (cfg.decomp.kind == "diag") == (cfg.fisher.kind == "diag")
     for stage in ("train", "pefs", "decompose", "fit", "perturb", "report"):
@@ -160,7 +133,7 @@ def test_experiment_names_cover_the_documented_recipes():
 
 
 def test_train_config_of_another_task_has_only_that_tasks_options():
-    cfg = compose_pipeline(["experiment=group_s4"])
+    cfg = compose_config("pipeline", ["experiment=group_s4"])
     train = stage_config(cfg, "train")
     assert train.task == cfg.task and train.model == cfg.model
     assert (

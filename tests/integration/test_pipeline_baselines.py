@@ -7,15 +7,17 @@ import json
 
 import pytest
 
-from tests.integration.test_pipeline import TINY, compose_pipeline, run_pipeline
+from tests.helpers.compose import compose_config, run_pipeline
+from tests.helpers.problems import TINY_PIPELINE
 
 METHODS = ("npeff", "kmeans", "gradient_kmeans", "sae")
 EVERY = ("concept_components", "concept_components_shuffled", "tcav_significant_share")
 BASELINE_ONLY = ("avg_max_cos_vs_npeff", "avg_max_cos_npeff_vs")
 
 
+@pytest.mark.slow
 def test_pipeline_with_baselines_compares_all_methods(tmp_path):
-    overrides = TINY + [
+    overrides = TINY_PIPELINE + [
         f"paths.output_dir={tmp_path / 'outputs'}",
         "baselines=[kmeans,gradient_kmeans,sae]",
         "+stages.baseline.sae.epochs=10",
@@ -52,7 +54,7 @@ def test_pipeline_with_baselines_compares_all_methods(tmp_path):
 def test_unknown_baseline_fails_before_training(tmp_path):
     from npeff.run import pipeline
 
-    cfg = compose_pipeline(["baselines=[kmeans,pca]", "logger=none"])
+    cfg = compose_config("pipeline", ["baselines=[kmeans,pca]", "logger=none"])
     with pytest.raises(ValueError, match="unknown baselines \\['pca'\\]"):
         pipeline.run(cfg, tmp_path)
     assert not (tmp_path / "train").exists()

@@ -16,12 +16,10 @@ import platform
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from npeff.run import pipeline
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import run_pipeline
 from tests.helpers.digests import run_digests
-from tests.integration.test_pipeline import TINY
+from tests.helpers.problems import TINY_PIPELINE
 
 PINS = Path(__file__).parent / "data" / "pipeline_digests.json"
 
@@ -44,9 +42,7 @@ def _machine() -> str:
 
 def _run(overrides: list[str], tmp_path: Path) -> dict[str, str]:
     out = tmp_path / "run"
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("pipeline", overrides=overrides + [f"paths.output_dir={tmp_path / 'o'}"])
-        pipeline.run(cfg, out)
+    run_pipeline(overrides + [f"paths.output_dir={tmp_path / 'o'}"], out)
     return run_digests(out, extra_roots=[str(tmp_path)])
 
 
@@ -71,7 +67,7 @@ def _check(name: str, digests: dict[str, str]) -> None:
 
 
 def test_tiny_pipeline_files_are_pinned(tmp_path):
-    _check("tiny", _run(TINY, tmp_path))
+    _check("tiny", _run(TINY_PIPELINE, tmp_path))
 
 
 @pytest.mark.slow

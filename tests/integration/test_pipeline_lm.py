@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from npeff.artifacts.pefs import load_pefs
-from tests.integration.test_pipeline import run_pipeline
+from tests.helpers.compose import compose_config, run_pipeline
 
 COMMON = [
     "logger=none",
@@ -32,6 +32,7 @@ COMMON = [
 ]
 
 
+@pytest.mark.slow
 def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
     out = tmp_path / "run"
     over = ["experiment=tiny_lm", "fisher.k=3", *COMMON]
@@ -49,6 +50,7 @@ def test_tiny_lm_pipeline_with_top_p_classes(tmp_path):
     assert "concept_components" in json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_lm_pipeline_on_projected_pefs(tmp_path):
     """fisher.compression=projection end to end: projected fit PEFs → decomposition → top-K fit
     PEFs → components back in parameter space → coefficients on top-K eval PEFs → perturbations."""
@@ -83,10 +85,8 @@ def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
     """The pefs stage (fisher=lm, classes=label_words with text label words) on an untrained
     tiny GPT-2 checkpoint of toy_nli_zero_shot; the pipeline run is the same stages as above."""
     import torch
-    from hydra import compose, initialize_config_dir
 
     from npeff.models import build_model, save_checkpoint
-    from npeff.run.common import CONFIG_PATH
     from npeff.run.pefs import run
     from npeff.tasks import build_task
 
@@ -97,20 +97,19 @@ def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
     model = build_model(model_cfg, task.model_hints())
     ckpt = tmp_path / "model.ckpt"
     save_checkpoint(ckpt, model, {"model": model_cfg, "task": task_cfg})
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose(
-            "pefs",
-            [
-                f"inputs.checkpoint={ckpt}",
-                "progress=false",
-                "batch_size=4",
-                "split=fit",
-                "fisher=lm",
-                "fisher.classes=label_words",
-                "fisher.label_words=[yes,maybe,no]",
-                "fisher.n_values=200",
-            ],
-        )
+    cfg = compose_config(
+        "pefs",
+        [
+            f"inputs.checkpoint={ckpt}",
+            "progress=false",
+            "batch_size=4",
+            "split=fit",
+            "fisher=lm",
+            "fisher.classes=label_words",
+            "fisher.label_words=[yes,maybe,no]",
+            "fisher.n_values=200",
+        ],
+    )
     metrics = run(cfg, tmp_path / "pefs")
     pefs = load_pefs(tmp_path / "pefs" / "pefs.h5")
     assert metrics["kind"] == "lrm" and pefs.n_classes == 3 and pefs.logits.shape == (12, 3)
@@ -126,18 +125,17 @@ def test_npeff_pefs_with_label_words_on_a_zero_shot_checkpoint(tmp_path):
 
     s = DecompSettings(kind="lrm", n_components=2, n_iters_g_only=2, n_iters_joint=5, seed=0)
     decompose(tmp_path / "pefs" / "pefs.h5", s, tmp_path / "dec", progress=False)
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        pcfg = compose(
-            "perturb",
-            [
-                f"inputs.checkpoint={ckpt}",
-                f"inputs.coeffs={tmp_path / 'dec' / 'decomposition.h5'}",
-                f"inputs.pefs={tmp_path / 'pefs' / 'pefs.h5'}",
-                "progress=false",
-                "perturb.n_top=4",
-                "perturb.n_baseline=4",
-            ],
-        )
+    pcfg = compose_config(
+        "perturb",
+        [
+            f"inputs.checkpoint={ckpt}",
+            f"inputs.coeffs={tmp_path / 'dec' / 'decomposition.h5'}",
+            f"inputs.pefs={tmp_path / 'pefs' / 'pefs.h5'}",
+            "progress=false",
+            "perturb.n_top=4",
+            "perturb.n_baseline=4",
+        ],
+    )
     pm = perturb_run(pcfg, tmp_path / "perturb")
     assert pm["n_components"] + pm.get("n_skipped_components", 0) == 2
 

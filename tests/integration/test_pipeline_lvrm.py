@@ -8,10 +8,11 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 from npeff.artifacts.pefs import load_pefs
-from tests.integration.test_pipeline import run_pipeline
+from tests.helpers.compose import run_pipeline
 
 SHRUNK = [
     "experiment=digits_lvrm",
@@ -36,6 +37,7 @@ SHRUNK = [
 ]
 
 
+@pytest.mark.slow
 def test_digits_lvrm_pipeline(tmp_path):
     out = tmp_path / "run"
     metrics = run_pipeline(SHRUNK + [f"paths.output_dir={tmp_path / 'outputs'}"], out)

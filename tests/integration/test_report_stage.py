@@ -13,7 +13,7 @@ from npeff.artifacts.pefs import Pefs, save_pefs
 from npeff.artifacts.perturbation import save_perturbation
 from npeff.report.browser_check import DEFAULT_CHROMIUM, check_html
 from npeff.report.synthetic import synthetic_inputs
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -97,18 +97,11 @@ def artifacts(tmp_path_factory):
     }
 
 
-def _compose(overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("report", overrides=overrides)
-
-
 def test_report_stage_end_to_end(artifacts, tmp_path):
     from npeff.run.report import run
 
     out = tmp_path / "out"
-    metrics = run(_compose(artifacts["overrides"]), out)
+    metrics = run(compose_config("report", artifacts["overrides"]), out)
     html = (out / "report.html").read_text()
     W, concepts, task = artifacts["W"], artifacts["concepts"], artifacts["task"]
     # The concept statistic against brute force and the planted components.
@@ -144,7 +137,7 @@ def test_report_stage_minimal_inputs(artifacts, tmp_path):
     from npeff.run.report import run
 
     dec_override = [o for o in artifacts["overrides"] if o.startswith("inputs.decomposition=")]
-    metrics = run(_compose(dec_override), tmp_path / "out")
+    metrics = run(compose_config("report", dec_override), tmp_path / "out")
     assert metrics["n_components"] == 8 and "median_kl_ratio" not in metrics
     assert (tmp_path / "out" / "report.html").exists()
 
@@ -153,4 +146,4 @@ def test_report_stage_wrong_split_fails_clearly(artifacts, tmp_path):
     from npeff.run.report import run
 
     with pytest.raises(ValueError, match="display examples|labels that differ"):
-        run(_compose(artifacts["overrides"] + ["split=eval"]), tmp_path / "out")
+        run(compose_config("report", artifacts["overrides"] + ["split=eval"]), tmp_path / "out")

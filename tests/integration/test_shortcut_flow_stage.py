@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from npeff.coar import shortcut as shortcut_coar
 from npeff.run import pipeline
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config, run_pipeline
 
 SHRUNK = [
     "experiment=shortcut_fix",
@@ -46,21 +45,15 @@ SHRUNK = [
 ]
 
 
-def run(overrides, out):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return pipeline.run(compose("pipeline", overrides=overrides), out)
-
-
 @pytest.fixture(scope="module")
 def shrunk(tmp_path_factory):
     """The shrunk experiment run once: (pipeline config, run dir, headline metrics)."""
     tmp = tmp_path_factory.mktemp("shortcut")
-    overrides = SHRUNK + [f"paths.output_dir={tmp / 'o'}"]
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("pipeline", overrides=overrides)
+    cfg = compose_config("pipeline", SHRUNK + [f"paths.output_dir={tmp / 'o'}"])
     return cfg, tmp / "run", pipeline.run(cfg, tmp / "run")
 
 
+@pytest.mark.slow
 def test_shortcut_fix_end_to_end(shrunk):
     _, run_dir, metrics = shrunk
     tmp_path = run_dir.parent
@@ -106,6 +99,7 @@ def _choices(summary: dict) -> dict:
     return {"selected": summary["selected_components"], "edits": edits, "best": best, "coar": coar}
 
 
+@pytest.mark.slow
 def test_eval_labels_choose_nothing(shrunk, tmp_path, monkeypatch):
     """Permuting the eval labels changes the reported eval figures, never a choice: the flawed
     components, each edit's sign and scale and the best edit come from the fit split."""
@@ -165,7 +159,7 @@ def test_eval_labels_choose_nothing(shrunk, tmp_path, monkeypatch):
 
 def test_shortcut_fix_needs_the_expansion(tmp_path):
     with pytest.raises(ValueError, match="steps.expand.enabled"):
-        run(["experiment=shortcut_fix", "steps.expand.enabled=false"], tmp_path)
+        run_pipeline(["experiment=shortcut_fix", "steps.expand.enabled=false"], tmp_path)
     assert not (tmp_path / "train").exists()
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.test_pipeline import run_pipeline
+import pytest
+
+from tests.helpers.compose import run_pipeline
 
 SMALL = [
     "experiment=tracr_nli",
@@ -26,6 +28,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow
 def test_tracr_pipeline(tmp_path):
     m = run_pipeline(SMALL + [f"paths.output_dir={tmp_path / 'out'}"], tmp_path / "run")
     assert m["model_accuracy"] == 1.0  # the compiled model reproduces RASP's labels

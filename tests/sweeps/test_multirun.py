@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_pipeline import TINY
+import pytest
+
+from tests.helpers.problems import TINY_PIPELINE
+
+pytestmark = pytest.mark.slow  # Hydra multiruns of the pipeline
 
 BIN = Path(sys.executable).parent
 
@@ -23,7 +27,7 @@ def npeff(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def tiny_args(tmp_path: Path) -> list[str]:
-    return [a for a in TINY if not a.startswith("logger=")] + [
+    return [a for a in TINY_PIPELINE if not a.startswith("logger=")] + [
         f"paths.output_dir={tmp_path / 'outputs'}"
     ]
 

@@ -18,6 +18,8 @@ import pytest
 
 from npeff.artifacts.decomposition import load_decomposition
 
+pytestmark = pytest.mark.slow  # a submitit sweep of the pipeline
+
 BIN = Path(sys.executable).parent
 
 
@@ -34,7 +36,7 @@ needs_cluster_extra = pytest.mark.skipif(
     reason='the cluster extra (hydra-submitit-launcher) is not installed: pip install -e ".[cluster]"',
 )
 
-# Smaller than tests.integration.test_pipeline.TINY: two jobs start their own interpreters.
+# Smaller than tests.helpers.problems.TINY_PIPELINE: two jobs start their own interpreters.
 TINIER = [
     "task.n_train=240",
     "task.n_fit=48",

@@ -4,24 +4,18 @@ flat stage settings, and the one-line errors for renamed or unknown keys (before
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from npeff.run import pipeline
-from npeff.run.common import CONFIG_PATH
 from npeff.run.configs import stage_config
 from npeff.run.steps import Context, Step, check_config, registry, run_steps
+from tests.helpers.compose import compose_config
 
 CORE = ["train", "pefs_fit", "decompose", "pefs_eval", "fit", "perturb", "report"]
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        return compose("pipeline", overrides=overrides)
-
-
 def _on(overrides: list[str]) -> list[str]:
-    return [s.name for s in check_config(_compose(overrides), registry())]
+    return [s.name for s in check_config(compose_config("pipeline", overrides), registry())]
 
 
 def test_registry_orders_core_and_optional_steps():
@@ -32,7 +26,9 @@ def test_registry_orders_core_and_optional_steps():
     assert names.index("expand") < names.index("pefs_eval")
     assert names.index("perturb") < names.index("baselines") < names.index("report")
     optional = {s.name for s in registry() if s.optional}
-    assert optional == set(_compose([]).steps)  # every optional step has its switch in the config
+    assert optional == set(
+        compose_config("pipeline", []).steps
+    )  # every optional step has its switch in the config
 
 
 def test_default_runs_the_core_steps_only():
@@ -80,7 +76,7 @@ def test_auto_can_be_switched_off_and_on_needs_its_condition():
     ],
 )
 def test_renamed_keys_say_where_they_went(old, new, tmp_path):
-    cfg = _compose([old, "logger=none"])
+    cfg = compose_config("pipeline", [old, "logger=none"])
     with pytest.raises(ValueError, match=new.replace(".", r"\.")) as err:
         pipeline.run(cfg, tmp_path)
     assert "\n" not in str(err.value)
@@ -113,15 +109,15 @@ def test_unknown_step_is_named():
     ],
 )
 def test_flat_and_doubled_stage_settings_agree(stage, flat, doubled, path):
-    a = stage_config(_compose([flat]), stage)
-    b = stage_config(_compose([doubled]), stage)
-    base = stage_config(_compose([]), stage)
+    a = stage_config(compose_config("pipeline", [flat]), stage)
+    b = stage_config(compose_config("pipeline", [doubled]), stage)
+    base = stage_config(compose_config("pipeline", []), stage)
     assert OmegaConf.select(a, path) == OmegaConf.select(b, path) != OmegaConf.select(base, path)
     assert OmegaConf.to_container(a) == OmegaConf.to_container(b)
 
 
 def test_root_keys_stay_at_the_root():
-    cfg = stage_config(_compose(["+stages.report.split=fit"]), "report")
+    cfg = stage_config(compose_config("pipeline", ["+stages.report.split=fit"]), "report")
     assert cfg.split == "fit" and "split" not in cfg.report
 
 
@@ -138,9 +134,12 @@ def test_a_new_step_needs_only_its_module(tmp_path):
         made.append(str(ctx.artifacts["thing"]))
         return {}
 
-    ctx = Context(_compose([]), tmp_path)
+    ctx = Context(compose_config("pipeline", []), tmp_path)
     run_steps(ctx, [Step("first", 1, first), Step("second", 2, second, needs=("thing",))])
     assert made == ["first", str(tmp_path / "a.h5")]
     assert ctx.sections == [str(tmp_path / "s.html")]
     with pytest.raises(RuntimeError, match=r"step second needs \['thing'\]"):
-        run_steps(Context(_compose([]), tmp_path), [Step("second", 2, second, needs=("thing",))])
+        run_steps(
+            Context(compose_config("pipeline", []), tmp_path),
+            [Step("second", 2, second, needs=("thing",))],
+        )

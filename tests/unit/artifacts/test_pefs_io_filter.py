@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_fisher_reference import problem
 
 from npeff.artifacts.pefs import load_pefs
 from npeff.fisher import compute_pefs
 from npeff.fisher.filter import filter_pefs
+from tests.helpers.problems import problem
 
 
 @pytest.fixture(scope="module")

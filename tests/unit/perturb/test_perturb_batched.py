@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_perturb_prefix_cache import TOP, bert2, setup
 
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
 from npeff.perturb.vector import ParameterVector
+from tests.helpers.problems import TOP, DictDataset, bert2, layout_and_cache
 
 
 def _evaluator(model, cache, layout, W, sets, cache_prefix=True, eval_all=True):
@@ -35,7 +35,7 @@ FIELDS = ("kl_top", "kl_baseline", "kl_top_reverse", "kl_baseline_reverse", "acc
 )
 def test_stacked_sets_give_the_kls_of_one_forward_per_set(patterns, cache_prefix, eval_all):
     model, ds = bert2()
-    layout, cache = setup(patterns, model, ds)
+    layout, cache = layout_and_cache(patterns, model, ds)
     W = np.random.default_rng(0).random((cache.n, 5))
     g = torch.Generator().manual_seed(1)
     items = [
@@ -76,8 +76,6 @@ class _Unbatchable(torch.nn.Module):
 
 
 def test_unbatchable_model_falls_back_to_one_forward_per_set():
-    from test_fisher_reference import DictDataset
-
     from npeff.artifacts.layout import ParameterLayout
     from npeff.perturb.examples import ExampleCache
 

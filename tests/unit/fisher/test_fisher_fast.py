@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_fisher_reference import DictDataset, dense_class_grads, problem
 from torch import nn
 
 from npeff.artifacts.pefs import load_pefs
 from npeff.fisher import compute_pefs
 from npeff.fisher.fast import FisherEngine
 from npeff.fisher.grads import PerExampleGrads, select_named_parameters
+from tests.helpers.problems import DictDataset, problem
+from tests.helpers.references import dense_class_grads
 
 
 class Mixed(nn.Module):

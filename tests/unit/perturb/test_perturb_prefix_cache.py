@@ -5,59 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_fisher_reference import DictDataset, problem
 
-from npeff.artifacts.layout import ParameterLayout
-from npeff.fisher.grads import select_named_parameters
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
-from npeff.perturb.examples import ExampleCache
 from npeff.perturb.prefix_cache import PrefixCache, prefix_for_batch
 from npeff.perturb.vector import ModelPerturber, ParameterVector
-
-
-def bert2(n=11):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        vocab_size=30,
-        hidden_size=8,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=12,
-        max_position_embeddings=16,
-        num_labels=3,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(cfg).double().eval()
-    g = torch.Generator().manual_seed(0)
-    mask = torch.ones(n, 7, dtype=torch.long)
-    for i in range(n):
-        mask[i, 2 + i % 5 :] = 0  # padded sequences of varying length
-    ds = DictDataset(
-        {
-            "input_ids": torch.randint(1, 30, (n, 7), generator=g) * mask,
-            "attention_mask": mask,
-            "token_type_ids": torch.zeros(n, 7, dtype=torch.long),
-            "labels": torch.randint(0, 3, (n,), generator=g),
-        }
-    )
-    return model, ds
-
-
-TOP = ["bert.encoder.layer.1.*", "bert.pooler.*", "classifier.*"]
-
-
-def setup(patterns, model, ds, batch_size=4):
-    layout = ParameterLayout.from_named_tensors(select_named_parameters(model, patterns))
-    cache = ExampleCache(torch.utils.data.DataLoader(ds, batch_size=batch_size))
-    return layout, cache
+from tests.helpers.problems import TOP, bert2, layout_and_cache, problem
 
 
 @pytest.mark.parametrize("patterns", [TOP, ["bert.encoder.layer.0.output.*", "classifier.*"]])
 def test_cached_logits_equal_full_forward_under_perturbation(patterns):
     model, ds = bert2()
-    layout, cache = setup(patterns, model, ds)
+    layout, cache = layout_and_cache(patterns, model, ds)
     pc = PrefixCache.build(model, cache, layout.names, batch_size=3)
     assert pc is not None and "bert.embeddings" in pc.plan.frozen
     v = ParameterVector(layout, torch.randn(layout.n_parameters, dtype=torch.float64))
@@ -71,7 +29,7 @@ def test_cached_logits_equal_full_forward_under_perturbation(patterns):
 
 def test_evaluator_kls_identical_with_and_without_cache():
     model, ds = bert2()
-    layout, cache = setup(TOP, model, ds)
+    layout, cache = layout_and_cache(TOP, model, ds)
     W = np.random.default_rng(0).random((cache.n, 2))
     evs = [
         PerturbationEvaluator(
@@ -95,7 +53,7 @@ def test_evaluator_kls_identical_with_and_without_cache():
 
 def test_no_prefix_when_the_embeddings_are_perturbed():
     model, ds = bert2()
-    layout, cache = setup(None, model, ds)
+    layout, cache = layout_and_cache(None, model, ds)
     assert PrefixCache.build(model, cache, layout.names) is None
 
 

@@ -3,7 +3,6 @@ files, subsets, the dataset Fisher file, and kill/resume of the streaming writer
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,11 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from test_fisher_reference import problem
 
 from npeff.artifacts import keys
 from npeff.artifacts.pefs import (
-    Pefs,
     PefsFileError,
     load_dataset_fisher,
     load_pefs,
@@ -26,8 +23,9 @@ from npeff.artifacts.pefs import (
     subset_pefs,
 )
 from npeff.fisher import compute_pefs
-
-HERE = Path(__file__).parent
+from tests.helpers.problems import problem
+from tests.helpers.references import assert_same_pefs
+from tests.helpers.scripts import script_env
 
 
 def make(tmp_path, kind, name="mlp", n=7, **kw):
@@ -40,33 +38,13 @@ def make(tmp_path, kind, name="mlp", n=7, **kw):
     return model, loader, path
 
 
-def assert_same(a: Pefs, b: Pefs):
-    assert a.kind == b.kind and a.n_parameters == b.n_parameters
-    for f in (
-        "values",
-        "indices",
-        "norms",
-        "labels",
-        "logits",
-        "col_offsets",
-        "ranks",
-        "col_sizes",
-    ):
-        x, y = getattr(a, f), getattr(b, f)
-        assert (x is None) == (y is None), f
-        if x is not None:
-            np.testing.assert_array_equal(x, y, err_msg=f)
-    assert a.min_prob_class == b.min_prob_class
-    assert a.layout == b.layout
-
-
 @pytest.mark.parametrize("kind", ["lrm", "lvrm", "diag"])
 def test_round_trip(tmp_path, kind):
     _, _, path = make(tmp_path, kind)
     pefs = load_pefs(path)
     assert pefs.metadata["schema_version"] == keys.SCHEMA_VERSION
     save_pefs(pefs, tmp_path / "copy.h5")
-    assert_same(pefs, load_pefs(tmp_path / "copy.h5"))
+    assert_same_pefs(pefs, load_pefs(tmp_path / "copy.h5"))
 
 
 def test_reference_names_and_dtypes(tmp_path):
@@ -104,7 +82,7 @@ def test_reference_only_file_loads(tmp_path, kind):
     full = load_pefs(path)
     assert ref.layout is None
     ref.layout = full.layout
-    assert_same(full, ref)
+    assert_same_pefs(full, ref)
 
 
 def test_incomplete_foreign_truncated_refused(tmp_path):
@@ -202,7 +180,7 @@ def test_interrupted_run_resumes_to_same_file(tmp_path, kind):
     seen = []
     compute_pefs(model, loader, out, on_chunk=seen.append, **kw)
     assert seen == [6, 7], "the rerun resumes after the 4 committed examples"
-    assert_same(load_pefs(full_path), load_pefs(out))
+    assert_same_pefs(load_pefs(full_path), load_pefs(out))
     np.testing.assert_allclose(
         load_dataset_fisher(out.parent / "dsf.h5"),
         load_dataset_fisher(full_path.parent / "dsf.h5"),
@@ -224,9 +202,8 @@ def test_resume_with_other_options_is_refused(tmp_path):
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    sys.path.insert(0, {here!r})
     import torch
-    from test_fisher_reference import problem
+    from tests.helpers.problems import problem
     from npeff.fisher import compute_pefs
     model, ds = problem("mlp", n=9)
     loader = torch.utils.data.DataLoader(ds, batch_size=2)
@@ -240,11 +217,12 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_process_resumes(tmp_path):
     """SIGKILL (no cleanup at all) after 3 committed chunks, then the same command again."""
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(here=str(HERE)))
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    script.write_text(KILL_SCRIPT)
+    env = script_env(WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     killed = subprocess.run([sys.executable, str(script), str(tmp_path / "a.h5"), "6"], env=env)
     assert killed.returncode == -9
     with h5py.File(tmp_path / "a.h5") as f:
@@ -254,4 +232,4 @@ def test_killed_process_resumes(tmp_path):
     model, ds = problem("mlp", n=9)
     loader = torch.utils.data.DataLoader(ds, batch_size=2)
     compute_pefs(model, loader, tmp_path / "b.h5", kind="lrm", n_values=20, progress=False)
-    assert_same(load_pefs(tmp_path / "a.h5"), load_pefs(tmp_path / "b.h5"))
+    assert_same_pefs(load_pefs(tmp_path / "a.h5"), load_pefs(tmp_path / "b.h5"))

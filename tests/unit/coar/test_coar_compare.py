@@ -3,23 +3,18 @@ effect of ablating S_j equals the true one on an exactly linear model."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_coar_attributions import _setup  # noqa: E402
-
-from npeff.coar import compare, compute_attributions  # noqa: E402
-from npeff.coar.ablation import AblationEngine, margin  # noqa: E402
-from npeff.models import parameter_layout  # noqa: E402
-from npeff.models.units import build_unit_map  # noqa: E402
+from npeff.coar import compare, compute_attributions
+from npeff.coar.ablation import AblationEngine, margin
+from npeff.models import parameter_layout
+from npeff.models.units import build_unit_map
+from tests.helpers.problems import two_class_problem
 
 
 def test_unit_shares_find_planted_units():
-    m, _, _, _ = _setup()
+    m, _, _, _ = two_class_problem()
     layout = parameter_layout(m)
     um = build_unit_map(m, "l2.weight")
     g = np.zeros((2, layout.n_parameters))
@@ -33,7 +28,7 @@ def test_unit_shares_find_planted_units():
 
 
 def test_predicted_effect_equals_true_effect_on_linear_model(tmp_path):
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     att = compute_attributions(
         m, loader, tmp_path / "a.h5", units="l2.weight", n_masks=60, evaluate=False, progress=False
     )
@@ -54,7 +49,7 @@ def test_true_effect_and_kl_equal_the_loop():
     from npeff.coar.ablation import loop_logits
     from npeff.perturb.metrics import per_example_kl
 
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     um = build_unit_map(m, "l2.weight")
     sets = np.array([[0, 1, 2], [4, 5, 9], [3, 7, 8]])
     eff, kl = compare.true_effect_and_kl(AblationEngine(m, um, masks_per_forward=2), loader, sets)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_fisher_reference import dense_class_grads, problem
 
 from npeff.artifacts.pefs import load_dataset_fisher, load_pefs
 from npeff.fisher import compute_pefs
 from npeff.fisher.compute import sample_classes
+from tests.helpers.problems import problem
+from tests.helpers.references import dense_class_grads
 
 ATOL = 1e-6
 

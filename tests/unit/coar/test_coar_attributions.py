@@ -13,39 +13,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from npeff.artifacts import keys
 from npeff.artifacts.coar import read_ablations, read_progress
 from npeff.coar import compute_attributions, edit, fit_attributions, load_attributions
-
-
-class TwoClass(nn.Module):
-    """x → ReLU(l1) → ReLU(l2, no bias) → out (2 classes): zeroing a row of l2 zeroes that
-    neuron, so the margin is exactly linear in the keep-mask of l2's neurons."""
-
-    def __init__(self):
-        super().__init__()
-        self.l1 = nn.Linear(5, 12)
-        self.l2 = nn.Linear(12, 10, bias=False)
-        self.out = nn.Linear(10, 2)
-
-    def forward(self, x):
-        return self.out(torch.relu(self.l2(torch.relu(self.l1(x)))))
-
-
-def _setup(n=40):
-    torch.manual_seed(0)
-    m = TwoClass().eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(n, 5, generator=g)
-    y = torch.randint(0, 2, (n,), generator=g)
-    loader = [{"x": x[i : i + 16], "labels": y[i : i + 16]} for i in range(0, n, 16)]
-    return m, x, y, loader
+from tests.helpers.problems import TwoClass, two_class_problem
+from tests.helpers.scripts import script_env
 
 
 def test_exactly_linear_margin_gives_analytic_attributions(tmp_path):
-    m, x, y, loader = _setup()
+    m, x, y, loader = two_class_problem()
     att = compute_attributions(
         m, loader, tmp_path / "a.h5", units="l2.weight", alpha=0.2, n_masks=150, progress=False
     )
@@ -66,7 +43,7 @@ def test_exactly_linear_margin_gives_analytic_attributions(tmp_path):
 
 
 def test_bad_input_fails_before_any_work(tmp_path):
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     p = tmp_path / "bad.h5"
     with pytest.raises(ValueError, match="unknown unit pattern"):
         compute_attributions(m, loader, p, units="layer2", n_masks=20)
@@ -97,8 +74,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import sys, time, torch
-    sys.path.insert(0, {tests!r})
-    from test_coar_attributions import _setup
+    from tests.helpers.problems import two_class_problem
     import npeff.artifacts.coar as store
     orig = store.AttributionsWriter.append
     def append(self, masks, margins):
@@ -107,7 +83,7 @@ SCRIPT = textwrap.dedent(
         time.sleep(0.05)  # slow enough to be killed mid-run whatever the machine
     store.AttributionsWriter.append = append
     from npeff.coar import compute_attributions
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     compute_attributions(m, loader, sys.argv[1], units="l2.weight", alpha=0.2, n_masks=640,
                          chunk_masks=16, masks_per_forward=16, evaluate=False, progress=False)
     """
@@ -115,12 +91,15 @@ SCRIPT = textwrap.dedent(
 
 
 def test_kill9_and_rerun_equals_uninterrupted(tmp_path):
-    m, _, _, loader = _setup()
+    m, _, _, loader = two_class_problem()
     killed = tmp_path / "killed.h5"
     script = tmp_path / "run.py"
-    script.write_text(SCRIPT.format(tests=os.path.dirname(__file__)))
+    script.write_text(SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(killed)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(script), str(killed)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=script_env(),
     )
     try:
         for line in proc.stdout:

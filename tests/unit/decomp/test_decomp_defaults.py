@@ -2,16 +2,14 @@
 config file, so ``DecompSettings(kind=...)`` equals what Hydra's ``decomp=<file>`` composes."""
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from npeff.decomp.module import KIND_CONFIGS, DecompSettings
-from npeff.run.common import CONFIG_PATH
+from tests.helpers.compose import compose_config
 
 
 def composed(group_file: str) -> dict:
-    with initialize_config_dir(CONFIG_PATH, version_base="1.3"):
-        cfg = compose("decompose", overrides=[f"decomp={group_file}", "inputs.pefs=x.h5"])
+    cfg = compose_config("decompose", [f"decomp={group_file}", "inputs.pefs=x.h5"])
     return OmegaConf.to_container(cfg.decomp, resolve=True)
 
 
