@@ -41,6 +41,15 @@ RENAMED_KEYS = {
 }
 
 
+# the inputs most stages take: the model and the decomposition's eval coefficients and PEFs
+EVAL_INPUTS = {
+    "checkpoint": "checkpoint",
+    "decomposition": "decomposition",
+    "coeffs": "coeffs",
+    "pefs": "eval_pefs",
+}
+
+
 @dataclass
 class Context:
     """What the steps of one pipeline job share: its config, run directory, the artifacts made
@@ -73,6 +82,10 @@ class Context:
     def config(self, name: str, section: str | None = None, **settings: Any) -> DictConfig:
         """Stage ``name``'s config in this pipeline (:func:`npeff.run.configs.stage_config`)."""
         return stage_config(self.cfg, name, section, **settings)
+
+    def inputs(self, **names: str) -> dict[str, str]:
+        """``{input key: path of artifact name}``, e.g. ``ctx.inputs(pefs="eval_pefs")``."""
+        return {key: str(self.artifacts[name]) for key, name in names.items()}
 
     def settings(self, step: str) -> DictConfig:
         """``steps.<step>`` of the pipeline config (empty when absent)."""

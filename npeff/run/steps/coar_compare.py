@@ -31,15 +31,12 @@ def _coar_compare(ctx: Context) -> dict:
         coar_settings["n_examples"] = ctx.config("pefs", "pefs_eval").get("n_examples")
     coar_cfg = ctx.config("coar", inputs={"checkpoint": str(a["checkpoint"])}, coar=coar_settings)
     ctx.stage("coar", coar.run, coar_cfg, ctx.dir("coar"))
-    inputs = {
-        "checkpoint": str(a["checkpoint"]),
-        "coeffs": str(a["coeffs"]),
-        "pefs": str(a["eval_pefs"]),
-        "perturbation": str(a["perturbation"]),
-        "attributions": str(ctx.dir("coar") / coar.ATTRIBUTIONS_NAME),
-    }
+    inputs = ctx.inputs(
+        checkpoint="checkpoint", coeffs="coeffs", pefs="eval_pefs", perturbation="perturbation"
+    )
+    inputs["attributions"] = str(ctx.dir("coar") / coar.ATTRIBUTIONS_NAME)
     if "dataset_fisher" in a:
-        inputs["dataset_fisher"] = str(a["dataset_fisher"])
+        inputs |= ctx.inputs(dataset_fisher="dataset_fisher")
     cmp_cfg = ctx.config("compare_coar", inputs=inputs, split="eval")
     step = ctx.dir("compare_coar")
     ctx.stage("compare_coar", compare_coar.run, cmp_cfg, step, single=True)

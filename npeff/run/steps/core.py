@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from npeff.run.steps import Context, Step
+from npeff.run.steps import EVAL_INPUTS, Context, Step
 
 
 def projected(cfg: DictConfig) -> bool:
@@ -81,13 +81,9 @@ def _perturb(ctx: Context) -> dict:
     from npeff.run import perturb
 
     a = ctx.artifacts
-    inputs = {
-        "checkpoint": str(a["checkpoint"]),
-        "coeffs": str(a["coeffs"]),
-        "pefs": str(a["eval_pefs"]),
-    }
+    inputs = ctx.inputs(checkpoint="checkpoint", coeffs="coeffs", pefs="eval_pefs")
     if "dataset_fisher" in a:
-        inputs["dataset_fisher"] = str(a["dataset_fisher"])
+        inputs |= ctx.inputs(dataset_fisher="dataset_fisher")
     cfg = ctx.config("perturb", inputs=inputs, split="eval")
     expansion = a.get("expansion")
     if expansion:  # perturb the flawed-heuristic components (step expand, paper §3.5)
@@ -109,17 +105,11 @@ def _report(ctx: Context) -> dict:
     from npeff.run import report
 
     a = ctx.artifacts
-    inputs = {
-        "checkpoint": str(a["checkpoint"]),
-        "decomposition": str(a["decomposition"]),
-        "coeffs": str(a["coeffs"]),
-        "pefs": str(a["eval_pefs"]),
-        "perturbation": str(a["perturbation"]),
-        **({"comparison": str(a["comparison"])} if "comparison" in a else {}),
-        "sections": list(ctx.sections),
-    }
-    if "tables" in a:
-        inputs["tables"] = str(a["tables"])
+    inputs = ctx.inputs(**EVAL_INPUTS, perturbation="perturbation")
+    for optional in ("comparison", "tables"):  # made by steps baselines / tracr_check
+        if optional in a:
+            inputs |= ctx.inputs(**{optional: optional})
+    inputs["sections"] = list(ctx.sections)
     cfg = ctx.config("report", split="eval", inputs=inputs)
     ctx.stage("report", report.run, cfg, ctx.dir("report"), single=True)
     return {"report": ctx.dir("report") / "report.html"}

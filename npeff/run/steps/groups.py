@@ -9,13 +9,8 @@ from npeff.run.steps import Context, Step, fmt
 def _groups(ctx: Context) -> dict:
     from npeff.run import groups
 
-    a = ctx.artifacts
-    inputs = {
-        "zoo": str(a["checkpoint"]),
-        "decomposition": str(a["decomposition"]),
-        "coeffs": str(a["coeffs"]),
-        "pefs": str(a["eval_pefs"]),
-    }
+    inputs = ctx.inputs(zoo="checkpoint", decomposition="decomposition", coeffs="coeffs")
+    inputs |= ctx.inputs(pefs="eval_pefs")
     cfg = ctx.config("groups", inputs=inputs, split="eval")
     ctx.stage("groups", groups.run, cfg, ctx.dir("groups"), single=True)
     return {"section": ctx.dir("groups") / "group_section.html"}

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from npeff.run.steps import Context, Step, fmt
+from npeff.run.steps import EVAL_INPUTS, Context, Step, fmt
 
 
 def _shortcut(ctx: Context) -> dict:
     from npeff.run import fit, shortcut
 
     a = ctx.artifacts
-    inputs = {
-        "checkpoint": str(a["checkpoint"]),
-        "decomposition": str(a["decomposition"]),
-        "coeffs": str(a["coeffs"]),
-        "pefs": str(a["eval_pefs"]),
-    }
+    inputs = ctx.inputs(**EVAL_INPUTS)
     on = str(ctx.config("shortcut").shortcut_fix.select_on)
     if on == "eval":
         inputs["select_coeffs"] = str(a["coeffs"])
