@@ -270,10 +270,8 @@ class DecompositionModule(L.LightningModule):
         if math.isfinite(loss):
             return
         s = self.settings
-        lr = s.lr_g_only if phase == "G_only" and s.lr_g_only is not None else s.lr_g
-        knob = (
-            "decomp.lr_g_only" if phase == "G_only" and s.lr_g_only is not None else "decomp.lr_g"
-        )
+        own_rate = phase == "G_only" and s.lr_g_only is not None
+        knob, lr = ("decomp.lr_g_only", s.lr_g_only) if own_rate else ("decomp.lr_g", s.lr_g)
         raise ValueError(
             f"the decomposition diverged: loss {loss} at step {step} of phase {phase}; lower "
             f"{knob} (now {lr:g}; e.g. {lr / 3:.2g})"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from npeff.analysis.shortcut import group_accuracies
+from npeff.analysis.top_examples import top_indices
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 
@@ -226,9 +227,8 @@ def edit_records(
             )
         if gradient is None:
             continue
-        top = np.argsort(-W_select[:, j], kind="stable")[:n_top]
+        top = top_indices(W_select[:, [j]], n_top)[0]
         bad = np.sort(top[wrong_select[top]])
-        rec = {"component": j, "kind": "gradient"}
         if bad.size == 0:  # nothing to descend on: no gradient edit for this component
             continue
         batches = list(select.cache.batches(bad, batch_size))
@@ -238,7 +238,7 @@ def edit_records(
             rho_max=float(gradient["rho_max"]),
             n_bisect=int(gradient["n_bisect"]),
         )
-        rec["scale"] = step.scale
+        rec = {"component": j, "kind": "gradient", "scale": step.scale}
         rec["gradient"] = {
             "n_examples": int(bad.size),
             "loss_before": step.loss_before,
