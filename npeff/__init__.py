@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from npeff.errors import NpeffFileNotFoundError
+
 __version__ = "0.1.0"
 
 
@@ -20,7 +22,7 @@ def config_dir() -> Path:
     Fails with what to do when they are missing."""
     path = _conf()
     if not (path / "pipeline.yaml").is_file():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"npeff's configs are missing ({path} has no pipeline.yaml); reinstall npeff "
             "(pip install .) or, in a source checkout, restore the link npeff/conf -> ../conf"
         )

@@ -17,6 +17,7 @@ import numpy as np
 
 from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
+from npeff.errors import NpeffUserError
 
 
 @dataclass
@@ -91,16 +92,16 @@ class ConceptAnalysis:
 def _check_concepts(concepts: np.ndarray, n: int) -> np.ndarray:
     concepts = np.asarray(concepts)
     if concepts.ndim != 2:
-        raise ValueError(
+        raise NpeffUserError(
             f"concepts must be a bool array [n_examples, n_concepts], got shape {concepts.shape}"
         )
     if concepts.shape[0] < n:
-        raise ValueError(
+        raise NpeffUserError(
             f"concepts cover {concepts.shape[0]} examples but the coefficients have {n}; "
             "pass the concepts of the split the coefficients were fitted on"
         )
     if concepts.shape[1] == 0:
-        raise ValueError("the task defines no concepts; concept analysis needs at least one")
+        raise NpeffUserError("the task defines no concepts; concept analysis needs at least one")
     return concepts[:n].astype(bool)
 
 
@@ -140,7 +141,7 @@ def analyze_concepts(
     c = concepts.shape[1]
     names = list(concept_names) if concept_names is not None else [f"concept_{i}" for i in range(c)]
     if len(names) != c:
-        raise ValueError(f"{len(names)} concept names given for {c} concepts")
+        raise NpeffUserError(f"{len(names)} concept names given for {c} concepts")
     k_eff = min(int(k), W.shape[0])
     top = top_indices(W, k_eff)  # [r, k]
     shares = concepts[top].mean(axis=1)  # [r, c]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 
 def draw_permutation(
     rng: np.random.Generator,
@@ -31,11 +33,11 @@ def draw_permutation(
 ) -> np.ndarray:
     """int64 [n]: a random permutation of range(n) (see the module doc for the three kinds)."""
     if strata is not None and movable is not None:
-        raise ValueError("give strata or movable, not both")
+        raise NpeffUserError("give strata or movable, not both")
     if movable is not None:
         movable = np.asarray(movable, dtype=bool)
         if movable.shape != (n,):
-            raise ValueError(f"movable must have shape ({n},), got {movable.shape}")
+            raise NpeffUserError(f"movable must have shape ({n},), got {movable.shape}")
         idx = np.flatnonzero(movable)
         perm = np.arange(n)
         perm[idx] = idx[rng.permutation(idx.size)]
@@ -44,7 +46,7 @@ def draw_permutation(
         return rng.permutation(n)
     strata = np.asarray(strata)
     if strata.shape != (n,):
-        raise ValueError(f"strata must have shape ({n},), got {strata.shape}")
+        raise NpeffUserError(f"strata must have shape ({n},), got {strata.shape}")
     perm = np.arange(n)
     for value in np.unique(strata):
         members = np.flatnonzero(strata == value)

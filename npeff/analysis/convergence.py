@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 
 def cosine_to_final(snapshots: np.ndarray, final: np.ndarray) -> np.ndarray:
     """Per-component cosine of each snapshot's coefficient columns with the final W.
@@ -22,7 +24,7 @@ def cosine_to_final(snapshots: np.ndarray, final: np.ndarray) -> np.ndarray:
     S = np.asarray(snapshots, dtype=np.float64)
     F = np.asarray(final, dtype=np.float64)
     if S.ndim != 3 or S.shape[1:] != F.shape:
-        raise ValueError(
+        raise NpeffUserError(
             f"snapshots must be [s, n, r] matching the final W {F.shape}, got {S.shape}"
         )
     num = np.einsum("snr,nr->sr", S, F)

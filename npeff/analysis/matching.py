@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from npeff.analysis.controls import shuffled_control
+from npeff.errors import NpeffUserError
 
 
 def _unit_columns(W: np.ndarray) -> np.ndarray:
     W = np.asarray(W, dtype=np.float64)
     if W.ndim != 2:
-        raise ValueError(
+        raise NpeffUserError(
             f"coefficients must be 2-D [n_examples, n_components], got shape {W.shape}"
         )
     norms = np.linalg.norm(W, axis=0)
@@ -38,9 +39,9 @@ def coefficient_cosine(W_a: np.ndarray, W_b: np.ndarray) -> np.ndarray:
     """
     W_a, W_b = np.asarray(W_a), np.asarray(W_b)
     if W_a.ndim != 2 or W_b.ndim != 2:
-        raise ValueError(f"coefficients must be 2-D, got shapes {W_a.shape} and {W_b.shape}")
+        raise NpeffUserError(f"coefficients must be 2-D, got shapes {W_a.shape} and {W_b.shape}")
     if W_a.shape[0] != W_b.shape[0]:
-        raise ValueError(
+        raise NpeffUserError(
             f"the runs cover different numbers of examples ({W_a.shape[0]} vs {W_b.shape[0]}); "
             "compare coefficient files fitted on the same examples (npeff-fit on one PEF file)"
         )

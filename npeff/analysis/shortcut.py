@@ -12,6 +12,7 @@ import numpy as np
 
 from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
+from npeff.errors import NpeffUserError
 
 GROUPS = ("conflict", "other", "cue_free", "all")
 
@@ -28,7 +29,7 @@ def group_masks(concepts: np.ndarray, concept_names: list[str]) -> dict[str, np.
     """Bool [n] masks of the groups ``conflict``, ``other``, ``cue_free``, ``all``."""
     cols = cue_columns(concept_names)
     if cols is None:
-        raise ValueError(
+        raise NpeffUserError(
             "the task records no 'cue'/'cue_conflict' concepts: turn the shortcut knob on "
             "(task.shortcut, e.g. experiment=shortcut_fix)"
         )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 
 def _check_W(W: np.ndarray) -> np.ndarray:
     W = np.asarray(W)
     if W.ndim != 2:
-        raise ValueError(
+        raise NpeffUserError(
             f"coefficients W must be a 2-D array [n_examples, n_components], got shape {W.shape}"
         )
     if W.shape[0] == 0 or W.shape[1] == 0:
-        raise ValueError(f"coefficients W is empty (shape {W.shape}); nothing to analyse")
+        raise NpeffUserError(f"coefficients W is empty (shape {W.shape}); nothing to analyse")
     return W
 
 
@@ -30,7 +32,7 @@ def top_indices(W: np.ndarray, k: int) -> np.ndarray:
     if np.issubdtype(W.dtype, np.floating) and np.isnan(W).any():
         W = np.where(np.isnan(W), -np.inf, W)
     if k < 1:
-        raise ValueError(f"top-k must be >= 1, got {k}")
+        raise NpeffUserError(f"top-k must be >= 1, got {k}")
     n, r = W.shape
     k = min(int(k), n)
     if 4 * k >= n:
@@ -81,7 +83,7 @@ def pef_norm_ratio(
     W = _check_W(W)
     norms = np.asarray(norms, dtype=np.float64)
     if norms.shape != (W.shape[0],):
-        raise ValueError(
+        raise NpeffUserError(
             f"PEF norms have shape {norms.shape} but W has {W.shape[0]} examples; "
             "use the PEF file the coefficients were fitted on"
         )
@@ -91,6 +93,6 @@ def pef_norm_ratio(
         baseline_indices = np.sort(rng.choice(W.shape[0], size=n_base, replace=False))
     base = norms[np.asarray(baseline_indices)].mean()
     if base <= 0:
-        raise ValueError("the baseline examples all have zero PEF norm; cannot form a ratio")
+        raise NpeffUserError("the baseline examples all have zero PEF norm; cannot form a ratio")
     top = top_indices(W, n_top)
     return norms[top].mean(axis=1) / base

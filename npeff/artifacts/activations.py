@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from npeff.artifacts import keys
+from npeff.errors import NpeffUserError
 
 ARTIFACT_ACTIVATIONS = "activations"
 GROUP = "activations"
@@ -33,7 +34,7 @@ FIELDS = {
 }
 
 
-class ActivationsFileError(ValueError):
+class ActivationsFileError(NpeffUserError):
     """An activation file that is missing, foreign, incomplete or written with other options."""
 
 
@@ -100,7 +101,7 @@ class ActivationsWriter:
                 self.f.flush()
             return
         if n_features is None or n_logits is None:
-            raise ValueError(f"creating {self.path} needs n_features and n_logits")
+            raise NpeffUserError(f"creating {self.path} needs n_features and n_logits")
         self.done = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.path, "w")
@@ -132,7 +133,7 @@ class ActivationsWriter:
         for name, (path_, dtype) in FIELDS.items():
             arr = np.asarray(chunk[name], dtype=dtype)
             if arr.shape[0] != b:
-                raise ValueError(f"chunk field {name} has {arr.shape[0]} rows, expected {b}")
+                raise NpeffUserError(f"chunk field {name} has {arr.shape[0]} rows, expected {b}")
             ds = self.f[path_]
             ds.resize(n0 + b, axis=0)
             ds[n0:] = arr

@@ -22,6 +22,7 @@ import numpy as np
 
 from npeff.artifacts import keys
 from npeff.artifacts.atomic import atomic_path
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 ARTIFACT_BASELINE = "baseline"
 
@@ -72,11 +73,11 @@ def save_baseline(res: BaselineResult, path: str | os.PathLike) -> Path:
 def load_baseline(path: str | os.PathLike) -> BaselineResult:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"baseline file not found: {path} (written by npeff-baseline)")
+        raise NpeffFileNotFoundError(f"baseline file not found: {path} (written by npeff-baseline)")
     with h5py.File(path, "r") as f:
         attrs = dict(f[keys.NPEFF_GROUP].attrs) if keys.NPEFF_GROUP in f else {}
         if attrs.get(keys.ATTR_ARTIFACT) != ARTIFACT_BASELINE:
-            raise ValueError(f"{path} is not a baseline file (written by npeff-baseline)")
+            raise NpeffUserError(f"{path} is not a baseline file (written by npeff-baseline)")
         mem = f["baseline/membership_eval"][...] if "baseline/membership_eval" in f else None
         return BaselineResult(
             kind=str(attrs[keys.ATTR_KIND]),

@@ -23,11 +23,12 @@ import h5py
 import numpy as np
 
 from npeff.artifacts import keys
+from npeff.errors import NpeffUserError
 
 ARTIFACT_COAR = "coar_attributions"
 
 
-class AttributionsFileError(ValueError):
+class AttributionsFileError(NpeffUserError):
     """A missing, foreign, truncated or mismatched attributions file."""
 
 
@@ -147,7 +148,7 @@ class AttributionsWriter:
         masks, margins = np.asarray(masks), np.asarray(margins, dtype=np.float32)
         b = masks.shape[0]
         if margins.shape[0] != b:
-            raise ValueError(f"{b} masks but {margins.shape[0]} margin rows")
+            raise NpeffUserError(f"{b} masks but {margins.shape[0]} margin rows")
         n0 = self.n_written
         for name, arr in ((keys.COAR_MASKS, masks.astype(np.uint8)), (keys.COAR_MARGINS, margins)):
             ds = self.f[name]

@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from npeff.artifacts.decomposition import Decomposition, load_decomposition
+from npeff.errors import NpeffUserError
 
 
 def source_decomposition(dec):
@@ -38,19 +39,19 @@ def with_components(
     elif (dec.kind == "lrm" and dec.G is None) or (dec.kind == "diag" and dec.H is None):
         comp = source_decomposition(dec)
         if comp is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{coeffs_name} stores no components (fit.write_components=false) and its "
                 "source decomposition is not found; pass inputs.decomposition=<decomposition.h5>"
             )
     if comp is None:
         return dec, None
     if comp.kind != dec.kind or comp.n_components != dec.n_components:
-        raise ValueError(
+        raise NpeffUserError(
             f"the decomposition ({comp.kind}, r={comp.n_components}) does not match the "
             f"coefficients ({dec.kind}, r={dec.n_components})"
         )
     if comp.n_parameters != dec.n_parameters:
-        raise ValueError("the decomposition and the coefficients come from different models")
+        raise NpeffUserError("the decomposition and the coefficients come from different models")
     merged = dataclasses.replace(
         dec,
         G=comp.G,

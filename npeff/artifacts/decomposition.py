@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from npeff.artifacts import keys
 from npeff.artifacts.atomic import atomic_path, json_default
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 DecompositionKind = Literal["lrm", "diag"]
 
@@ -62,7 +63,7 @@ class Decomposition:
 ARTIFACT_NAME = "decomposition"
 
 
-class DecompositionFileError(ValueError):
+class DecompositionFileError(NpeffUserError):
     """A file that is not a (complete, well-formed) npeff/reference decomposition."""
 
 
@@ -139,7 +140,7 @@ def load_decomposition(path) -> Decomposition:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"decomposition file not found: {path}")
+        raise NpeffFileNotFoundError(f"decomposition file not found: {path}")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -246,21 +247,21 @@ def load_decomposition(path) -> Decomposition:
 
 def _validate(dec: Decomposition, where: str) -> None:
     if dec.kind not in ("lrm", "diag"):
-        raise ValueError(f"{where}: unknown decomposition kind {dec.kind!r}")
+        raise NpeffUserError(f"{where}: unknown decomposition kind {dec.kind!r}")
     if np.ndim(dec.W) != 2:
-        raise ValueError(f"{where}: W must be 2-D [n, r], got shape {np.shape(dec.W)}")
+        raise NpeffUserError(f"{where}: W must be 2-D [n, r], got shape {np.shape(dec.W)}")
     r = dec.W.shape[1]
     m_red = int(np.size(dec.new_to_old_col_indices))
     comps = dec.G if dec.kind == "lrm" else dec.H
     if comps is not None and tuple(comps.shape) != (r, m_red):
         name = "G" if dec.kind == "lrm" else "H"
-        raise ValueError(
+        raise NpeffUserError(
             f"{where}: {name} has shape {tuple(comps.shape)} but W has {r} components and the "
             f"column map has {m_red} columns"
         )
     cols = np.asarray(dec.new_to_old_col_indices)
     if m_red and (cols.min() < 0 or cols.max() >= dec.n_parameters):
-        raise ValueError(f"{where}: column map outside [0, n_parameters={dec.n_parameters})")
+        raise NpeffUserError(f"{where}: column map outside [0, n_parameters={dec.n_parameters})")
 
 
 def _attr_str(v) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.metadata as metadata
 from pathlib import Path
 
+from npeff.errors import NpeffFileNotFoundError
+
 PKG_PREFIX = "pkg:"
 
 
@@ -22,12 +24,12 @@ def resolve_path(spec: str | Path, *, what: str = "file", extra_hint: str = "") 
             d = metadata.distribution(dist)
         except metadata.PackageNotFoundError:
             hint = extra_hint or f"pip install {dist}"
-            raise FileNotFoundError(
+            raise NpeffFileNotFoundError(
                 f"{what} {spec_str!r} lives in the package {dist!r}, which is not installed ({hint})"
             ) from None
         path = Path(str(d.locate_file(inner)))
     else:
         path = Path(spec_str).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path} (from {spec_str!r})")
+        raise NpeffFileNotFoundError(f"{what} not found: {path} (from {spec_str!r})")
     return path

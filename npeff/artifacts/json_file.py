@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from npeff.artifacts.atomic import write_json_atomic
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 
 def save_json_file(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
@@ -20,12 +21,12 @@ def load_json_file(path: str | os.PathLike, what: str, keys: tuple[str, ...], ho
     ``keys``); ``how`` (e.g. "run npeff-coar") says where a right one comes from."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: pass the {what} file ({how})")
+        raise NpeffFileNotFoundError(f"{path} does not exist: pass the {what} file ({how})")
     try:
         obj = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a {what} file (not JSON: {e}); {how}") from None
+        raise NpeffUserError(f"{path} is not a {what} file (not JSON: {e}); {how}") from None
     missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
     if missing:
-        raise ValueError(f"{path} is not a {what} file (no {missing[0]!r}); {how}")
+        raise NpeffUserError(f"{path} is not a {what} file (no {missing[0]!r}); {how}")
     return obj

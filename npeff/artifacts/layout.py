@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from npeff.errors import NpeffUserError
+
 
 @dataclass(frozen=True)
 class ParameterLayout:
@@ -47,7 +49,7 @@ class ParameterLayout:
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split a flat vector ``[n_parameters]`` into ``{name: tensor of its shape}`` (views)."""
         if flat.ndim != 1 or flat.shape[0] != self.n_parameters:
-            raise ValueError(
+            raise NpeffUserError(
                 f"expected a flat vector of {self.n_parameters} entries, got shape {tuple(flat.shape)}"
             )
         return {

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from npeff.artifacts.atomic import atomic_path
+from npeff.errors import NpeffUserError
 
 NEURONS_NAME = "neurons.npz"
 KEYS = (
@@ -30,7 +31,7 @@ def save_neurons(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path
     """Write the arrays of :data:`KEYS` (from ``arrays``) to ``path`` atomically."""
     missing = [k for k in KEYS if k not in arrays]
     if missing:
-        raise ValueError(f"neurons.npz needs the arrays {list(KEYS)}; {missing} are missing")
+        raise NpeffUserError(f"neurons.npz needs the arrays {list(KEYS)}; {missing} are missing")
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **{k: arrays[k] for k in KEYS})
@@ -45,8 +46,8 @@ def load_neurons(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a neurons.npz file ({e}); {how}") from None
+        raise NpeffUserError(f"{path} is not a neurons.npz file ({e}); {how}") from None
     missing = [k for k in KEYS if k not in out]
     if missing:
-        raise ValueError(f"{path} is not a neurons.npz file (no {missing[0]!r}); {how}")
+        raise NpeffUserError(f"{path} is not a neurons.npz file (no {missing[0]!r}); {how}")
     return out

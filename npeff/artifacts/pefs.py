@@ -18,6 +18,7 @@ import numpy as np
 from npeff.artifacts import keys
 from npeff.artifacts.atomic import atomic_path
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 
 PefKind = Literal["lrm", "lvrm", "diag"]
 
@@ -134,7 +135,7 @@ _DTYPES = {
 }
 
 
-class PefsFileError(ValueError):
+class PefsFileError(NpeffUserError):
     """A PEF file that is missing, foreign, truncated or incomplete."""
 
 
@@ -236,7 +237,7 @@ class PefsWriter:
         )
         missing = [k for k, v in needed.items() if v is None]
         if missing:
-            raise ValueError(f"creating {self.path} needs {missing}")
+            raise NpeffUserError(f"creating {self.path} needs {missing}")
         self.kind = kind
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = h5py.File(self.path, "w")
@@ -317,7 +318,9 @@ class PefsWriter:
             arr = np.asarray(chunk[field_name], dtype=_DTYPES[field_name])
             b = arr.shape[0] if b is None else b
             if arr.shape[0] != b:
-                raise ValueError(f"chunk field {field_name} has {arr.shape[0]} rows, expected {b}")
+                raise NpeffUserError(
+                    f"chunk field {field_name} has {arr.shape[0]} rows, expected {b}"
+                )
             ds = self.f[name]
             ds.resize(n0 + b, axis=0)
             ds[n0 : n0 + b] = arr
@@ -330,7 +333,7 @@ class PefsWriter:
         ex = chunk.get("example_indices")
         ex = np.arange(n0, n0 + b) if ex is None else np.asarray(ex, dtype=np.int64)
         if ex.shape != (b,):
-            raise ValueError(f"example_indices has shape {ex.shape}, expected ({b},)")
+            raise NpeffUserError(f"example_indices has shape {ex.shape}, expected ({b},)")
         ds = self.f[keys.EXAMPLE_INDICES]
         ds.resize(n0 + b, axis=0)
         ds[n0:] = ex
@@ -583,7 +586,7 @@ def subset_pefs(pefs: Pefs, index: np.ndarray) -> Pefs:
     idx = np.asarray(index)
     if idx.dtype == bool:
         if idx.shape != (pefs.n_examples,):
-            raise ValueError(f"mask has shape {idx.shape}, expected ({pefs.n_examples},)")
+            raise NpeffUserError(f"mask has shape {idx.shape}, expected ({pefs.n_examples},)")
         idx = np.flatnonzero(idx)
     idx = idx.astype(np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= pefs.n_examples):
@@ -653,7 +656,7 @@ def save_dataset_fisher(
     """Write a dense dataset-level diagonal Fisher float32 [m] to ``data/fisher`` atomically."""
     fisher = np.asarray(fisher, dtype=np.float32)
     if fisher.ndim != 1:
-        raise ValueError(f"a dataset Fisher is a vector [m], got shape {fisher.shape}")
+        raise NpeffUserError(f"a dataset Fisher is a vector [m], got shape {fisher.shape}")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset(keys.DSF_FISHER, data=fisher)
         g = f.create_group(keys.NPEFF_GROUP)
@@ -720,4 +723,4 @@ def pefs_split(pefs, given: str | None = None, default: str | None = None) -> st
         return str(conf["split"])
     if default is not None:
         return str(default)
-    raise ValueError(SPLIT_UNKNOWN)
+    raise NpeffUserError(SPLIT_UNKNOWN)

@@ -12,6 +12,7 @@ import numpy as np
 
 from npeff.artifacts import keys
 from npeff.artifacts.atomic import atomic_path, json_default
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 
 @dataclass
@@ -80,14 +81,14 @@ class PerturbationResult:
         for name, shape in expect.items():
             got = tuple(np.shape(getattr(self, name)))
             if got != shape:
-                raise ValueError(f"PerturbationResult.{name} has shape {got}, expected {shape}")
+                raise NpeffUserError(f"PerturbationResult.{name} has shape {got}, expected {shape}")
         if np.ndim(self.top_indices) != 2 or np.shape(self.top_indices)[0] != c:
-            raise ValueError(
+            raise NpeffUserError(
                 f"PerturbationResult.top_indices has shape {np.shape(self.top_indices)}, "
                 f"expected ({c}, n_top)"
             )
         if np.ndim(self.baseline_indices) != 1:
-            raise ValueError("PerturbationResult.baseline_indices must be 1-D")
+            raise NpeffUserError("PerturbationResult.baseline_indices must be 1-D")
 
 
 _ARRAYS = {
@@ -135,24 +136,24 @@ def load_perturbation(path: str | os.PathLike) -> PerturbationResult:
     """Read a file written by :func:`save_perturbation`; clear errors on a wrong or partial file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"perturbation file {path} does not exist")
+        raise NpeffFileNotFoundError(f"perturbation file {path} does not exist")
     with h5py.File(path, "r") as f:
         meta = f.get(keys.NPEFF_GROUP)
         artifact = meta.attrs.get(keys.ATTR_ARTIFACT) if meta is not None else None
         if artifact != "perturbation":
-            raise ValueError(
+            raise NpeffUserError(
                 f"{path} is not a perturbation file (npeff artifact={artifact!r}); "
                 "pass the perturbation.h5 written by npeff-perturb"
             )
         if not bool(meta.attrs.get(keys.ATTR_COMPLETE, False)):
-            raise ValueError(
+            raise NpeffUserError(
                 f"{path} is incomplete (the writer did not finish); re-run npeff-perturb"
             )
         grp = f[keys.PERTURBATION_GROUP]
         arrays = {}
         for name, (key, dtype) in _ARRAYS.items():
             if key not in f:
-                raise ValueError(f"{path} lacks dataset {key!r}")
+                raise NpeffUserError(f"{path} lacks dataset {key!r}")
             arrays[name] = np.asarray(f[key][()], dtype=dtype)
         res = PerturbationResult(
             magnitude=float(grp.attrs[keys.ATTR_PERT_MAGNITUDE]),

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from npeff.errors import NpeffUserError
+
 
 def load_torch_file(
     path: str | os.PathLike, fmt: str, version: int, what: str, how: str
@@ -22,11 +24,13 @@ def load_torch_file(
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a foreign file
         first = (str(e).splitlines() or [""])[0]
-        raise ValueError(f"{path} is not a readable {what} ({type(e).__name__}: {first})") from None
+        raise NpeffUserError(
+            f"{path} is not a readable {what} ({type(e).__name__}: {first})"
+        ) from None
     if not isinstance(raw, dict) or raw.get("format") != fmt:
-        raise ValueError(f"{path} is not an {what} ({how}); got a foreign file")
+        raise NpeffUserError(f"{path} is not an {what} ({how}); got a foreign file")
     if int(raw.get("version", 0)) > version:
-        raise ValueError(
+        raise NpeffUserError(
             f"{path} has {what} version {raw.get('version')}; this npeff reads <= {version}"
         )
     return raw

@@ -27,6 +27,7 @@ import h5py
 import numpy as np
 
 from npeff.artifacts.atomic import atomic_path, json_default
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 TRACR_MODEL_FORMAT = "npeff-tracr-model"
 TRACR_MODEL_VERSION = 1
@@ -105,23 +106,23 @@ def load_tracr_model(path: str | os.PathLike) -> TracrExport:
     or other-version file."""
     p = Path(str(path)).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"tracr model file {p} does not exist: export one with "
             "`npeff-tracr-compile program=<name> output=<file>` (needs the `tracr` extra)"
         )
     try:
         f = h5py.File(p, "r")
     except OSError as e:
-        raise ValueError(f"{p} is not a tracr model file (not HDF5: {e})") from None
+        raise NpeffUserError(f"{p} is not a tracr model file (not HDF5: {e})") from None
     with f:
         fmt = f.attrs.get("format")
         if fmt != TRACR_MODEL_FORMAT:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{p} is not a tracr model file exported by npeff-tracr-compile (format={fmt!r})"
             )
         version = int(f.attrs.get("version", -1))
         if version != TRACR_MODEL_VERSION:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{p} is a tracr model file of version {version}; this npeff reads version "
                 f"{TRACR_MODEL_VERSION}: re-export it with `npeff-tracr-compile`"
             )

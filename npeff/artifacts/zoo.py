@@ -18,6 +18,7 @@ import torch
 
 from npeff.artifacts.atomic import atomic_path
 from npeff.artifacts.torch_file import load_torch_file
+from npeff.errors import NpeffFileNotFoundError
 
 ZOO_NAME = "zoo.pt"
 ZOO_FORMAT = "npeff-group-zoo"
@@ -81,7 +82,7 @@ def load_zoo_file(path: str | os.PathLike) -> GroupZoo:
     """Read a ``zoo.pt``; a file that is not one is a one-line ValueError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no group zoo at {path}: {_HOW}")
+        raise NpeffFileNotFoundError(f"no group zoo at {path}: {_HOW}")
     raw = load_torch_file(path, ZOO_FORMAT, ZOO_VERSION, "npeff group zoo", _HOW)
     return GroupZoo(
         params=raw["params"],

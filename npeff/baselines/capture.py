@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from npeff.artifacts.activations import ActivationsWriter
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY, forward_logits
 
 Token = int | str
@@ -37,7 +38,7 @@ def resolve_module(model: nn.Module, name: str) -> nn.Module:
         return modules[name]
     close = difflib.get_close_matches(str(name), list(modules), n=5, cutoff=0.5)
     shown = ", ".join(n for n in list(modules)[1:40])
-    raise ValueError(
+    raise NpeffUserError(
         f"unknown module name {name!r}"
         + (f"; did you mean one of {close}?" if close else "")
         + f" Modules of this model: {shown}{' ...' if len(modules) > 41 else ''}"
@@ -49,7 +50,7 @@ def check_token(token: Token) -> Token:
         try:
             return int(token)
         except ValueError:
-            raise ValueError(
+            raise NpeffUserError(
                 f"activations.token must be an int position, 'cls' (= 0), 'mean' or 'flatten'; "
                 f"got {token!r}"
             ) from None
@@ -124,7 +125,7 @@ class ModuleTap:
             and isinstance(self.token, int)
             and not -out.shape[1] <= self.token < out.shape[1]
         ):
-            raise ValueError(
+            raise NpeffUserError(
                 f"activations.token={self.token} is outside the {out.shape[1]} positions of "
                 f"module {self.name!r}"
             )
@@ -147,7 +148,7 @@ class ModuleTap:
         self.value = None
         logits = forward_logits(model, batch)
         if self.value is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"module {self.name!r} was not called in the model's forward pass; pick a module "
                 "that the forward uses"
             )
@@ -187,7 +188,7 @@ def capture_activations(
     from npeff.fisher.compute import batches_from, loader_len
 
     if model.training:
-        raise ValueError("the model is in training mode; call model.eval() first")
+        raise NpeffUserError("the model is in training mode; call model.eval() first")
     path = Path(path)
     n_total = loader_len(loader)
     d = probe(model, loader, module_name, token)
@@ -231,7 +232,7 @@ def capture_activations(
                 n += b
                 bar.update(b)
         if writer is None:
-            raise ValueError("the loader yielded no examples")
+            raise NpeffUserError("the loader yielded no examples")
         writer.finalize()
     finally:
         bar.close()
@@ -259,7 +260,7 @@ def default_module(model: nn.Module) -> str:
         (i for i, (_, m) in enumerate(leaves) if isinstance(m, nn.Linear)), default=-1
     )
     if last_linear <= 0:
-        raise ValueError(
+        raise NpeffUserError(
             "cannot pick a default layer for this model; set activations.module to one of: "
             + ", ".join(n for n, _ in leaves[:40])
         )

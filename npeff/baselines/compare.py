@@ -22,6 +22,7 @@ from npeff.analysis.concepts import analyze_concepts
 from npeff.analysis.matching import average_max_cosine, shuffled_average_max_cosine
 from npeff.analysis.top_examples import top_indices
 from npeff.baselines.tcav import tcav_test
+from npeff.errors import NpeffUserError
 
 NO_SELECTIVITY = "n/a: no parameter-space direction to perturb"
 
@@ -100,7 +101,7 @@ def compare_methods(
     """
     n = {name: m.scores.shape[0] for name, m in methods.items()}
     if len(set(n.values())) > 1:
-        raise ValueError(f"the methods cover different numbers of eval examples: {n}")
+        raise NpeffUserError(f"the methods cover different numbers of eval examples: {n}")
     out: dict[str, dict] = {}
     ref = methods.get(reference)
     for name, m in methods.items():

@@ -17,6 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 from torch import nn
 
+from npeff.errors import NpeffUserError
+
 
 def n_selected_parameters(model: nn.Module, include=None, exclude=None) -> int:
     from npeff.models.core import select_parameters
@@ -59,7 +61,7 @@ def compute_gradients(
 def gradient_features(pefs) -> sp.csr_matrix:
     """Unit-norm sparse gradient vectors float64 CSR [n, m] from a one-row LRM PEF set."""
     if pefs.kind != "lrm" or pefs.n_classes != 1:
-        raise ValueError(
+        raise NpeffUserError(
             f"gradient features need one-row LRM PEFs (top_k_classes=1), got kind={pefs.kind} "
             f"with {pefs.n_classes} rows"
         )

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from npeff.errors import NpeffUserError
+
 
 def membership_coefficients(assignments: np.ndarray, n_clusters: int | None = None) -> np.ndarray:
     """0/1 matrix [n, k] with a one at (i, cluster of i): the "coefficients" of a clustering."""
     a = np.asarray(assignments, dtype=np.int64)
     if a.ndim != 1 or (a.size and a.min() < 0):
-        raise ValueError("assignments must be a 1-D array of non-negative cluster ids")
+        raise NpeffUserError("assignments must be a 1-D array of non-negative cluster ids")
     k = int(a.max()) + 1 if n_clusters is None else int(n_clusters)
     if a.size and a.max() >= k:
-        raise ValueError(f"cluster id {a.max()} out of range for {k} clusters")
+        raise NpeffUserError(f"cluster id {a.max()} out of range for {k} clusters")
     M = np.zeros((a.size, k), dtype=np.float32)
     M[np.arange(a.size), a] = 1.0
     return M
@@ -33,9 +35,9 @@ def check_n_clusters(n_clusters: int, n_examples: int) -> int:
     """``n_clusters`` as an int, or a clear error when it cannot be fitted on ``n_examples``."""
     k = int(n_clusters)
     if k < 1:
-        raise ValueError(f"baseline.n_components must be >= 1, got {k}")
+        raise NpeffUserError(f"baseline.n_components must be >= 1, got {k}")
     if k > n_examples:
-        raise ValueError(
+        raise NpeffUserError(
             f"baseline.n_components={k} clusters but the fit split has only {n_examples} "
             "examples; use fewer clusters or more fit examples (task.n_fit / n_examples)"
         )

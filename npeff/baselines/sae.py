@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from npeff.errors import NpeffUserError
+
 SAE_KINDS = ("topk", "l1")
 
 
@@ -26,9 +28,9 @@ class SparseAutoencoder(nn.Module):
     def __init__(self, d: int, n_features: int, kind: str = "topk", k: int = 8):
         super().__init__()
         if kind not in SAE_KINDS:
-            raise ValueError(f"unknown SAE kind {kind!r}; choose one of {SAE_KINDS}")
+            raise NpeffUserError(f"unknown SAE kind {kind!r}; choose one of {SAE_KINDS}")
         if kind == "topk" and not 1 <= int(k) <= int(n_features):
-            raise ValueError(f"sae.k={k} must be between 1 and the {n_features} features")
+            raise NpeffUserError(f"sae.k={k} must be between 1 and the {n_features} features")
         self.kind, self.k = kind, int(k)
         dec = torch.randn(int(n_features), int(d))
         dec = dec / dec.norm(dim=1, keepdim=True)
@@ -95,9 +97,9 @@ def fit_sae(
     """Train a sparse autoencoder on features X [n, d]; see the module docstring."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[0] < 2:
-        raise ValueError(f"SAE inputs must be [n >= 2, d], got shape {X.shape}")
+        raise NpeffUserError(f"SAE inputs must be [n >= 2, d], got shape {X.shape}")
     if int(n_features) < 1:
-        raise ValueError(f"baseline.n_components must be >= 1, got {n_features}")
+        raise NpeffUserError(f"baseline.n_components must be >= 1, got {n_features}")
     n, d = X.shape
     mean = np.zeros(d) if not center else X.mean(axis=0)
     scale = float(np.sqrt(((X - mean) ** 2).sum(axis=1).mean() / d)) or 1.0

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from npeff.baselines.capture import ModuleTap, Token
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY
 
 
@@ -40,7 +41,7 @@ def feature_gradients(
     """(features float32 [n, d], gradients float32 [n, C, d] of every class logit with respect to
     the features, labels int64 [n]) over ``loader``."""
     if model.training:
-        raise ValueError("the model is in training mode; call model.eval() first")
+        raise NpeffUserError("the model is in training mode; call model.eval() first")
     tap = ModuleTap(model, module_name, token)
     feats, grads, labels = [], [], []
     with tap.attached():
@@ -143,7 +144,7 @@ class TcavResult:
 
 def _random_sets(rng, pool: np.ndarray, size: int, count: int) -> np.ndarray:
     if pool.size < size:
-        raise ValueError(
+        raise NpeffUserError(
             f"TCAV needs {size} random examples outside a concept but only {pool.size} remain; "
             "use fewer concept examples (tcav.n_concept_examples) or more examples"
         )
@@ -171,7 +172,7 @@ def tcav_test(
     n = features.shape[0]
     C = grads.shape[1]
     if n_random < 2:
-        raise ValueError(f"tcav.n_random must be >= 2 for a t-test, got {n_random}")
+        raise NpeffUserError(f"tcav.n_random must be >= 2 for a t-test, got {n_random}")
     rng = np.random.default_rng(seed)
     everyone = np.arange(n)
     nulls: dict[int, np.ndarray] = {}

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY, forward_logits, model_inputs
 from npeff.models.units import UnitMap, unit_modules
 
@@ -52,7 +53,7 @@ def collect_batches(loader: Iterable[Mapping[str, torch.Tensor]], device=None) -
     for b in loader:
         out.append({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()})
     if not out:
-        raise ValueError("the loader yields no batch: COAR needs at least one example")
+        raise NpeffUserError("the loader yields no batch: COAR needs at least one example")
     return out
 
 
@@ -82,7 +83,7 @@ class AblationEngine:
         masks_per_forward: int = 32,
     ):
         if method not in METHODS:
-            raise ValueError(f"unknown ablation method {method!r}; available: {list(METHODS)}")
+            raise NpeffUserError(f"unknown ablation method {method!r}; available: {list(METHODS)}")
         unit_map.check_model(model)
         self.model = model.eval()
         self.units = unit_map
@@ -91,7 +92,7 @@ class AblationEngine:
         if method == "auto":
             method = "activation" if mods is not None else "vmap"
         if method == "activation" and mods is None:
-            raise ValueError(
+            raise NpeffUserError(
                 "method='activation' needs every unit weight to be a Linear/conv module's weight; "
                 "use method='vmap'"
             )
@@ -268,7 +269,7 @@ class AblationEngine:
     def logits(self, keep: torch.Tensor, batch: Mapping) -> torch.Tensor:
         """Logits ``[M, B, K]`` of the model under keep-masks ``keep`` bool ``[M, |C|]``."""
         if keep.ndim != 2 or keep.shape[1] != self.units.n_units:
-            raise ValueError(
+            raise NpeffUserError(
                 f"keep masks must be [M, {self.units.n_units}], got {tuple(keep.shape)}"
             )
         if self.method == "vmap":

@@ -32,6 +32,7 @@ from npeff.coar.baselines import gp_attributions, loo_attributions, loo_margins
 from npeff.coar.dataset import run_ablations
 from npeff.coar.evaluation import correlation_table, eval_alphas
 from npeff.coar.masks import check_alpha, eval_stream, sample_masks
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY, forward_logits
 from npeff.models.identity import check_identity, weights_digest
 from npeff.models.units import UnitMap, build_unit_map
@@ -107,16 +108,16 @@ def check_settings(
 ) -> tuple[float, int]:
     alpha = check_alpha(alpha)
     if int(n_masks) < 1:
-        raise ValueError(f"n_masks must be >= 1, got {n_masks}")
+        raise NpeffUserError(f"n_masks must be >= 1, got {n_masks}")
     if solver not in regression.SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; available: {list(regression.SOLVERS)}")
+        raise NpeffUserError(f"unknown solver {solver!r}; available: {list(regression.SOLVERS)}")
     if solver == "lstsq" and int(n_masks) < unit_map.n_units + 1:
-        raise ValueError(
+        raise NpeffUserError(
             f"least squares on {unit_map.n_units} units needs at least {unit_map.n_units + 1} "
             f"masks; n_masks={n_masks}: raise n_masks or use solver=ridge / lasso"
         )
     if solver == "lasso" and not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"the lasso path needs val_fraction in (0, 1), got {val_fraction}")
+        raise NpeffUserError(f"the lasso path needs val_fraction in (0, 1), got {val_fraction}")
     if eval_factors is not None:
         eval_alphas(alpha, eval_factors)
     return alpha, int(n_masks)
@@ -263,12 +264,12 @@ def fit_attributions(
     h = store.read_header(path)
     m = h["n_masks"] if n_masks is None else int(n_masks)
     if m > h["n_masks"]:
-        raise ValueError(
+        raise NpeffUserError(
             f"{m} masks requested but {path} holds {h['n_masks']}: run npeff-coar with "
             f"coar.n_masks={m} on the same model to add masks, or fit on fewer"
         )
     if solver not in regression.SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; available: {list(regression.SOLVERS)}")
+        raise NpeffUserError(f"unknown solver {solver!r}; available: {list(regression.SOLVERS)}")
     info: dict = {"solver": solver, "fit_masks": m}
     if solver == "lasso":
         n_val = max(1, int(round(m * float(val_fraction))))

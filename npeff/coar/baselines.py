@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from npeff.coar.ablation import AblationEngine, margin
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY, forward_logits
 from npeff.models.units import UnitMap, unit_modules
 
@@ -38,7 +39,7 @@ def gp_attributions(model: nn.Module, unit_map: UnitMap, batches: list[Mapping])
     """Gradient×parameter attributions ``[n, |C|]`` (Linear/conv units)."""
     mods = unit_modules(model, unit_map)
     if mods is None:
-        raise ValueError("the gradient×parameter baseline needs units on Linear/conv weights")
+        raise NpeffUserError("the gradient×parameter baseline needs units on Linear/conv weights")
     index = {p: unit_map.param_units(p)[1] for p in mods}
     model.eval()
     out = []

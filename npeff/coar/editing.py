@@ -26,6 +26,7 @@ from torch import nn
 
 from npeff.coar.ablation import AblationEngine, collect_batches
 from npeff.coar.attributions import Attributions
+from npeff.errors import NpeffUserError
 
 DIRECTIONS = ("increase", "decrease")
 
@@ -36,7 +37,7 @@ def welch_t(target: np.ndarray, reference: np.ndarray, eps: float = 1e-12) -> np
     t = np.asarray(target, dtype=np.float64)
     r = np.asarray(reference, dtype=np.float64)
     if t.shape[0] < 1 or r.shape[0] < 1:
-        raise ValueError("Coar-Edit needs at least one target and one reference example")
+        raise NpeffUserError("Coar-Edit needs at least one target and one reference example")
     vt = t.var(0, ddof=1) if t.shape[0] > 1 else np.zeros(t.shape[1])
     vr = r.var(0, ddof=1) if r.shape[0] > 1 else np.zeros(r.shape[1])
     return (t.mean(0) - r.mean(0)) / np.sqrt(vt / t.shape[0] + vr / r.shape[0] + eps)
@@ -45,7 +46,7 @@ def welch_t(target: np.ndarray, reference: np.ndarray, eps: float = 1e-12) -> np
 def edit_order(scores: np.ndarray, direction: str = "increase") -> np.ndarray:
     """Units in ablation order for ``direction`` (most negative t first to raise targets)."""
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise NpeffUserError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     order = np.argsort(scores, kind="stable")
     return order if direction == "increase" else order[::-1]
 
@@ -80,9 +81,9 @@ class EditResult:
 def _as_index(x, n: int, what: str) -> np.ndarray:
     idx = np.asarray(list(x) if not isinstance(x, np.ndarray) else x, dtype=np.int64).ravel()
     if idx.size == 0:
-        raise ValueError(f"no {what} examples given")
+        raise NpeffUserError(f"no {what} examples given")
     if idx.min() < 0 or idx.max() >= n:
-        raise ValueError(f"{what} indices must be in [0, {n}) (the attributed examples)")
+        raise NpeffUserError(f"{what} indices must be in [0, {n}) (the attributed examples)")
     return idx
 
 
@@ -115,15 +116,15 @@ def edit(
     t_idx = _as_index(targets, n, "target")
     r_idx = _as_index(references, n, "reference")
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise NpeffUserError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if k_values is None:
         k_max = max(1, int(0.05 * c)) if k_max is None else int(k_max)  # <= 5% of units
         k_values = range(0, k_max + 1)
     ks = sorted({int(k) for k in k_values})
     if ks[0] < 0 or ks[-1] > c:
-        raise ValueError(f"k must be in [0, {c}] (the number of units), got {ks[0]}..{ks[-1]}")
+        raise NpeffUserError(f"k must be in [0, {c}] (the number of units), got {ks[0]}..{ks[-1]}")
     if select_on is not None and select_on not in (data or {}):
-        raise ValueError(
+        raise NpeffUserError(
             f"select_on={select_on!r} is not one of the data sets {sorted(data or {})}"
         )
     scores = welch_t(attributions.weights[t_idx], attributions.weights[r_idx])
@@ -135,7 +136,7 @@ def edit(
     examples = collect_batches(loader)
     m = engine.margins(keep, examples).numpy()  # [K, n]
     if m.shape[1] != n:
-        raise ValueError(f"the loader has {m.shape[1]} examples, the attributions {n}")
+        raise NpeffUserError(f"the loader has {m.shape[1]} examples, the attributions {n}")
     correct = m > 0
     table = [
         {

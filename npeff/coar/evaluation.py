@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 
 def pearson_per_example(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Pearson correlation per example (column) of ``pred``/``true`` ``[t, n]`` → ``[n]``
@@ -34,7 +36,7 @@ def eval_alphas(alpha: float, factors) -> list[float]:
     rates = {round(float(alpha) * float(f), 10) for f in factors} | {round(float(alpha), 10)}
     rates = sorted(a for a in rates if 0.0 < a < 1.0)
     if len(rates) < 3:
-        raise ValueError(
+        raise NpeffUserError(
             f"the evaluation needs α_train and two other rates in (0, 1); factors {list(factors)} "
             f"give {rates}"
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
+
 # Separate streams: the training dataset, each held-out evaluation rate.
 TRAIN_STREAM = 0
 
@@ -18,9 +20,9 @@ def check_alpha(alpha: float, what: str = "alpha") -> float:
     try:
         a = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a number in (0, 1), got {alpha!r}") from None
+        raise NpeffUserError(f"{what} must be a number in (0, 1), got {alpha!r}") from None
     if not 0.0 < a < 1.0:
-        raise ValueError(
+        raise NpeffUserError(
             f"{what}={alpha} is outside (0, 1): it is the probability that a unit is ablated "
             "(the paper uses 0.05-0.1)"
         )

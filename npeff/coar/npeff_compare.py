@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
+
 # Per-component statistics averaged into the summary (nan-ignoring).
 STATS = (
     "spearman_coar",
@@ -124,7 +126,9 @@ def compare_with_npeff(
     units = att.units
     k = int(s["top_units"])
     if not 1 <= k <= units.n_units:
-        raise ValueError(f"compare_coar.top_units={k} must be in 1..{units.n_units} (the units)")
+        raise NpeffUserError(
+            f"compare_coar.top_units={k} must be in 1..{units.n_units} (the units)"
+        )
     vectors = dec.G if dec.kind == "lrm" else dec.H
     shares = stats.unit_shares(vectors, layout, units, dec.kind, dec.new_to_old_col_indices)
     r = dec.n_components

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
+
 SOLVERS = ("lstsq", "ridge", "lasso")
 
 
@@ -53,7 +55,7 @@ def gram(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> GramStats:
         s = GramStats(x.T @ x, x.T @ y, (y * y).sum(0), int(x.shape[0]))
         total = s if total is None else total + s
     if total is None:
-        raise ValueError("no ablations to fit: the attributions file holds no masks")
+        raise NpeffUserError("no ablations to fit: the attributions file holds no masks")
     return total
 
 
@@ -66,9 +68,9 @@ def fit_closed_form(stats: GramStats, ridge: float = 0.0) -> tuple[np.ndarray, n
     """Least squares (``ridge=0``) or ridge; returns weights ``[n, |C|]`` and bias ``[n]``."""
     p = stats.xtx.shape[0]
     if ridge < 0:
-        raise ValueError(f"ridge penalty must be >= 0, got {ridge}")
+        raise NpeffUserError(f"ridge penalty must be >= 0, got {ridge}")
     if ridge == 0 and stats.m < p:
-        raise ValueError(
+        raise NpeffUserError(
             f"least squares needs at least |C|+1 = {p} ablations, the file has {stats.m}: "
             "draw more masks (coar.n_masks) or use coar.solver=ridge / lasso"
         )
@@ -154,7 +156,7 @@ def fit_lasso_path(
 ) -> LassoPath:
     """Lasso path on ``train``, λ per example picked on ``val``, refit on train+val."""
     if val.m < 1:
-        raise ValueError("the lasso path needs validation masks (coar.val_fraction > 0)")
+        raise NpeffUserError("the lasso path needs validation masks (coar.val_fraction > 0)")
     lmax = lambda_max(train).clamp(min=1e-12)
     ratios = torch.logspace(0, np.log10(eps), int(n_lambdas), dtype=torch.float64)
     lam_path = ratios[:, None] * lmax[None, :]  # [K, n]

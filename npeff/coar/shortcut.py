@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from npeff.errors import NpeffUserError
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def targets_and_references(
     targets = np.flatnonzero(conflict & ~correct)
     refs = np.flatnonzero(correct)
     if targets.size == 0:
-        raise ValueError(
+        raise NpeffUserError(
             "Coar-Edit: the model makes no error on cue-conflicting examples of the selection "
             "split, so there are no targets (did it learn the shortcut?)"
         )

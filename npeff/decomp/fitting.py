@@ -23,6 +23,7 @@ from npeff.artifacts.decomposition import Decomposition
 from npeff.artifacts.pefs import Pefs
 from npeff.decomp import lrm
 from npeff.decomp.matrix import ColumnBlocks, build_matrix, check_pef_kind
+from npeff.errors import NpeffUserError
 
 DEFAULT_EPS = {"lrm": 1e-9, "diag": 1e-7}
 
@@ -31,30 +32,32 @@ def check_compatible(pefs: Pefs, dec: Decomposition) -> None:
     """Clear errors when ``pefs`` cannot be fitted against ``dec``."""
     check_pef_kind(pefs, dec.kind)
     if pefs.n_parameters != dec.n_parameters:
-        raise ValueError(
+        raise NpeffUserError(
             f"the PEFs have {pefs.n_parameters} parameters but the decomposition has "
             f"{dec.n_parameters}: they come from different models or parameter selections"
         )
     if dec.kind == "lrm":
         if dec.G is None:
-            raise ValueError(
+            raise NpeffUserError(
                 "the decomposition file stores no G (data/G); it cannot be used to fit"
             )
         # as the reference, PEFs and decomposition agree on n_classes (−1: LVRM on both sides)
         if (pefs.kind == "lvrm") != (dec.n_classes == -1):
-            raise ValueError(
+            raise NpeffUserError(
                 f"the PEFs are {pefs.kind.upper()} PEFs but the decomposition was learned on "
                 f"{'LVRM' if dec.n_classes == -1 else 'LRM'} PEFs (n_classes={dec.n_classes}); "
                 "fit with PEFs of the kind the decomposition was learned on (fisher=lrm or "
                 "fisher=lvrm)"
             )
         if dec.n_classes > 0 and pefs.n_classes != dec.n_classes:
-            raise ValueError(
+            raise NpeffUserError(
                 f"the PEFs have {pefs.n_classes} class rows per example, the decomposition "
                 f"{dec.n_classes}; recompute the PEFs with the same classes"
             )
     elif dec.H is None:
-        raise ValueError("the decomposition file stores no H (data/H); it cannot be used to fit")
+        raise NpeffUserError(
+            "the decomposition file stores no H (data/H); it cannot be used to fit"
+        )
 
 
 def slice_pefs(p: Pefs, lo: int, hi: int) -> Pefs:
@@ -95,7 +98,7 @@ def fit_coefficients(
     """
     check_compatible(pefs, dec)
     if n_iters < 1:
-        raise ValueError(f"fit.n_iters must be ≥ 1, got {n_iters}")
+        raise NpeffUserError(f"fit.n_iters must be ≥ 1, got {n_iters}")
     kind, n, r = dec.kind, pefs.n_examples, dec.n_components
     eps = DEFAULT_EPS[kind] if mu_eps is None else float(mu_eps)
     chunk = n if not chunk_size or chunk_size <= 0 else min(int(chunk_size), n)

@@ -17,6 +17,7 @@ import torch
 from npeff.decomp import diag, lrm
 from npeff.decomp.collectives import all_reduce_sum, broadcast
 from npeff.decomp.matrix import ColumnBlocks
+from npeff.errors import NpeffUserError
 
 LRM_PHASES = ("G_only", "expansion_only", "joint")
 DIAG_PHASES = ("joint",)
@@ -102,7 +103,7 @@ class LrmFactorization(Factorization):
             N = lrm.numerator(P, self.n, self.C)
             self.W = lrm.w_update(self.W, N, S, self.hyper.mu_eps, n_cols=self.n_learned)
         elif phase != "G_only":
-            raise ValueError(f"unknown LRM phase {phase!r}")
+            raise NpeffUserError(f"unknown LRM phase {phase!r}")
         lr = self.hyper.lr_g
         if phase == "G_only" and self.hyper.lr_g_only is not None and self.hyper.lr_g_only > 0:
             lr = self.hyper.lr_g_only
@@ -112,7 +113,7 @@ class LrmFactorization(Factorization):
             )
             return
         if self.hyper.ortho_strength > 0:
-            raise ValueError("orthogonal regularization is not supported with an expansion")
+            raise NpeffUserError("orthogonal regularization is not supported with an expansion")
         grad = lrm.g_gradient_t(self.blocks, self.Ft, self.W, P, S, self.n, self.C, n_rows=k)
         self.Ft[:, :k].sub_(lr * grad)
 
@@ -130,7 +131,7 @@ class DiagFactorization(Factorization):
 
     def step(self, phase: str) -> None:
         if phase != "joint":
-            raise ValueError(f"D-NPEFF has only the 'joint' phase, got {phase!r}")
+            raise NpeffUserError(f"D-NPEFF has only the 'joint' phase, got {phase!r}")
         AHt, HHt = self._products(diag.products)
         self.W = diag.w_update(self.W, AHt, HHt, self.hyper.mu_eps)
         self.Ft = diag.h_update(self.blocks, self.Ft, self.W, self.hyper.mu_eps)
@@ -193,9 +194,9 @@ def build_factorization(
     from npeff.decomp.matrix import column_range
 
     if n_components < 1:
-        raise ValueError(f"n_components must be ≥ 1, got {n_components}")
+        raise NpeffUserError(f"n_components must be ≥ 1, got {n_components}")
     if n_components > mat.n_examples:
-        raise ValueError(
+        raise NpeffUserError(
             f"n_components={n_components} is larger than the number of examples "
             f"({mat.n_examples}); lower decomp.n_components or use more PEFs."
         )

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from npeff.artifacts.pefs import Pefs, lvrm_row_layout
+from npeff.errors import NpeffUserError
 
 LRM_NORM_EPS = 1e-12
 LVRM_NORM_EPS = 1e-6
@@ -71,7 +72,7 @@ def check_pef_kind(pefs: Pefs, kind: str) -> None:
         want = {"lrm": "decomp=lrm_npeff", "lvrm": "decomp=lrm_npeff", "diag": "decomp=d_npeff"}[
             pefs.kind
         ]
-        raise ValueError(
+        raise NpeffUserError(
             f"the PEF file holds {pefs.kind!r} PEFs but the decomposition kind is {kind!r}; "
             f"use {want} for this file (or compute PEFs of the other kind)."
         )
@@ -102,7 +103,7 @@ def _stacked_csr(
             or (offsets[:, -1] != K).any()
             or (np.diff(offsets, axis=1) < 0).any()
         ):
-            raise ValueError(
+            raise NpeffUserError(
                 "col_offsets must be cumulative per example (start at 0, end at K, non-decreasing); "
                 "legacy non-cumulative PEF files are not supported."
             )
@@ -133,7 +134,7 @@ def build_matrix(
     values, indices, indptr, C, row_example = _stacked_csr(pefs, n)
     n_rows = len(indptr) - 1
     if indices.size and (indices.min() < 0 or indices.max() >= m):
-        raise ValueError(f"PEF parameter indices fall outside [0, {m}); the file is corrupt.")
+        raise NpeffUserError(f"PEF parameter indices fall outside [0, {m}); the file is corrupt.")
 
     if col_map is None:
         counts = np.bincount(indices, minlength=m)
@@ -141,7 +142,7 @@ def build_matrix(
     else:
         new_to_old = np.asarray(col_map).astype(np.int64)
         if new_to_old.size and new_to_old.max() >= m:
-            raise ValueError(
+            raise NpeffUserError(
                 f"the decomposition's column map reaches parameter {int(new_to_old.max())} but the "
                 f"PEFs have only {m} parameters."
             )

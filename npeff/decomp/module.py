@@ -29,6 +29,7 @@ from npeff.decomp.collectives import gather_columns
 from npeff.decomp.kinds import Hyper, build_factorization, schedule
 from npeff.decomp.matrix import build_matrix
 from npeff.decomp.postprocess import normalize_components, sparsify_h
+from npeff.errors import NpeffUserError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -63,7 +64,7 @@ def kind_defaults(kind: str) -> dict:
     from omegaconf import OmegaConf
 
     if kind not in KIND_CONFIGS:
-        raise ValueError(
+        raise NpeffUserError(
             f"decomp.kind must be one of {sorted(KIND_CONFIGS)} (LVRM PEFs use 'lrm'), got {kind!r}"
         )
     path = config_dir() / "decomp" / f"{KIND_CONFIGS[kind]}.yaml"
@@ -112,7 +113,7 @@ class DecompSettings:
                 elif f.name in NOT_IN_KIND_FILE:
                     setattr(self, f.name, NOT_IN_KIND_FILE[f.name])
                 else:
-                    raise ValueError(
+                    raise NpeffUserError(
                         f"conf/decomp/{KIND_CONFIGS[self.kind]}.yaml sets no default for "
                         f"decomp.{f.name}; add it there"
                     )
@@ -126,7 +127,9 @@ class DecompSettings:
     @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype not in DTYPES:
-            raise ValueError(f"decomp.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise NpeffUserError(
+                f"decomp.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}"
+            )
         return DTYPES[self.dtype]
 
     def hyper(self) -> Hyper:
@@ -195,7 +198,7 @@ class DecompositionModule(L.LightningModule):
         W_f = None
         if self.frozen is not None and s.use_W_from_decomposition:
             if self.frozen.W.shape[0] != mat.n_examples:
-                raise ValueError(
+                raise NpeffUserError(
                     "decomp.use_W_from_decomposition needs a decomposition over the same examples: "
                     f"it has {self.frozen.W.shape[0]} rows, the PEFs {mat.n_examples}"
                 )
@@ -272,7 +275,7 @@ class DecompositionModule(L.LightningModule):
         s = self.settings
         own_rate = phase == "G_only" and s.lr_g_only is not None
         knob, lr = ("decomp.lr_g_only", s.lr_g_only) if own_rate else ("decomp.lr_g", s.lr_g)
-        raise ValueError(
+        raise NpeffUserError(
             f"the decomposition diverged: loss {loss} at step {step} of phase {phase}; lower "
             f"{knob} (now {lr:g}; e.g. {lr / 3:.2g})"
         )
@@ -293,10 +296,12 @@ class DecompositionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         st = checkpoint.get("npeff")
         if st is None or st.get("kind") != self.settings.kind:
-            raise ValueError("the checkpoint is not an npeff decomposition checkpoint of this kind")
+            raise NpeffUserError(
+                "the checkpoint is not an npeff decomposition checkpoint of this kind"
+            )
         b = self.fac.blocks
         if st["Ft"].shape != (self.mat_info["n_cols"], self.fac.r):
-            raise ValueError(
+            raise NpeffUserError(
                 f"checkpoint components have shape {tuple(st['Ft'].shape)}, this run expects "
                 f"{(self.mat_info['n_cols'], self.fac.r)}: it belongs to another configuration"
             )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from npeff.errors import NpeffUserError
+
 NORM_EPS = 1e-12
 
 
@@ -27,12 +29,12 @@ def sparsify_h(
 ):
     """CSR H [r, m'] keeping entries ≥ ``threshold``, or each row's top ``keep_fraction``."""
     if (threshold is None) == (keep_fraction is None):
-        raise ValueError("give exactly one of decomp.h_threshold and decomp.h_keep_fraction")
+        raise NpeffUserError("give exactly one of decomp.h_threshold and decomp.h_keep_fraction")
     H = np.asarray(H)
     if threshold is not None:
         return sp.csr_matrix(np.where(H >= threshold, H, 0.0))
     if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"decomp.h_keep_fraction must be in (0, 1], got {keep_fraction}")
+        raise NpeffUserError(f"decomp.h_keep_fraction must be in (0, 1], got {keep_fraction}")
     k = max(1, int(round(keep_fraction * H.shape[1])))
     top = np.argpartition(-H, k - 1, axis=1)[:, :k]
     out = np.zeros_like(H)
@@ -51,7 +53,7 @@ def sparsify_decomposition(
     import dataclasses
 
     if dec.kind != "diag" or dec.H is None:
-        raise ValueError("only a D-NPEFF decomposition with H can be sparsified")
+        raise NpeffUserError("only a D-NPEFF decomposition with H can be sparsified")
     H = dec.H.toarray() if sp.issparse(dec.H) else np.asarray(dec.H)
     W, Hn = normalize_components(dec.W, H, kind="diag")
     Hs = sparsify_h(Hn, threshold=threshold, keep_fraction=keep_fraction)

@@ -18,6 +18,7 @@ from npeff.artifacts.pefs import Pefs
 from npeff.decomp.callbacks import ConvergenceTracker, Progress, StepTimer
 from npeff.decomp.matrix import check_pef_kind
 from npeff.decomp.module import DecompositionModule, DecompSettings
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 CHECKPOINT_DIR = "checkpoints"
 TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes")
@@ -29,7 +30,7 @@ def _header(pefs: str | Path | Pefs) -> dict:
     from npeff.artifacts.pefs import read_pefs_header
 
     if not Path(pefs).is_file():
-        raise FileNotFoundError(f"no PEF file at {pefs}; set inputs.pefs=<path to pefs.h5>")
+        raise NpeffFileNotFoundError(f"no PEF file at {pefs}; set inputs.pefs=<path to pefs.h5>")
     return read_pefs_header(pefs)
 
 
@@ -39,21 +40,21 @@ def validate_inputs(pefs, s: DecompSettings, frozen: Decomposition | None) -> di
     check_pef_kind(Pefs(h["kind"], None, None, None, None, None, h["m"]), s.kind)
     n = h["n"] if s.n_examples in (None, -1) else min(int(s.n_examples), h["n"])
     if s.n_components > n:
-        raise ValueError(
+        raise NpeffUserError(
             f"decomp.n_components={s.n_components} is larger than the number of examples ({n}); "
             "lower decomp.n_components or use more PEFs."
         )
     if s.kind == "diag" and (s.n_iters_g_only or 0) > 0:
-        raise ValueError("D-NPEFF has no G-only phase; set decomp.n_iters_g_only=0")
+        raise NpeffUserError("D-NPEFF has no G-only phase; set decomp.n_iters_g_only=0")
     if frozen is not None:
         if s.kind != "lrm" or frozen.kind != "lrm" or frozen.G is None:
-            raise ValueError(
+            raise NpeffUserError(
                 "decomp.expand_from needs an LRM decomposition with G, and decomp=lrm_npeff"
             )
         if s.ortho_strength and s.ortho_strength > 0:
-            raise ValueError("decomp.ortho_strength is not supported with decomp.expand_from")
+            raise NpeffUserError("decomp.ortho_strength is not supported with decomp.expand_from")
         if frozen.n_parameters != h["m"]:
-            raise ValueError(
+            raise NpeffUserError(
                 f"the base decomposition has {frozen.n_parameters} parameters but the PEFs have "
                 f"{h['m']}: they come from different models or parameter selections"
             )
@@ -144,7 +145,7 @@ def decompose(
     elif resume:
         ckpt_path = str(resume)
         if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(f"no checkpoint at {ckpt_path}")
+            raise NpeffFileNotFoundError(f"no checkpoint at {ckpt_path}")
     meta = dict(metadata or {})
     src = meta.setdefault("source", {})
     if not isinstance(pefs, Pefs):

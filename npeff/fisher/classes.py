@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from npeff.errors import NpeffUserError
+
 KINDS = ("lrm", "lvrm", "diag")
 
 
@@ -26,30 +28,30 @@ class ClassSelection:
     def __post_init__(self):
         k, tk, mp, mc = self.kind, self.top_k_classes, self.min_prob_class, self.max_classes
         if k not in KINDS:
-            raise ValueError(f"unknown PEF kind {k!r}; choose one of {KINDS}")
+            raise NpeffUserError(f"unknown PEF kind {k!r}; choose one of {KINDS}")
         if k == "lrm" and (mp is not None or mc is not None):
-            raise ValueError(
+            raise NpeffUserError(
                 "LRM PEFs take neither min_prob_class nor max_classes; use kind='lvrm' for a "
                 "variable rank, or top_k_classes for a fixed number of classes"
             )
         if k == "lvrm" and (mp is None or mc is None):
-            raise ValueError("LVRM PEFs need both min_prob_class and max_classes")
+            raise NpeffUserError("LVRM PEFs need both min_prob_class and max_classes")
         if k in ("lvrm", "diag") and tk is not None:
-            raise ValueError(f"top_k_classes applies to LRM PEFs only, not kind={k!r}")
+            raise NpeffUserError(f"top_k_classes applies to LRM PEFs only, not kind={k!r}")
         if k == "diag" and mc is not None:
-            raise ValueError("D-PEFs do not take max_classes (use min_prob_class)")
+            raise NpeffUserError("D-PEFs do not take max_classes (use min_prob_class)")
         if tk is not None and tk < 1:
-            raise ValueError(f"top_k_classes must be ≥ 1, got {tk}")
+            raise NpeffUserError(f"top_k_classes must be ≥ 1, got {tk}")
         if mc is not None and mc < 1:
-            raise ValueError(f"max_classes must be ≥ 1, got {mc}")
+            raise NpeffUserError(f"max_classes must be ≥ 1, got {mc}")
         if mp is not None and not 0.0 <= mp <= 1.0:
-            raise ValueError(f"min_prob_class must be in [0, 1], got {mp}")
+            raise NpeffUserError(f"min_prob_class must be in [0, 1], got {mp}")
 
     def n_rows(self, n_logits: int) -> int:
         """C: the number of class rows stored per example (max rank for LVRM, 1 for D)."""
         if self.kind == "lrm":
             if self.top_k_classes is not None and self.top_k_classes > n_logits:
-                raise ValueError(
+                raise NpeffUserError(
                     f"top_k_classes={self.top_k_classes} exceeds the model's {n_logits} classes"
                 )
             return self.top_k_classes or n_logits

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 from npeff.artifacts.pefs import PefsWriter, save_dataset_fisher
+from npeff.errors import NpeffUserError
 from npeff.fisher.classes import ClassSelection, select_rows
 from npeff.fisher.fast import ENGINES, FisherEngine
 from npeff.fisher.grads import LABELS_KEY, select_named_parameters
@@ -113,7 +114,7 @@ def compute_pefs(
         if kind not in ("lrm", classes.pef_kind) or any(
             v is not None for v in (top_k_classes, min_prob_class, max_classes)
         ):
-            raise ValueError(
+            raise NpeffUserError(
                 f"fisher.classes={classes.mode} sets the PEF kind ({classes.pef_kind}) and the "
                 "classes itself; leave kind=lrm and top_k_classes/min_prob_class/max_classes unset"
             )
@@ -121,7 +122,7 @@ def compute_pefs(
         lvrm = kind == "lvrm"
         min_prob_class, max_classes = (0.0, int(classes.k)) if lvrm else (None, None)
         if dataset_fisher == "expectation" and classes.mode in ("top_p", "sample"):
-            raise ValueError(
+            raise NpeffUserError(
                 f"dataset_fisher=expectation sums over every class, which fisher.classes="
                 f"{classes.mode} exists to avoid; use fisher.dataset_fisher_mode=sampling"
             )
@@ -129,23 +130,23 @@ def compute_pefs(
         compression = None
     if compression is not None:
         if compression.get("kind") != "projection":
-            raise ValueError(
+            raise NpeffUserError(
                 f"fisher.compression={compression.get('kind')!r}; choose topk or projection"
             )
         if kind == "diag":
-            raise ValueError("fisher.compression=projection applies to LRM/LVRM PEFs, not diag")
+            raise NpeffUserError("fisher.compression=projection applies to LRM/LVRM PEFs, not diag")
     # -- end issue 18
     sel = ClassSelection(kind, top_k_classes, min_prob_class, max_classes)
     if n_values < 1:
-        raise ValueError(f"n_values must be ≥ 1, got {n_values}")
+        raise NpeffUserError(f"n_values must be ≥ 1, got {n_values}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+        raise NpeffUserError(f"chunk_size must be ≥ 1, got {chunk_size}")
     if dataset_fisher not in (None, *DSF_MODES):
-        raise ValueError(
+        raise NpeffUserError(
             f"dataset_fisher must be None or one of {DSF_MODES}, got {dataset_fisher!r}"
         )
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        raise NpeffUserError(f"engine must be one of {ENGINES}, got {engine!r}")
     path = Path(path)
     dsf_path = Path(dataset_fisher_path) if dataset_fisher_path else path.parent / "dsf.h5"
 
@@ -165,7 +166,7 @@ def compute_pefs(
             int(compression.get("s", 4)),
         )
     if kind == "diag" and n_values > m:
-        raise ValueError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
+        raise NpeffUserError(f"n_values={n_values} exceeds the {m} parameters of a {kind} PEF")
     n_total = loader_len(loader)
     fingerprint = {
         "kind": kind,
@@ -207,14 +208,14 @@ def compute_pefs(
         restrict.__enter__()
         for batch in batches_from(loader, start):
             if LABELS_KEY not in batch:
-                raise ValueError(
+                raise NpeffUserError(
                     f"a batch must be a dict with {LABELS_KEY!r} [B] plus the model's keyword "
                     f"inputs; got keys {sorted(batch)}"
                 )
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             multi = classes is not None and has_answers(batch)  # issue 18: multi-token answers
             if multi and dataset_fisher:
-                raise ValueError("dataset_fisher is not supported with multi-token answers")
+                raise NpeffUserError("dataset_fisher is not supported with multi-token answers")
             engine.prepare(expand_answers(batch)[0] if multi else batch)
             meta["fisher_engine"] = engine.assignment()
             if multi:
@@ -229,7 +230,7 @@ def compute_pefs(
                     n_values, m_file = n_rows * proj.d, proj.d
                 if kind in ("lrm", "lvrm") and n_values > n_rows * m:
                     # LVRM examples of lower rank pad with explicit zeros (sparsify_rows)
-                    raise ValueError(
+                    raise NpeffUserError(
                         f"n_values={n_values} exceeds the {n_rows * m} entries of an {kind} PEF "
                         f"({n_rows} classes × {m} parameters)"
                     )
@@ -266,7 +267,7 @@ def compute_pefs(
             if on_chunk is not None:
                 on_chunk(n_done)
         if writer is None:
-            raise ValueError("the loader yielded no examples")
+            raise NpeffUserError("the loader yielded no examples")
         if dataset_fisher:
             save_dataset_fisher(
                 dsf_sum / max(n_done, 1),

@@ -26,6 +26,7 @@ from npeff.artifacts.pefs import (
     read_pefs_progress,
     save_dataset_fisher,
 )
+from npeff.errors import NpeffUserError
 from npeff.fisher.compute import compute_pefs
 
 
@@ -59,7 +60,9 @@ def compute_pefs_multiprocess(
     from lightning.fabric import Fabric
 
     if not isinstance(loader, DataLoader) or not isinstance(loader.sampler, SequentialSampler):
-        raise ValueError("multi-process PEFs need a DataLoader without shuffling (shuffle=False)")
+        raise NpeffUserError(
+            "multi-process PEFs need a DataLoader without shuffling (shuffle=False)"
+        )
     path = Path(path)
     if path.exists():
         n_written, complete = read_pefs_progress(path)
@@ -129,7 +132,7 @@ def merge_pefs_shards(
     meta.pop("dataset_fisher_mode", None)
     n_rows = max(h["n_rows"] for h in headers)
     if h0["kind"] == "lrm" and any(h["n_rows"] != n_rows for h in headers):
-        raise ValueError("shards disagree on the number of class rows")
+        raise NpeffUserError("shards disagree on the number of class rows")
     if dsf_mode:
         total = sum(
             load_dataset_fisher(_dsf_shard(s)).astype(np.float64) * h["n"]

@@ -25,6 +25,7 @@ from torch import nn
 from torch.func import vjp, vmap
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 from npeff.fisher.grads import PerExampleGrads, model_inputs, output_logits
 from npeff.fisher.layers import DIAG_RULES, FRESH, RULES, diag_rule_applies, rule_name
 
@@ -56,9 +57,9 @@ class FisherEngine:
         mode: str = "auto",
     ):
         if mode not in ENGINES:
-            raise ValueError(f"fisher engine must be one of {ENGINES}, got {mode!r}")
+            raise NpeffUserError(f"fisher engine must be one of {ENGINES}, got {mode!r}")
         if model.training:
-            raise ValueError(
+            raise NpeffUserError(
                 "the model is in training mode; call model.eval() first (dropout and BatchNorm "
                 "batch statistics make per-example Fishers ill-defined and break vmap)"
             )
@@ -72,7 +73,7 @@ class FisherEngine:
         if mode == "fast":
             missing = [n for n, _ in self.named if not self._owners.get(n)]
             if missing:
-                raise ValueError(
+                raise NpeffUserError(
                     f"fisher.engine=fast, but {len(missing)} selected parameters belong to layers "
                     f"the fast path does not cover (e.g. {missing[:3]}); use fisher.engine=auto"
                 )
@@ -260,7 +261,7 @@ class FisherEngine:
         if not names:
             return
         if self.mode == "fast":
-            raise ValueError(
+            raise NpeffUserError(
                 f"fisher.engine=fast, but {len(names)} parameters cannot use it ({why}), e.g. "
                 f"{names[:3]}; use fisher.engine=auto"
             )

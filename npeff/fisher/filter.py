@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from npeff.artifacts.pefs import Pefs, subset_pefs
+from npeff.errors import NpeffUserError
 
 
 def relabel_nli(labels: np.ndarray) -> np.ndarray:
@@ -29,7 +30,7 @@ def filter_pefs(
     With ``relabel``, labels become (y+1) mod 3 before filtering, and are stored so.
     """
     if incorrect_only and correct_only:
-        raise ValueError("incorrect_only and correct_only exclude each other")
+        raise NpeffUserError("incorrect_only and correct_only exclude each other")
     labels = relabel_nli(pefs.labels) if relabel else pefs.labels
     keep = np.ones(pefs.n_examples, dtype=bool)
     pred = pefs.predictions

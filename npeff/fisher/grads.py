@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 
 LABELS_KEY = "labels"
 
@@ -47,7 +48,7 @@ def select_named_parameters(
                 continue
             chosen.append((name, p))
     if not chosen:
-        raise ValueError(
+        raise NpeffUserError(
             f"no parameters selected (include={include}, exclude={exclude}); "
             "check the patterns against model.named_parameters()"
         )
@@ -92,7 +93,7 @@ class PerExampleGrads:
 
     def __init__(self, model: nn.Module, named_params: Sequence[tuple[str, nn.Parameter]]):
         if model.training:
-            raise ValueError(
+            raise NpeffUserError(
                 "the model is in training mode; call model.eval() first (dropout and BatchNorm "
                 "batch statistics make per-example Fishers ill-defined and break vmap)"
             )

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import torch
 
+from npeff.errors import NpeffUserError
+
 EXPLAIN_KEY = "explain_pos"  # the batch key of the explained positions (npeff.models.causal_lm)
 
 
@@ -36,7 +38,7 @@ def expand(batch: Mapping[str, torch.Tensor]):
     """(expanded batch with one row per used (example, position), owner int [E], slot int [E])."""
     pos = batch[EXPLAIN_KEY]
     if bool((pos[:, 0] < 0).any()):
-        raise ValueError(
+        raise NpeffUserError(
             "every example needs at least one explained position (explain_pos[:, 0] ≥ 0)"
         )
     owner, slot = (pos >= 0).nonzero(as_tuple=True)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.fisher.classes import Rows
 
 CLASS_MODES = ("all", "top_p", "sample", "label_words")
@@ -53,26 +54,26 @@ class LMClasses:
 
     def __post_init__(self):
         if self.mode not in CLASS_MODES:
-            raise ValueError(f"fisher.classes={self.mode!r}; choose one of {CLASS_MODES}")
+            raise NpeffUserError(f"fisher.classes={self.mode!r}; choose one of {CLASS_MODES}")
         if self.mode == "top_p":
             if not (isinstance(self.q, (int, float)) and 0.0 < float(self.q) <= 1.0):
-                raise ValueError(
+                raise NpeffUserError(
                     f"fisher.q={self.q} must be in (0, 1]: top_p keeps the smallest set of tokens "
                     "whose probabilities sum to at least q"
                 )
             if int(self.k) < 1:
-                raise ValueError(f"fisher.k={self.k} must be ≥ 1 (the cap on top_p's tokens)")
+                raise NpeffUserError(f"fisher.k={self.k} must be ≥ 1 (the cap on top_p's tokens)")
         if self.mode == "sample" and int(self.n_samples) < 1:
-            raise ValueError(f"fisher.n_samples={self.n_samples} must be ≥ 1")
+            raise NpeffUserError(f"fisher.n_samples={self.n_samples} must be ≥ 1")
         if self.mode == "label_words":
             ids = self.label_token_ids
             if not ids or len(ids) < 2:
-                raise ValueError(
+                raise NpeffUserError(
                     "fisher.classes=label_words needs at least 2 label words "
                     "(fisher.label_words=[word, ...] or token ids)"
                 )
             if len(set(ids)) != len(ids):
-                raise ValueError(f"the label words' token ids {list(ids)} are not distinct")
+                raise NpeffUserError(f"the label words' token ids {list(ids)} are not distinct")
 
     @property
     def pef_kind(self) -> str:
@@ -83,7 +84,7 @@ class LMClasses:
         """C (LVRM: the largest rank) for a model with ``n_logits`` outputs (after restriction)."""
         if self.mode == "all":
             if n_logits > self.max_all:
-                raise ValueError(
+                raise NpeffUserError(
                     f"fisher.classes=all on {n_logits} classes would form {n_logits} gradients "
                     f"per example (limit {self.max_all}); use fisher.classes=top_p or sample"
                 )
@@ -99,7 +100,7 @@ class LMClasses:
         if self.mode == "label_words":
             bad = [t for t in self.label_token_ids if not 0 <= t < vocab_size]
             if bad:
-                raise ValueError(
+                raise NpeffUserError(
                     f"label token ids {bad} are outside the model's vocabulary [0, {vocab_size})"
                 )
 
@@ -219,7 +220,7 @@ def label_word_ids(
     out = []
     for w in words:
         if isinstance(w, (bool, np.bool_)):
-            raise ValueError(
+            raise NpeffUserError(
                 f"label word {w!r} is a boolean: YAML reads unquoted yes/no/on/off as true/false; "
                 'quote the words (fisher.label_words: ["yes", "maybe", "no"])'
             )
@@ -227,13 +228,13 @@ def label_word_ids(
             out.append(int(w))
             continue
         if encode is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"label word {w!r} is text, but the task has no tokenizer to encode it; "
                 "give token ids instead (fisher.label_words=[id, ...])"
             )
         ids = list(encode(str(w)))
         if len(ids) != 1:
-            raise ValueError(
+            raise NpeffUserError(
                 f"label word {w!r} is {len(ids)} tokens ({ids}); fisher.classes=label_words needs "
                 "each label word to be a single token of the vocabulary (choose other words)"
             )

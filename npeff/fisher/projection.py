@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
+
 PROJECTION_KINDS = ("sparse_jl", "sign_hash")
 CHUNK = 65536
 
@@ -44,19 +46,19 @@ class SparseProjection:
 
     def __post_init__(self):
         if self.kind not in PROJECTION_KINDS:
-            raise ValueError(
+            raise NpeffUserError(
                 f"fisher.projection.kind={self.kind!r}; choose one of {PROJECTION_KINDS}"
             )
         if int(self.d) < 1:
-            raise ValueError(f"fisher.projection.d={self.d} must be ≥ 1")
+            raise NpeffUserError(f"fisher.projection.d={self.d} must be ≥ 1")
         if int(self.d) > int(self.m):
-            raise ValueError(
+            raise NpeffUserError(
                 f"fisher.projection.d={self.d} is larger than the {self.m} parameters: a projection "
                 "must reduce the dimension; lower d or use fisher.compression=topk"
             )
         s = self.n_nonzero
         if int(self.d) % s:
-            raise ValueError(f"fisher.projection.d={self.d} must be a multiple of s={s}")
+            raise NpeffUserError(f"fisher.projection.d={self.d} must be a multiple of s={s}")
 
     @property
     def n_nonzero(self) -> int:
@@ -99,7 +101,9 @@ class SparseProjection:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """S x for x [..., m] → [..., d] (never forms S)."""
         if x.shape[-1] != self.m:
-            raise ValueError(f"the projection maps {self.m} parameters, got rows of {x.shape[-1]}")
+            raise NpeffUserError(
+                f"the projection maps {self.m} parameters, got rows of {x.shape[-1]}"
+            )
         buckets, signs = self.hashes(x.device)
         out = torch.zeros((*x.shape[:-1], int(self.d)), dtype=x.dtype, device=x.device)
         for t in range(self.n_nonzero):
@@ -177,12 +181,12 @@ def fit_components(
     mat = build_matrix(pefs_topk, "lrm")
     n, r = W.shape
     if n != mat.n_examples:
-        raise ValueError(f"W has {n} examples, the top-K PEFs {mat.n_examples}")
+        raise NpeffUserError(f"W has {n} examples, the top-K PEFs {mat.n_examples}")
     blocks = ColumnBlocks(mat.A, 0, mat.n_cols, dtype=torch.float64)
     Wt = torch.as_tensor(W, dtype=torch.float64)
     init = np.asarray(init)
     if init.shape != (r, mat.n_parameters):
-        raise ValueError(f"init must be [r={r}, m={mat.n_parameters}], got {list(init.shape)}")
+        raise NpeffUserError(f"init must be [r={r}, m={mat.n_parameters}], got {list(init.shape)}")
     Gt = torch.as_tensor(init[:, mat.new_to_old_col_indices].T, dtype=torch.float64).clone()
     rows = mat.rows
     m1, m2 = torch.zeros_like(Gt), torch.zeros_like(Gt)
@@ -227,15 +231,17 @@ def components_to_parameter_space(
     from npeff.artifacts.decomposition import Decomposition
 
     if method not in RECOVERY_METHODS:
-        raise ValueError(f"recovery method {method!r}; choose one of {RECOVERY_METHODS}")
+        raise NpeffUserError(f"recovery method {method!r}; choose one of {RECOVERY_METHODS}")
     if dec.kind != "lrm" or dec.G is None:
-        raise ValueError("only an LRM decomposition with G can be brought back to parameter space")
+        raise NpeffUserError(
+            "only an LRM decomposition with G can be brought back to parameter space"
+        )
     if dec.n_parameters != proj.d:
-        raise ValueError(
+        raise NpeffUserError(
             f"the decomposition has {dec.n_parameters} columns but the projection maps to {proj.d}"
         )
     if pefs_topk.n_parameters != proj.m:
-        raise ValueError(
+        raise NpeffUserError(
             f"the top-K PEFs have {pefs_topk.n_parameters} parameters, the projection {proj.m}"
         )
     r = dec.W.shape[1]
@@ -250,7 +256,7 @@ def components_to_parameter_space(
         info.update(relative_loss=rel, n_iters=int(n_iters))
     else:
         if sparsity is None or int(sparsity) < 1:
-            raise ValueError("method='sparse' needs sparsity ≥ 1 (non-zeros per component)")
+            raise NpeffUserError("method='sparse' needs sparsity ≥ 1 (non-zeros per component)")
         full = sparse_recover(proj, Gp, int(sparsity)).numpy()
         cols = np.flatnonzero(np.abs(full).sum(0) > 0)
         G = full[:, cols]

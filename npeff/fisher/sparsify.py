@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from npeff.errors import NpeffUserError
+
 
 def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` largest entries of each row of ``scores`` [B, N] → int64 [B, k].
@@ -19,7 +21,7 @@ def top_k_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     """
     n = scores.shape[1]
     if k > n:
-        raise ValueError(f"cannot keep {k} values out of {n} entries")
+        raise NpeffUserError(f"cannot keep {k} values out of {n} entries")
     return top_k(scores, k)[1]
 
 
@@ -101,7 +103,7 @@ def sparsify_rows(rows: torch.Tensor, k: int, ranks: torch.Tensor | None = None)
     """
     b, c, m = rows.shape
     if k > c * m:
-        raise ValueError(f"cannot keep {k} values out of {c * m} entries")
+        raise NpeffUserError(f"cannot keep {k} values out of {c * m} entries")
     flat = rows.reshape(b, c * m)
     inside = None
     if ranks is not None:
@@ -138,6 +140,6 @@ class SparseDiag:
 def sparsify_diag(fisher: torch.Tensor, k: int) -> SparseDiag:
     """Top-K of dense diagonal Fishers ``fisher`` [B, m] (non-negative), values descending."""
     if k > fisher.shape[1]:
-        raise ValueError(f"cannot keep {k} values out of {fisher.shape[1]} parameters")
+        raise NpeffUserError(f"cannot keep {k} values out of {fisher.shape[1]} parameters")
     values, indices = top_k(fisher, k, sorted=True)
     return SparseDiag(values, indices, fisher.norm(dim=1))

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.groups.circuits import Circuit, balance, find_circuits
 from npeff.groups.core import Group
 from npeff.groups.ideal import IdealModel, fit_ideal
@@ -238,7 +239,7 @@ def class_pass(
             g.baddbmm_(a, t.expand(len(a), -1, -1), alpha=-1.0)
         return g.min(2).values
     if dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
-        raise ValueError(
+        raise NpeffUserError(
             "class_pass: dtype must be float32 or float64, and float32 matmuls at the "
             "'highest' precision (torch.set_float32_matmul_precision('highest'))"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from npeff.analysis.top_examples import top_indices
+from npeff.errors import NpeffUserError
 from npeff.models.simple import GROUP_HIDDEN_WEIGHT
 
 
@@ -21,13 +22,13 @@ def unit_neurons(attributions, n_neurons: int) -> np.ndarray:
     try:
         dim, index = attributions.units.param_units(GROUP_HIDDEN_WEIGHT)
     except KeyError as e:
-        raise ValueError(
+        raise NpeffUserError(
             f"the COAR attributions in {attributions.path} have no units on hidden.weight: compute "
             "them on the group network's neurons (npeff-coar experiment=coar_group)"
         ) from e
     index = np.asarray(index)
     if dim != 0 or len(index) != n_neurons:
-        raise ValueError(
+        raise NpeffUserError(
             f"the COAR units in {attributions.path} are not the {n_neurons} hidden neurons "
             f"(hidden.weight dim {dim}, {len(index)} rows)"
         )
@@ -35,7 +36,7 @@ def unit_neurons(attributions, n_neurons: int) -> np.ndarray:
     rows = np.nonzero(index >= 0)[0]
     out[index[rows]] = rows
     if (out < 0).any():
-        raise ValueError(
+        raise NpeffUserError(
             f"{int((out < 0).sum())} COAR units in {attributions.path} are not single hidden "
             "neurons: use units [{pattern: hidden.weight, granularity: neuron}]"
         )

@@ -20,6 +20,7 @@ import numpy as np
 
 from npeff.analysis.controls import shuffled_control
 from npeff.analysis.top_examples import top_indices
+from npeff.errors import NpeffUserError
 from npeff.groups.core import Group
 from npeff.groups.neurons import irrep_mass
 from npeff.models.simple import GROUP_HIDDEN_BIAS, GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
@@ -38,19 +39,19 @@ def neuron_owner(layout, n_neurons: int) -> np.ndarray:
         elif name == GROUP_UNEMBED_WEIGHT:  # [N, H]: column i = neuron i
             owner[off : off + size] = np.tile(np.arange(shape[1]), shape[0])
     if (owner >= n_neurons).any():
-        raise ValueError("the parameter layout does not match the network's hidden width")
+        raise NpeffUserError("the parameter layout does not match the network's hidden width")
     return owner
 
 
 def component_neuron_mass(decomposition, n_neurons: int) -> np.ndarray:
     """float ``[r, H]``: per component, pseudo-Fisher mass per neuron (‖g_j‖² or h_j entries)."""
     if decomposition.layout is None:
-        raise ValueError("the decomposition has no parameter layout: cannot map it to neurons")
+        raise NpeffUserError("the decomposition has no parameter layout: cannot map it to neurons")
     owner_all = neuron_owner(decomposition.layout, n_neurons)
     cols = np.asarray(decomposition.new_to_old_col_indices)
     owner = owner_all[cols]
     if decomposition.kind == "lrm" and decomposition.G is None:
-        raise ValueError("the LRM decomposition stores no G: cannot map it to neurons")
+        raise NpeffUserError("the LRM decomposition stores no G: cannot map it to neurons")
     vectors = decomposition.G if decomposition.kind == "lrm" else decomposition.H
     member = unit_membership(owner, n_neurons)
     return mass_on_units(vectors, member, decomposition.kind, share=False)

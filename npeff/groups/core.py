@@ -16,6 +16,8 @@ from functools import cached_property
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 MAX_ORDER = 1000  # |G|² tables and |G|² inputs: beyond this the task and analyses are too large
 MAX_SYM_N = 6  # |S_7| = 5040
 MAX_LATTICE_ORDER = 200  # subgroup enumeration by joins: ~6 s for S5 (154 subgroups)
@@ -43,11 +45,11 @@ class Group:
         table = np.asarray(table, dtype=np.int64)
         n = table.shape[0]
         if table.shape != (n, n):
-            raise ValueError(f"a Cayley table must be square, got {table.shape}")
+            raise NpeffUserError(f"a Cayley table must be square, got {table.shape}")
         if not (
             np.array_equal(table[0], np.arange(n)) and np.array_equal(table[:, 0], np.arange(n))
         ):
-            raise ValueError("index 0 must be the identity of the group")
+            raise NpeffUserError("index 0 must be the identity of the group")
         self.name = name
         self.table = table
         self.element_names = list(element_names)
@@ -130,7 +132,7 @@ class Group:
     def symmetric_overgroup(self) -> Group:
         """The symmetric group on the points this permutation group acts on."""
         if self.perms is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{self.name} is not a permutation group; it has no symmetric overgroup"
             )
         return symmetric_group(self.perms.shape[1])
@@ -219,7 +221,7 @@ class Group:
             self._subgroups = _LATTICE_CACHE.get(self.name) if self.kind != "table" else None
         if self._subgroups is None:
             if self.order > MAX_LATTICE_ORDER:
-                raise ValueError(
+                raise NpeffUserError(
                     f"the subgroup lattice of {self.name} (order {self.order}) is too large to "
                     f"enumerate here (limit |G| <= {MAX_LATTICE_ORDER}); use a smaller group"
                 )
@@ -315,7 +317,7 @@ def _perm_names(perms: np.ndarray) -> list[str]:
 
 def symmetric_group(n: int) -> Group:
     if not 1 <= n <= MAX_SYM_N:
-        raise ValueError(
+        raise NpeffUserError(
             f"S_{n} is not supported: n must be in 1..{MAX_SYM_N} (|S_7| = 5040 would make a "
             f"{5040}² Cayley table and as many inputs); use a smaller n"
         )
@@ -325,7 +327,9 @@ def symmetric_group(n: int) -> Group:
 
 def alternating_group(n: int) -> Group:
     if not 1 <= n <= MAX_SYM_N:
-        raise ValueError(f"A_{n} is not supported: n must be in 1..{MAX_SYM_N}; use a smaller n")
+        raise NpeffUserError(
+            f"A_{n} is not supported: n must be in 1..{MAX_SYM_N}; use a smaller n"
+        )
     perms = np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
     perms = perms[[_perm_parity(p) == 0 for p in perms]]
     return Group(f"A{n}", _perm_table(perms), _perm_names(perms), perms=perms, kind="alternating")
@@ -333,7 +337,7 @@ def alternating_group(n: int) -> Group:
 
 def cyclic_group(n: int) -> Group:
     if not 1 <= n <= MAX_ORDER:
-        raise ValueError(f"Z_{n} is not supported: n must be in 1..{MAX_ORDER}")
+        raise NpeffUserError(f"Z_{n} is not supported: n must be in 1..{MAX_ORDER}")
     idx = np.arange(n)
     perms = (idx[:, None] + idx[None, :]) % n
     return Group(f"Z{n}", perms.copy(), [str(i) for i in range(n)], perms=perms, kind="cyclic")
@@ -342,7 +346,7 @@ def cyclic_group(n: int) -> Group:
 def dihedral_group(n: int) -> Group:
     """D_n of order 2n: ``r^k`` (index k) and ``s r^k`` (index n + k) acting on n vertices."""
     if not 3 <= n <= MAX_ORDER // 2:
-        raise ValueError(
+        raise NpeffUserError(
             f"D_{n} (order 2n) is not supported: n must be in 3..{MAX_ORDER // 2} (D_2 is Z2xZ2)"
         )
     v = np.arange(n)
@@ -357,7 +361,7 @@ def direct_product(*factors: Group) -> Group:
     sizes = [f.order for f in factors]
     order = int(np.prod(sizes))
     if order > MAX_ORDER:
-        raise ValueError(f"the product has order {order} > {MAX_ORDER}; use smaller factors")
+        raise NpeffUserError(f"the product has order {order} > {MAX_ORDER}; use smaller factors")
     idx = np.unravel_index(np.arange(order), sizes)
     table = np.zeros((order, order), dtype=np.int64)
     for f, i in zip(factors, idx):
@@ -390,7 +394,7 @@ def get_group(name: str | Group) -> Group:
     for part in parts:
         m = re.fullmatch(r"([SAZCD])_?(\d+)", part, flags=re.IGNORECASE)
         if not m:
-            raise ValueError(
+            raise NpeffUserError(
                 f"unknown group {name!r}: use S<n> or A<n> (n <= {MAX_SYM_N}), Z<n>, D<n> "
                 "(dihedral of order 2n), or products like S3xZ3"
             )

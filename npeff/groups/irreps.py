@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 if TYPE_CHECKING:  # core.Group calls into this module (Group.irrep_info), so no runtime import
     from npeff.groups.core import Group
 
@@ -128,7 +130,7 @@ def _extend_from_generators(group: Group, gens: list[int], mats: list[np.ndarray
                     nxt.append(h)
         frontier = nxt
     if not done.all():
-        raise ValueError("the generators do not generate the group")
+        raise NpeffUserError("the generators do not generate the group")
     return out
 
 
@@ -250,7 +252,9 @@ def _rest_product(factors):
 def _regular_irreps(group: Group, rng: np.random.Generator) -> list[Irrep]:
     n = group.order
     if n > 400:
-        raise ValueError(f"irreps of {group.name} via the regular representation need |G| <= 400")
+        raise NpeffUserError(
+            f"irreps of {group.name} via the regular representation need |G| <= 400"
+        )
     mats = np.zeros((n, n, n))
     mats[np.arange(n)[:, None], group.table, np.arange(n)[None, :]] = 1.0  # ρ(g) e_h = e_{gh}
     return _dedupe(split_real(mats, rng))

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.groups.zoo_grad import LEFT, RIGHT, join_hidden, split_hidden, zoo_loss_and_grads
 from npeff.models.simple import (
     GROUP_HIDDEN_BIAS,
@@ -103,7 +104,7 @@ def build_zoo_optimizer(params: Mapping[str, torch.Tensor], optim: Mapping[str, 
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(optim.get("momentum", 0.0)))
     if name not in ("adam", "adamw"):
-        raise ValueError(f"unknown optimizer {name!r} for the zoo; available: adam, adamw, sgd")
+        raise NpeffUserError(f"unknown optimizer {name!r} for the zoo; available: adam, adamw, sgd")
     betas = tuple(float(b) for b in optim.get("betas", (0.9, 0.999)))
     cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     try:  # one fused kernel over the stacked tensors (the same update, fewer passes)

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.zoo import ZOO_NAME, GroupZoo, load_zoo_file, zoo_path
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 from npeff.groups.zoo import RECIPES
 from npeff.models.simple import GROUP_HIDDEN_WEIGHT, GROUP_UNEMBED_WEIGHT
 
@@ -24,7 +25,7 @@ def zoo_optim(cfg: DictConfig) -> dict[str, Any]:
     recipe = cfg.task.get("recipe")
     if recipe:
         if str(recipe) not in RECIPES:
-            raise ValueError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
+            raise NpeffUserError(f"unknown recipe {recipe!r}; available: {sorted(RECIPES)}")
         optim = {**optim, **RECIPES[str(recipe)]}
     return optim
 
@@ -39,7 +40,7 @@ def load_zoo(path: str | Path) -> GroupZoo:
     if p.is_dir():
         p = zoo_path(p) if zoo_path(p).is_file() else p / CHECKPOINT_NAME
     if not p.is_file():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"no group zoo or checkpoint at {path}: train one with "
             "`npeff-train task=group task.n_seeds=20` and pass its run dir"
         )
@@ -50,7 +51,7 @@ def load_zoo(path: str | Path) -> GroupZoo:
     if (conf.get("task") or {}).get("name") != "group" or (conf.get("model") or {}).get(
         "name"
     ) != "group_mlp":
-        raise ValueError(
+        raise NpeffUserError(
             f"{p} is not a group-operation network: its task is "
             f"{(conf.get('task') or {}).get('name')!r} and model {(conf.get('model') or {}).get('name')!r} "
             "(need task=group, model=group_mlp)"
@@ -62,6 +63,6 @@ def load_zoo(path: str | Path) -> GroupZoo:
         if k not in sd
     ]
     if missing:
-        raise ValueError(f"{p} lacks the group network parameters {missing}")
+        raise NpeffUserError(f"{p} lacks the group network parameters {missing}")
     params = {k: v[None] for k, v in sd.items()}
     return GroupZoo(params, conf, [int(conf.get("seed", 0))], raw.get("metrics") or {}, p)

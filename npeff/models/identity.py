@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.digest import file_sha256
+from npeff.errors import NpeffUserError
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -63,7 +64,7 @@ def check_identity(
     if differs is None:
         return
     subject = "the given model" if checkpoint is None else f"inputs.checkpoint {checkpoint}"
-    raise ValueError(
+    raise NpeffUserError(
         f"{subject} is not the model {what} were computed on (checkpoint "
         f"{identity.get('checkpoint', '?')}; {differs}): {fix}"
     )

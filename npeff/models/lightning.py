@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.models.core import LABELS_KEY, forward_logits
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -22,7 +23,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     """
     name = str(cfg.get("name", "adamw")).lower()
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; available: {list(OPTIMIZERS)}")
+        raise NpeffUserError(f"unknown optimizer {name!r}; available: {list(OPTIMIZERS)}")
     lr = float(cfg.get("lr", 1e-3))
     wd = float(cfg.get("weight_decay", 0.0))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -75,7 +76,9 @@ class ClassifierModule(L.LightningModule):
         if schedule == "constant":
             return opt
         if schedule != "linear":
-            raise ValueError(f"unknown schedule {schedule!r}; available: ['constant', 'linear']")
+            raise NpeffUserError(
+                f"unknown schedule {schedule!r}; available: ['constant', 'linear']"
+            )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(float(self.optim_cfg.get("warmup_fraction", 0.0)) * total)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.models.causal_lm import build_hf_causal_lm, build_tiny_gpt2
 from npeff.models.core import set_trainable
 from npeff.models.hf import build_hf_local, build_tiny_bert
@@ -50,13 +51,13 @@ def build_model(model_cfg: Any, hints: Mapping[str, Any] | None = None) -> nn.Mo
     cfg = _plain(model_cfg)
     name = cfg.get("name")
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {sorted(MODELS)}")
+        raise NpeffUserError(f"unknown model {name!r}; available models: {sorted(MODELS)}")
     builder = MODELS[name]
     params = inspect.signature(builder).parameters
     options = {k: v for k, v in cfg.items() if k not in RESERVED_KEYS}
     unknown = sorted(k for k in options if k not in params)
     if unknown:
-        raise ValueError(
+        raise NpeffUserError(
             f"model {name!r} got unknown option(s) {unknown}; its options: {sorted(k for k in params if k != 'self')}"
         )
     kwargs = {k: v for k, v in (hints or {}).items() if k in params}
@@ -67,7 +68,7 @@ def build_model(model_cfg: Any, hints: Mapping[str, Any] | None = None) -> nn.Mo
         if p.default is inspect.Parameter.empty and k not in kwargs and k != "self"
     ]
     if missing:
-        raise ValueError(
+        raise NpeffUserError(
             f"model {name!r} needs {missing}, which neither the model config nor the task provides "
             f"(task hints: {sorted(hints or {})}); pick a model that fits the task or set model.<option>"
         )

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.tracr_model import TracrExport, load_tracr_model
+from npeff.errors import NpeffUserError
 
 # The NLI model shipped with npeff; `npeff-tracr-compile program=toy_nli
 # output=npeff/tracr/data/toy_nli.h5` regenerates it (tests check it against a fresh compile).
@@ -61,7 +62,7 @@ def parse_param(param_name: str) -> tuple[int, str, str, str]:
         or parts[3] not in _TRACR_SUB
         or parts[4] not in _TRACR_LEAF
     ):
-        raise ValueError(f"{param_name!r} is not a TracrTransformer parameter name")
+        raise NpeffUserError(f"{param_name!r} is not a TracrTransformer parameter name")
     return int(parts[1]), parts[2], _TRACR_SUB[parts[3]], _TRACR_LEAF[parts[4]]
 
 
@@ -199,7 +200,7 @@ class TracrTransformer(nn.Module):
             meta.get("temperature", 1.0) if temperature is None else temperature
         )
         if not self.temperature > 0:
-            raise ValueError(f"the output temperature must be > 0, got {self.temperature}")
+            raise NpeffUserError(f"the output temperature must be > 0, got {self.temperature}")
         self.readout_position = meta.get("readout_position")
         d = int(export.token_embed.shape[1])
         self.register_buffer(
@@ -216,7 +217,7 @@ class TracrTransformer(nn.Module):
             f"layer_{i}/{b}/w" for i in range(n_layers) for b in ("attn/value", "mlp/linear_1")
         ):
             if name not in export.params:
-                raise ValueError(
+                raise NpeffUserError(
                     f"the exported weights do not fit the architecture in its metadata "
                     f"(missing {name}); re-export the model"
                 )
@@ -235,7 +236,7 @@ class TracrTransformer(nn.Module):
                 sorted(expected - set(export.params)),
                 sorted(set(export.params) - expected),
             )
-            raise ValueError(
+            raise NpeffUserError(
                 f"the exported weights do not fit the architecture in its metadata "
                 f"(missing {missing[:4]}, unexpected {extra[:4]}); re-export the model"
             )
@@ -244,7 +245,7 @@ class TracrTransformer(nn.Module):
                 layer = parse_param(n)[0]
                 value = _tracr_value(export, n, *kept[layer], K)
                 if value.shape != p.shape:
-                    raise ValueError(
+                    raise NpeffUserError(
                         f"weight {n}: exported shape {tuple(value.shape)}, model {tuple(p.shape)}"
                     )
                 p.copy_(value)
@@ -322,7 +323,7 @@ class TracrTransformer(nn.Module):
         """input_ids int [B, T] -> logits [B, C] at the readout position, divided by the
         temperature."""
         if self.readout_position is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"tracr program {self.program!r} has no readout position (numerical output): "
                 "it can be checked for fidelity but not used as a classifier"
             )
@@ -345,12 +346,12 @@ def build_tracr(
         path = PACKAGED_TOY_NLI
     export = load_tracr_model(path)
     if tracr_uid is None:
-        raise ValueError(
+        raise NpeffUserError(
             f"model=tracr ({path}) must be used with task=tracr reading the same file "
             "(task.path=<that file>); the current task does not provide the model's examples"
         )
     if str(tracr_uid) != export.uid:
-        raise ValueError(
+        raise NpeffUserError(
             f"model.path={path} (program {export.program!r}, uid {export.uid}) is not the file the "
             f"task reads (uid {tracr_uid}): point task.path and model.path at the same export"
         )

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 
 GRANULARITIES = ("neuron", "channel", "head")
 PRESETS = ("neurons", "channels", "heads")
@@ -104,7 +105,7 @@ class UnitMap:
             i = pos[s.param]
             shape = layout.shapes[i]
             if tuple(shape) != tuple(self.shapes[s.param]):
-                raise ValueError(f"{s.param}: layout shape {shape} ≠ unit map shape")
+                raise NpeffUserError(f"{s.param}: layout shape {shape} ≠ unit map shape")
             idx = torch.arange(layout.numel(i)).view(shape)
             out.append(idx.narrow(s.dim, s.start, s.stop - s.start).reshape(-1) + layout.offsets[i])
         return torch.cat(out)
@@ -145,12 +146,12 @@ class UnitMap:
         params = dict(model.named_parameters())
         for name, shape in self.shapes.items():
             if name not in params:
-                raise ValueError(
+                raise NpeffUserError(
                     f"the unit map needs parameter {name!r}, which this model does not have: "
                     "the attributions were computed on another model"
                 )
             if tuple(params[name].shape) != tuple(shape):
-                raise ValueError(
+                raise NpeffUserError(
                     f"parameter {name!r} has shape {tuple(params[name].shape)} here but "
                     f"{tuple(shape)} in the unit map: the attributions belong to another model"
                 )
@@ -167,7 +168,7 @@ def _spec_list(units: Any) -> list[dict[str, Any]]:
     except ImportError:  # pragma: no cover
         pass
     if units is None:
-        raise ValueError(
+        raise NpeffUserError(
             "no units given: pass units=<preset> (neurons, channels, heads) or a list of "
             "{pattern, granularity} specs"
         )
@@ -180,10 +181,12 @@ def _spec_list(units: Any) -> list[dict[str, Any]]:
         elif isinstance(u, Mapping):
             extra = sorted(set(u) - {"pattern", "granularity"})
             if extra or "pattern" not in u:
-                raise ValueError(f"a unit spec has keys 'pattern' and 'granularity'; got {dict(u)}")
+                raise NpeffUserError(
+                    f"a unit spec has keys 'pattern' and 'granularity'; got {dict(u)}"
+                )
             g = u.get("granularity")
             if g is not None and g not in GRANULARITIES:
-                raise ValueError(
+                raise NpeffUserError(
                     f"unknown unit granularity {g!r} in {dict(u)}; available: {list(GRANULARITIES)}"
                 )
             out.append({"pattern": str(u["pattern"]), "granularity": g})
@@ -244,18 +247,20 @@ def _preset_specs(model: nn.Module, preset: str) -> list[dict[str, Any]]:
     if preset == "neurons":
         lin = [n for n, m in mods.items() if isinstance(m, nn.Linear)]
         if len(lin) < 2:
-            raise ValueError(
+            raise NpeffUserError(
                 "preset 'neurons' needs at least two Linear layers (the last is the classifier)"
             )
         return [{"pattern": n, "granularity": "neuron"} for n in lin[:-1]]
     if preset == "channels":
         conv = [n for n, m in mods.items() if isinstance(m, _CONV)]
         if not conv:
-            raise ValueError("preset 'channels' found no convolution in the model")
+            raise NpeffUserError("preset 'channels' found no convolution in the model")
         return [{"pattern": n, "granularity": "channel"} for n in conv]
     attn = [n for n, m in model.named_modules() if _attention_parts(m) is not None]
     if not attn:
-        raise ValueError("preset 'heads' found no attention block (BERT-style or q_proj/out_proj)")
+        raise NpeffUserError(
+            "preset 'heads' found no attention block (BERT-style or q_proj/out_proj)"
+        )
     return [{"pattern": n, "granularity": "head"} for n in attn]
 
 
@@ -268,7 +273,7 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
     if isinstance(units, str) and not any(ch in units for ch in "*?[.") and units not in PRESETS:
         params = [n for n, _ in model.named_parameters()]
         if units not in params:
-            raise ValueError(
+            raise NpeffUserError(
                 f"unknown unit pattern {units!r}: not a preset ({', '.join(PRESETS)}) and no "
                 f"parameter has that name; parameters: {_preview(params)}"
             )
@@ -285,7 +290,7 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
 
     def claim(param: str, dim: int) -> None:
         if param in owner:
-            raise ValueError(
+            raise NpeffUserError(
                 f"parameter {param!r} is matched by more than one unit spec; units must not overlap"
             )
         owner[param] = dim
@@ -298,13 +303,13 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
             blocks = [(n, m, _attention_parts(m)) for n, m in blocks]
             if not blocks:
                 mod_names = [n for n, _ in model.named_modules() if n]
-                raise ValueError(
+                raise NpeffUserError(
                     f"head pattern {pat!r} matches no module; head patterns match attention block "
                     f"names, e.g. {_preview([n for n, m in model.named_modules() if _attention_parts(m)]) or 'none in this model'}; modules: {_preview(mod_names)}"
                 )
             bad = [n for n, _, parts in blocks if parts is None]
             if bad:
-                raise ValueError(
+                raise NpeffUserError(
                     f"head pattern {pat!r} matches {bad[:5]}, which are not attention blocks "
                     "(BERT-style self.query/key/value + output.dense, or q/k/v_proj + out_proj)"
                 )
@@ -313,7 +318,9 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
                 out = f"{n}.{out}"
                 width = params[qkv[0]].shape[0]
                 if width % heads:
-                    raise ValueError(f"{qkv[0]} has {width} rows, not divisible by {heads} heads")
+                    raise NpeffUserError(
+                        f"{qkv[0]} has {width} rows, not divisible by {heads} heads"
+                    )
                 d = width // heads
                 for w in qkv:
                     claim(w, 0)
@@ -330,7 +337,7 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
         if not weights:
             all_w = [n for n, p in params.items() if p.ndim >= 2]
             what = f"only {matched[:5]} (no weight with rows)" if matched else "no weight"
-            raise ValueError(
+            raise NpeffUserError(
                 f"unit pattern {pat!r} matches {what}; weights of this model: {_preview(all_w)}"
             )
         for n in weights:
@@ -339,11 +346,11 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
             if kind is None:
                 kind = "channel" if p.ndim >= 3 else "neuron"
             if kind == "neuron" and p.ndim != 2:
-                raise ValueError(
+                raise NpeffUserError(
                     f"granularity 'neuron' needs a 2-D Linear weight; {n!r} is {tuple(p.shape)}"
                 )
             if kind == "channel" and p.ndim < 3:
-                raise ValueError(
+                raise NpeffUserError(
                     f"granularity 'channel' needs a conv weight; {n!r} is {tuple(p.shape)}"
                 )
             claim(n, 0)
@@ -352,7 +359,7 @@ def build_unit_map(model: nn.Module, units: Any) -> UnitMap:
                 gran.append(kind)
                 slices.append((UnitSlice(n, 0, r, r + 1),))
     if not names:
-        raise ValueError(f"the unit specs {specs} select no unit")
+        raise NpeffUserError(f"the unit specs {specs} select no unit")
     return UnitMap(tuple(names), tuple(gran), tuple(slices), shapes)
 
 
@@ -390,7 +397,9 @@ def unit_membership(owner, n_units: int):
 
     owner = np.asarray(owner, dtype=np.int64).reshape(-1)
     if owner.size and owner.max() >= n_units:
-        raise ValueError(f"a column belongs to unit {owner.max()}, but there are {n_units} units")
+        raise NpeffUserError(
+            f"a column belongs to unit {owner.max()}, but there are {n_units} units"
+        )
     keep = np.flatnonzero(owner >= 0)
     return sp.csr_matrix(
         (np.ones(len(keep)), (keep, owner[keep])), shape=(owner.shape[0], int(n_units))
@@ -421,7 +430,7 @@ def mass_on_units(vectors, membership, kind: str = "lrm", share: bool = True):
         total = mass.sum(1, keepdims=True)
     onehot = sp.csr_matrix(membership, dtype=np.float64)
     if onehot.shape[0] != v.shape[1]:
-        raise ValueError(
+        raise NpeffUserError(
             f"{v.shape[1]} component columns but {onehot.shape[0]} columns in the unit "
             "membership: pass the owners of the kept columns (new_to_old_col_indices)"
         )

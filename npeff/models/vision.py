@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from npeff.errors import NpeffUserError
+
 
 def torchvision_available() -> bool:
     try:
@@ -42,6 +44,6 @@ def build_torchvision(
         ) from None
     available = torchvision.models.list_models()
     if arch not in available:
-        raise ValueError(f"unknown torchvision arch {arch!r}; available: {available}")
+        raise NpeffUserError(f"unknown torchvision arch {arch!r}; available: {available}")
     net = torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
     return TorchvisionClassifier(net, int(in_channels), int(min_size))

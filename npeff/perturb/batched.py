@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from npeff.errors import NpeffUserError
 from npeff.perturb.examples import ForwardFn
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 
@@ -50,7 +51,7 @@ class StackedForward:
 
     def __init__(self, perturber: ModelPerturber, forward: ForwardFn, max_sets: int):
         if max_sets < 1:
-            raise ValueError(f"sets per forward must be ≥ 1, got {max_sets}")
+            raise NpeffUserError(f"sets per forward must be ≥ 1, got {max_sets}")
         self.perturber = perturber
         self.max_sets = int(max_sets)
         self.call = _Call(perturber.model, forward)

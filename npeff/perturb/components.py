@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from npeff.artifacts.decomposition import Decomposition
 from npeff.artifacts.perturbation import PerturbationResult
+from npeff.errors import NpeffUserError
 from npeff.perturb.directions import (
     ZeroDirection,
     d_merge_delta,
@@ -52,7 +53,7 @@ def perturb_lrm(
     A component without a direction (an all-zero G row, or nothing left after the rejection) is
     skipped and listed with the reason in ``metadata["skipped_components"]``."""
     if dec.kind != "lrm" or dec.G is None:
-        raise ValueError(
+        raise NpeffUserError(
             f"LRM perturbations need an LRM decomposition with G (got kind={dec.kind!r}); "
             "use perturb=diag for D-NPEFF"
         )
@@ -159,13 +160,13 @@ def perturb_diag(
     gets no result; it is listed with the reason in ``metadata["skipped_components"]``.
     """
     if dec.kind != "diag" or dec.H is None:
-        raise ValueError(
+        raise NpeffUserError(
             f"D-NPEFF perturbations need a D-NPEFF decomposition with H (got kind={dec.kind!r}); "
             "use perturb=lrm for LRM-NPEFF"
         )
     dataset_fisher = np.asarray(dataset_fisher).reshape(-1)
     if dataset_fisher.shape[0] != evaluator.layout.n_parameters:
-        raise ValueError(
+        raise NpeffUserError(
             f"the dataset Fisher has {dataset_fisher.shape[0]} entries but the model layout has "
             f"{evaluator.layout.n_parameters} parameters"
         )

@@ -7,10 +7,11 @@ import scipy.sparse as sp
 import torch
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 from npeff.perturb.vector import ParameterVector
 
 
-class ZeroDirection(ValueError):
+class ZeroDirection(NpeffUserError):
     """A component gives no perturbation direction (an all-zero G/H row, or nothing left after
     the rejection); the caller skips that component and records why."""
 
@@ -73,7 +74,7 @@ def unit_dataset_fisher(fisher: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """The dataset-level diagonal Fisher [m] divided by (‖F̄‖₂ + eps) (algorithm.md §1.5)."""
     fisher = np.asarray(fisher, dtype=np.float64).reshape(-1)
     if np.any(fisher < 0):
-        raise ValueError("the dataset-level diagonal Fisher has negative entries")
+        raise NpeffUserError("the dataset-level diagonal Fisher has negative entries")
     return fisher / (np.linalg.norm(fisher) + eps)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.layout import ParameterLayout
 from npeff.artifacts.perturbation import PerturbationResult
+from npeff.errors import NpeffUserError
 from npeff.perturb.batched import StackedForward, split_sets
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
 from npeff.perturb.metrics import (
@@ -86,7 +87,7 @@ class PerturbationEvaluator:
         W = np.asarray(W)
         pef_norms = np.asarray(pef_norms, dtype=np.float64).reshape(-1)
         if W.shape[0] != cache.n or pef_norms.shape[0] != cache.n:
-            raise ValueError(
+            raise NpeffUserError(
                 f"coefficients have {W.shape[0]} rows and the PEF file {pef_norms.shape[0]} norms, "
                 f"but {cache.n} examples were loaded; they must describe the same examples"
             )

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from npeff.errors import NpeffUserError
+
 ForwardFn = Callable[[nn.Module, dict], torch.Tensor]
 
 
@@ -94,7 +96,7 @@ class ExampleCache:
             self._starts.append(n)
             n += b
         if n_examples is not None and n < n_examples:
-            raise ValueError(
+            raise NpeffUserError(
                 f"the data split has {n} examples but the coefficients have {n_examples} rows; "
                 "evaluate on the split (and example count) the PEFs were computed on"
             )
@@ -113,7 +115,7 @@ class ExampleCache:
         """
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and np.any(np.diff(positions) <= 0):
-            raise ValueError(
+            raise NpeffUserError(
                 "the PEF file's example_indices are not ascending and unique; cannot match them "
                 "to the data split"
             )
@@ -128,7 +130,7 @@ class ExampleCache:
         if indices.size and (
             np.any(np.diff(indices) <= 0) or indices[0] < 0 or indices[-1] >= self.n
         ):
-            raise ValueError("example indices must be ascending, unique and within range")
+            raise NpeffUserError("example indices must be ascending, unique and within range")
         which = np.searchsorted(self._ends, indices, side="right")
         pending: list[dict] = []
         pending_size, pending_sig = 0, None

@@ -12,6 +12,7 @@ import numpy as np
 
 from npeff.analysis.top_examples import top_indices
 from npeff.artifacts.perturbation import PerturbationResult
+from npeff.errors import NpeffUserError
 
 
 def select_flawed_components(
@@ -32,7 +33,7 @@ def select_flawed_components(
     labels = np.asarray(labels).reshape(-1)
     predictions = np.asarray(predictions).reshape(-1)
     if not (W.shape[0] == labels.shape[0] == predictions.shape[0]):
-        raise ValueError(
+        raise NpeffUserError(
             f"W has {W.shape[0]} rows, labels {labels.shape[0]} and predictions "
             f"{predictions.shape[0]} entries; they must describe the same examples"
         )
@@ -57,7 +58,7 @@ def accuracy_changes(res: PerturbationResult, threshold: float = 0.005) -> dict:
     """
     after = np.asarray(res.acc_all_after, dtype=np.float64)
     if after.size and np.all(np.isnan(after)):
-        raise ValueError(
+        raise NpeffUserError(
             "the result holds no accuracy on all examples; run the perturbation with eval_all=true"
         )
     change = after - float(res.acc_all_before)
@@ -100,7 +101,7 @@ def expansion_components(dec, comp=None, explicit=None) -> list[int]:
             if meta.get(key):
                 # expansions put the new (learned) components first, the frozen ones last (§7.2)
                 return list(range(dec.n_components - int(meta[key])))
-    raise ValueError(
+    raise NpeffUserError(
         "perturb.select=flawed needs the expansion components, but neither the coefficients nor "
         "their decomposition record frozen components; pass "
         "perturb.flawed.expansion_components=[...]"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
+
 
 def per_example_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """KL(softmax(p) ‖ softmax(q)) per row, float64 [n], from logits [n, C] (no clipping).
@@ -12,7 +14,9 @@ def per_example_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tens
     With p the original and q the perturbed logits this is the paper's D_KL(p_θ ‖ p_θ+δ).
     """
     if logits_p.shape != logits_q.shape:
-        raise ValueError(f"logit shapes differ: {tuple(logits_p.shape)} vs {tuple(logits_q.shape)}")
+        raise NpeffUserError(
+            f"logit shapes differ: {tuple(logits_p.shape)} vs {tuple(logits_q.shape)}"
+        )
     lp = torch.log_softmax(logits_p.double(), dim=-1)
     lq = torch.log_softmax(logits_q.double(), dim=-1)
     return (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from npeff.errors import NpeffUserError
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits, to_device
 
 REPLAY_RTOL = 1e-5
@@ -235,7 +236,7 @@ class BatchPrefix:
     def run(self, overrides: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         extra = set(overrides or {}) - self.perturbed
         if extra:
-            raise ValueError(
+            raise NpeffUserError(
                 f"parameters {sorted(extra)[:3]} are outside the perturbed set the prefix was "
                 "cached for; cache it with them included"
             )

@@ -21,6 +21,7 @@ from torch import nn
 
 from npeff.analysis.shortcut import group_accuracies
 from npeff.analysis.top_examples import top_indices
+from npeff.errors import NpeffUserError
 from npeff.perturb.examples import ExampleCache, ForwardFn, default_forward_logits
 from npeff.perturb.vector import ModelPerturber, ParameterVector
 
@@ -35,7 +36,7 @@ class SplitExamples:
     def __post_init__(self) -> None:
         for name, m in self.masks.items():
             if np.asarray(m).shape != (self.cache.n,):
-                raise ValueError(
+                raise NpeffUserError(
                     f"group mask {name!r} has shape {np.shape(m)}, not ({self.cache.n},)"
                 )
 
@@ -136,7 +137,7 @@ def gradient_scale(
     then ``n_bisect`` bisections on its sign. Returns ρ* (signed) with the losses.
     """
     if not 0 < rho0 <= rho_max:
-        raise ValueError(f"need 0 < rho0 ({rho0}) <= rho_max ({rho_max})")
+        raise NpeffUserError(f"need 0 < rho0 ({rho0}) <= rho_max ({rho_max})")
     trace = []
     f0, d0 = loss_slope(0.0)
     trace.append((0.0, f0, d0))

@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from npeff.errors import NpeffUserError
+
 
 @dataclass(frozen=True)
 class KlTargetSettings:
@@ -27,13 +29,13 @@ class KlTargetSettings:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_kl < self.max_kl:
-            raise ValueError(f"need 0 ≤ min_kl < max_kl, got [{self.min_kl}, {self.max_kl}]")
+            raise NpeffUserError(f"need 0 ≤ min_kl < max_kl, got [{self.min_kl}, {self.max_kl}]")
         lo, hi = self.delta_range
         if not 0 < lo <= hi:
-            raise ValueError(f"delta_range must satisfy 0 < lo ≤ hi, got {self.delta_range}")
+            raise NpeffUserError(f"delta_range must satisfy 0 < lo ≤ hi, got {self.delta_range}")
         lo, hi = self.lambda_range
         if not 0 < lo <= hi < 1:
-            raise ValueError(f"lambda_range must lie inside (0, 1), got {self.lambda_range}")
+            raise NpeffUserError(f"lambda_range must lie inside (0, 1), got {self.lambda_range}")
 
 
 @dataclass

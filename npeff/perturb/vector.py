@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from npeff.artifacts.layout import ParameterLayout
+from npeff.errors import NpeffUserError
 
 
 @dataclass
@@ -27,7 +28,7 @@ class ParameterVector:
 
     def __post_init__(self) -> None:
         if self.flat.ndim != 1 or self.flat.shape[0] != self.layout.n_parameters:
-            raise ValueError(
+            raise NpeffUserError(
                 f"flat vector has shape {tuple(self.flat.shape)}, the layout has "
                 f"{self.layout.n_parameters} parameters"
             )
@@ -48,12 +49,12 @@ class ParameterVector:
         values = torch.as_tensor(np.asarray(values), dtype=dtype).reshape(-1)
         idx = torch.as_tensor(np.asarray(col_indices), dtype=torch.long).reshape(-1)
         if values.shape[0] != idx.shape[0]:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{values.shape[0]} reduced values but {idx.shape[0]} column indices; "
                 "the decomposition's G/H rows and new_to_old_col_indices must have the same length"
             )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= layout.n_parameters):
-            raise ValueError(
+            raise NpeffUserError(
                 f"column indices fall outside [0, {layout.n_parameters}); the decomposition was "
                 "made for a different parameter layout"
             )
@@ -77,7 +78,7 @@ class ParameterVector:
     def normalized(self) -> ParameterVector:
         n = self.norm()
         if not n > 0:
-            raise ValueError("cannot normalize a zero parameter vector")
+            raise NpeffUserError("cannot normalize a zero parameter vector")
         return ParameterVector(self.layout, self.flat / n)
 
     def __mul__(self, scale: float) -> ParameterVector:
@@ -101,7 +102,7 @@ def bind_parameters(model: nn.Module, layout: ParameterLayout) -> dict[str, nn.P
             )
         p = named[name]
         if tuple(p.shape) != tuple(shape):
-            raise ValueError(
+            raise NpeffUserError(
                 f"parameter {name!r} has shape {tuple(p.shape)} in the model but {tuple(shape)} "
                 "in the layout; use the checkpoint the PEFs were computed from"
             )
@@ -128,7 +129,7 @@ class ModelPerturber:
     def apply(self, vector: ParameterVector, scale: float = 1.0) -> None:
         """Set the parameters to θ + scale·vector (from the stored θ, whatever they are now)."""
         if vector.layout.n_parameters != self.layout.n_parameters:
-            raise ValueError("the vector's layout does not match the model's layout")
+            raise NpeffUserError("the vector's layout does not match the model's layout")
         for name, delta in vector.named().items():
             p = self.params[name]
             p.copy_(self.original[name] + scale * delta.to(device=p.device, dtype=p.dtype))

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from npeff.errors import NpeffFileNotFoundError
+
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 _LOCAL_SCHEMES = ("file:", "data:", "about:", "blob:", "chrome:", "devtools:")
 
@@ -196,7 +198,7 @@ def check_html(
     Raises FileNotFoundError when Chromium is missing (install: ``apt-get install -y chromium``).
     """
     if not Path(chromium).exists():
-        raise FileNotFoundError(
+        raise NpeffFileNotFoundError(
             f"{chromium} not found; install it with `apt-get install -y chromium`"
         )
     url = Path(html_path).resolve().as_uri()

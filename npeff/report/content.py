@@ -17,6 +17,7 @@ from npeff.analysis.concepts import ConceptAnalysis, analyze_concepts
 from npeff.analysis.convergence import cosine_to_final, first_step_reaching
 from npeff.analysis.matching import component_similarity
 from npeff.analysis.top_examples import pef_norm_ratio, top_indices
+from npeff.errors import NpeffUserError
 from npeff.report import figures
 
 
@@ -86,15 +87,15 @@ def _name(names: list[str] | None, i: int) -> str:
 def _coefficients(decomposition: Any, coeffs: Any) -> np.ndarray:
     src = coeffs if coeffs is not None else decomposition
     if src is None:
-        raise ValueError(
+        raise NpeffUserError(
             "a report needs a decomposition or a coefficient file (inputs.decomposition / inputs.coeffs)"
         )
     W = src if isinstance(src, np.ndarray) else getattr(src, "W", None)
     if W is None:
-        raise ValueError(f"cannot find coefficients W in {type(src).__name__}")
+        raise NpeffUserError(f"cannot find coefficients W in {type(src).__name__}")
     W = np.asarray(W)
     if W.ndim != 2:
-        raise ValueError(
+        raise NpeffUserError(
             f"coefficients W must be 2-D [n_examples, n_components], got shape {W.shape}"
         )
     return W
@@ -151,7 +152,7 @@ def prepare_report(
     W = _coefficients(decomposition, coeffs)
     n, r = W.shape
     if pefs is not None and pefs.n_examples != n:
-        raise ValueError(
+        raise NpeffUserError(
             f"the PEF file has {pefs.n_examples} examples but the coefficients have {n}; pass the PEFs "
             "the coefficients were computed on (inputs.pefs of the decompose or fit run)"
         )
@@ -162,7 +163,7 @@ def prepare_report(
     need = int(source.max()) + 1 if source.size else 0
     if examples is not None:
         if len(examples) < need:
-            raise ValueError(
+            raise NpeffUserError(
                 f"the task gives {len(examples)} display examples but the coefficients need {need}; "
                 "check `split` matches the split the PEFs were computed on"
             )
@@ -170,7 +171,7 @@ def prepare_report(
     if concepts is not None and np.size(concepts):
         concepts = np.asarray(concepts)
         if concepts.ndim != 2 or concepts.shape[0] < need:
-            raise ValueError(
+            raise NpeffUserError(
                 f"concepts have shape {concepts.shape} but the coefficients need {need} examples; "
                 "pass the concepts of the split the PEFs were computed on"
             )
@@ -180,7 +181,7 @@ def prepare_report(
         ex_labels = np.asarray([int(e["label"]) for e in examples[:n]])
         bad = np.flatnonzero(ex_labels != labels)
         if bad.size:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{bad.size} of the first {n} display examples have labels that differ from the PEF "
                 f"file's (first at example {bad[0]}); the examples come from another split or order than "
                 "the PEFs: pass the split the PEFs were computed on"

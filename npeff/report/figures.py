@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from npeff.errors import NpeffUserError
+
 
 def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """The PNG bytes of a matplotlib figure (Agg, tight bounding box): every report figure."""
@@ -206,7 +208,7 @@ def image_thumbnail(image: np.ndarray, min_size: int = 64) -> bytes:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3):
-        raise ValueError(f"an image must be HxW or HxWxC, got shape {arr.shape}")
+        raise NpeffUserError(f"an image must be HxW or HxWxC, got shape {arr.shape}")
     lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
     if lo < 0.0 or hi > 1.0:  # not in [0, 1]: rescale for display only
         arr = (arr - lo) / (hi - lo if hi > lo else 1.0)

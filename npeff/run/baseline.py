@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.baselines import BASELINES
 from npeff.baselines.fit import fit_baseline
+from npeff.errors import NpeffUserError
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ SPLITS = ("fit", "eval")
 def _check_name(cfg: DictConfig) -> str:
     name = str(cfg.baseline)
     if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {list(BASELINES)}")
+        raise NpeffUserError(f"unknown baseline {name!r}; choose one of {list(BASELINES)}")
     return name
 
 
@@ -125,9 +126,9 @@ def _validate(cfg: DictConfig, name: str, loaded, loaders) -> None:
         check_n_clusters(int(cfg.n_components), n_fit)
     if name == "sae":
         if str(cfg.sae.kind) not in SAE_KINDS:
-            raise ValueError(f"unknown sae.kind {cfg.sae.kind!r}; choose one of {SAE_KINDS}")
+            raise NpeffUserError(f"unknown sae.kind {cfg.sae.kind!r}; choose one of {SAE_KINDS}")
         if str(cfg.sae.kind) == "topk" and not 1 <= int(cfg.sae.k) <= int(cfg.n_components):
-            raise ValueError(
+            raise NpeffUserError(
                 f"sae.k={cfg.sae.k} must be between 1 and n_components={cfg.n_components}"
             )
     if name != "gradient_kmeans" and not all(cfg.inputs.get(f"activations_{s}") for s in SPLITS):
@@ -239,7 +240,7 @@ def run_comparison(
         methods[name] = MethodScores(b.scores_eval, b.membership_eval)
     loader = _loaders(cfg, loaded.task)["eval"]
     if len(loader.dataset) != n:
-        raise ValueError(
+        raise NpeffUserError(
             f"the NPEFF coefficients cover {n} eval examples but the eval split has "
             f"{len(loader.dataset)}; use the same n_examples for both"
         )

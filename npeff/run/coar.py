@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.coar_summary import save_coar_summary
+from npeff.errors import NpeffUserError
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def check_inputs(model, c: DictConfig) -> None:
     factors = list(c.eval_factors) if c.get("evaluate", True) else None
     _check_settings(unit_map, c.alpha, c.n_masks, str(c.solver), c.val_fraction, factors)
     if c.split not in ("train", "fit", "eval"):
-        raise ValueError(f"coar.split must be one of train, fit, eval; got {c.split!r}")
+        raise NpeffUserError(f"coar.split must be one of train, fit, eval; got {c.split!r}")
 
 
 def resolve_model(cfg: DictConfig, output_dir: Path):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.artifacts.coar_summary import coar_summary_path
+from npeff.errors import NpeffUserError
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -40,35 +41,39 @@ def select_examples(
         idx = [int(i) for i in spec]
         bad = [i for i in idx if not 0 <= i < n_all]
         if bad:
-            raise ValueError(f"{what} indices {bad} are outside the {n_all} attributed examples")
+            raise NpeffUserError(
+                f"{what} indices {bad} are outside the {n_all} attributed examples"
+            )
         return idx
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{what}: expected a list of indices or a selection mapping, got {spec!r}")
+        raise NpeffUserError(
+            f"{what}: expected a list of indices or a selection mapping, got {spec!r}"
+        )
     n = spec.get("n")
     excluded = set(int(i) for i in exclude)
     if "indices" in spec:
         return select_examples(list(spec["indices"]), records, what=what)
     if spec.get("incorrect"):
         if base_margins is None:
-            raise ValueError(f"{what}: 'incorrect' needs the attributions' base margins")
+            raise NpeffUserError(f"{what}: 'incorrect' needs the attributions' base margins")
         idx = [i for i in range(n_all) if base_margins[i] <= 0 and i not in excluded]
     elif spec.get("not_targets"):
         idx = [i for i in range(n_all) if i not in excluded]
     elif "record" in spec:
         key, value = spec["record"], spec.get("value", True)
         if records and key not in records[0]:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{what}: the examples have no record field {key!r}; fields: {sorted(records[0])}"
             )
         idx = [i for i, r in enumerate(records) if _same(r.get(key), value) and i not in excluded]
     else:
-        raise ValueError(
+        raise NpeffUserError(
             f"{what}: a selection needs 'indices', 'record', 'incorrect' or 'not_targets'; got {spec}"
         )
     if n is not None:
         idx = idx[: int(n)]
     if not idx:
-        raise ValueError(f"{what}: the selection {spec} matches no example")
+        raise NpeffUserError(f"{what}: the selection {spec} matches no example")
     return idx
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from npeff import CONFIG_PATH  # noqa: F401 (the stages' config dir, package data)
 from npeff.artifacts.atomic import write_json_atomic
+from npeff.errors import NpeffUserError, one_line
 
 
 def hydra_output_dir() -> Path:
@@ -54,7 +55,9 @@ def wandb_mode(requested: str | None = "auto") -> str:
     if mode == "auto":
         mode = "online" if _wandb_has_key() else "offline"
     if mode not in ("online", "offline", "disabled"):
-        raise ValueError(f"unknown W&B mode {mode!r}; available: auto, online, offline, disabled")
+        raise NpeffUserError(
+            f"unknown W&B mode {mode!r}; available: auto, online, offline, disabled"
+        )
     return mode
 
 
@@ -74,7 +77,7 @@ def build_logger(cfg: Any, output_dir: str | os.PathLike) -> Any:
         return None
     name = str(lcfg.get("name", "none"))
     if name not in LOGGERS:
-        raise ValueError(f"unknown logger {name!r}; available: {list(LOGGERS)}")
+        raise NpeffUserError(f"unknown logger {name!r}; available: {list(LOGGERS)}")
     output_dir = Path(output_dir)
     if name == "none":
         return None
@@ -190,7 +193,7 @@ LAUNCHER_PLUGINS = {
 RUN_DIR_TIMEOUT_S = 600  # how long ranks > 0 wait for rank 0 to name the run directory
 
 
-class LaunchError(RuntimeError):
+class LaunchError(NpeffUserError, RuntimeError):
     """A run that cannot start as launched (missing plugin, processes not matching the trainer)."""
 
 
@@ -414,10 +417,11 @@ def _publish(value: str) -> None:
         _agent_store().set(_run_dir_key(), value)
 
 
-def _fail(e: LaunchError) -> None:
+def _fail(e: NpeffUserError) -> None:
+    """Print ``<program>: error: <message>`` on one line to stderr and exit with status 2."""
     import sys
 
-    print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr, flush=True)
+    print(f"{os.path.basename(sys.argv[0])}: error: {one_line(e)}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
 
 
@@ -425,8 +429,8 @@ def stage_main(config_name: str, run_fn, *, single_process: bool = False):
     """The console entry point of a stage: ``hydra.main`` on ``conf/<config_name>.yaml`` calling
     ``run_fn(cfg, output_dir)``, with the launch checks (``check_launcher_plugins`` before Hydra
     starts, ``check_launch`` before any work) and the rank handling of ``_rank_overrides``.
-    A failed check prints one message (no traceback) and exits with status 2. A
-    ``single_process`` stage started as several processes runs on global rank 0 only."""
+    A failed check, or any ``NpeffUserError`` the stage raises, prints one line (no traceback;
+    ``HYDRA_FULL_ERROR=1`` keeps it) and exits with status 2. A ``single_process`` stage started as several processes runs on global rank 0 only."""
     import sys
 
     import hydra
@@ -441,7 +445,12 @@ def stage_main(config_name: str, run_fn, *, single_process: bool = False):
         if single_process and not is_global_zero():
             print(f"rank {global_rank()}: {config_name} runs on one process (rank 0)", flush=True)
             return
-        run_fn(cfg, hydra_output_dir())
+        try:
+            run_fn(cfg, hydra_output_dir())
+        except NpeffUserError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _fail(e)
 
     # Hydra names the job (log file, submitit job name) after the task function's module.
     task.__module__ = run_fn.__module__

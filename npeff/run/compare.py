@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.analysis.matching import match_runs, shuffled_average_max_cosine
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 from npeff.report import figures
 from npeff.run.common import stage_main, write_metrics
 
@@ -73,7 +74,7 @@ def _file_in(directory: Path, prefer: str) -> Path | None:
 def resolve_runs(entries: list[str], prefer: str = "decomposition") -> list[tuple[str, Path]]:
     """Expand run entries into (label, file) pairs; sweep directories give one pair per job."""
     if prefer not in FILE_NAMES:
-        raise ValueError(f"prefer must be one of {sorted(FILE_NAMES)}, got {prefer!r}")
+        raise NpeffUserError(f"prefer must be one of {sorted(FILE_NAMES)}, got {prefer!r}")
     runs: list[tuple[str, Path]] = []
     for entry in entries:
         path = Path(str(entry)).expanduser().resolve()
@@ -81,7 +82,7 @@ def resolve_runs(entries: list[str], prefer: str = "decomposition") -> list[tupl
             runs.append((f"{path.parent.name}/{path.name}", path))
             continue
         if not path.is_dir():
-            raise FileNotFoundError(f"run {entry!r} is neither a file nor a directory")
+            raise NpeffFileNotFoundError(f"run {entry!r} is neither a file nor a directory")
         found = _file_in(path, prefer)
         if found is not None:
             runs.append((_job_label(path, path.name), found))
@@ -92,7 +93,7 @@ def resolve_runs(entries: list[str], prefer: str = "decomposition") -> list[tupl
             if f is not None:
                 jobs.append((_job_label(sub, f"{path.name}/{sub.name}"), f))
         if not jobs:
-            raise FileNotFoundError(
+            raise NpeffFileNotFoundError(
                 f"no decomposition.h5 or coeffs.h5 in {path} or its job subdirectories; "
                 "pass a decompose/fit run directory, a sweep directory or the .h5 files themselves"
             )
@@ -119,10 +120,10 @@ def compare_coefficients(
     (``null_avg_max_cos_*``): the value unrelated runs of the same sparsity would get.
     """
     if len(named) < 2:
-        raise ValueError(f"npeff-compare needs at least two runs, got {len(named)}")
+        raise NpeffUserError(f"npeff-compare needs at least two runs, got {len(named)}")
     n = {lab: W.shape[0] for lab, W in named}
     if len(set(n.values())) != 1:
-        raise ValueError(
+        raise NpeffUserError(
             f"the runs cover different numbers of examples {n}; compare runs over the same examples "
             "(decompositions of one PEF file, or coefficient files from npeff-fit on one PEF file)"
         )
@@ -168,7 +169,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     entries = list(cfg.runs) if cfg.get("runs") is not None else []
     if not entries:
-        raise ValueError("no runs given: npeff-compare RUN_A RUN_B ... (or runs=[a,b])")
+        raise NpeffUserError("no runs given: npeff-compare RUN_A RUN_B ... (or runs=[a,b])")
     runs = resolve_runs([str(e) for e in entries], prefer=str(cfg.get("prefer", "decomposition")))
     log.info("comparing %d runs: %s", len(runs), [lab for lab, _ in runs])
     named = [(lab, load_coefficients(path)) for lab, path in runs]

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import atomic_path, json_ready, write_json_atomic
 from npeff.artifacts.coar_summary import coar_summary_path
+from npeff.errors import NpeffUserError
 from npeff.run.common import log_stage_metrics, stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def align_examples(
     att_positions = np.asarray(att_positions, dtype=np.int64)
     common, rows_w, rows_a = np.intersect1d(pef_positions, att_positions, return_indices=True)
     if len(common) < min_examples:
-        raise ValueError(
+        raise NpeffUserError(
             f"the PEF file and the attributions share only {len(common)} examples of the split "
             f"(need ≥ {min_examples}): run npeff-coar on the split and examples of the NPEFF run "
             "(coar.split, coar.n_examples)"
@@ -94,21 +95,23 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     inputs, s = _resolve_inputs(cfg.inputs), cfg.compare_coar
     for key in ("checkpoint", "coeffs", "pefs", "attributions"):
         if inputs.get(key) in (None, "", "???"):
-            raise ValueError(
+            raise NpeffUserError(
                 f"npeff-compare-coar needs inputs.{key}=<path> (or inputs.run=<an npeff run dir>)"
             )
     att = load_attributions(inputs.attributions)
     k = int(s.top_units)
     if not 1 <= k <= att.n_units:
-        raise ValueError(f"compare_coar.top_units={k} must be in 1..{att.n_units} (the units)")
+        raise NpeffUserError(f"compare_coar.top_units={k} must be in 1..{att.n_units} (the units)")
     if int(s.n_random) < 0 or int(s.top_examples) < 1:
-        raise ValueError("compare_coar.n_random must be >= 0 and compare_coar.top_examples >= 1")
+        raise NpeffUserError(
+            "compare_coar.n_random must be >= 0 and compare_coar.top_examples >= 1"
+        )
     pefs = load_pefs(inputs.pefs)
     dec, _ = with_components(
         load_decomposition(inputs.coeffs), inputs.get("decomposition"), inputs.coeffs
     )
     if dec.n_examples != pefs.n_examples:
-        raise ValueError(
+        raise NpeffUserError(
             f"the coefficients have {dec.n_examples} rows but {inputs.pefs} holds "
             f"{pefs.n_examples} PEFs; pass the PEF file the coefficients were fitted to"
         )
@@ -116,10 +119,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     check_same_model(att, pefs, loaded)
     layout = dec.layout or pefs.layout
     if layout is None:
-        raise ValueError("neither the coefficient file nor the PEF file stores a parameter layout")
+        raise NpeffUserError(
+            "neither the coefficient file nor the PEF file stores a parameter layout"
+        )
     missing = [p for p in att.units.params if p not in layout.names]
     if missing:
-        raise ValueError(
+        raise NpeffUserError(
             f"the NPEFF run's PEFs do not cover the unit weights {missing[:5]}: compute the PEFs "
             "on parameters that include every COAR unit (pefs params.include), or run npeff-coar "
             "with units inside the PEFs' parameters"
@@ -127,13 +132,13 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     split = pefs_split(pefs, cfg.get("split"))
     att_split = (_att_config(att).get("coar") or {}).get("split")
     if att_split and att_split != split:
-        raise ValueError(
+        raise NpeffUserError(
             f"the attributions are of split {att_split!r} but the NPEFF coefficients of split "
             f"{split!r}: run npeff-coar with coar.split={split}"
         )
     common, rows_w, rows_a = align_examples(pefs.source_indices, att.example_indices)
     if not np.array_equal(np.asarray(pefs.labels).reshape(-1)[rows_w], att.labels[rows_a]):
-        raise ValueError(
+        raise NpeffUserError(
             "the labels of the shared examples differ between the PEF file and the attributions: "
             "they do not index the same examples of the split"
         )
@@ -162,7 +167,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             positions, int(s.batch_size)
         )
     if not np.array_equal(cache.labels.numpy(), np.asarray(pefs.labels).reshape(-1)):
-        raise ValueError(
+        raise NpeffUserError(
             f"the labels of split {split!r} differ from the PEF file's: pass the split and "
             "checkpoint the PEFs were computed with"
         )
@@ -235,7 +240,7 @@ def _resolve_inputs(inputs: DictConfig) -> DictConfig:
         return OmegaConf.create(out)
     run_dir = Path(str(run_dir))
     if not run_dir.is_dir():
-        raise ValueError(f"inputs.run={run_dir} is not a directory (an npeff run dir)")
+        raise NpeffUserError(f"inputs.run={run_dir} is not a directory (an npeff run dir)")
     for key, rel in RUN_LAYOUT.items():
         if out.get(key) in (None, "", "???") and (run_dir / rel).is_file():
             out[key] = str(run_dir / rel)

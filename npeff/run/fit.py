@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.errors import NpeffFileNotFoundError, NpeffUserError
 from npeff.run import common
 
 
@@ -21,14 +22,16 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     f = cfg.fit
     if f.dtype not in DTYPES:
-        raise ValueError(f"fit.dtype must be one of {sorted(DTYPES)}, got {f.dtype!r}")
+        raise NpeffUserError(f"fit.dtype must be one of {sorted(DTYPES)}, got {f.dtype!r}")
     pefs_path, dec_path = Path(cfg.inputs.pefs), Path(cfg.inputs.decomposition)
     if not pefs_path.is_file():
-        raise FileNotFoundError(f"no PEF file at {pefs_path}; set inputs.pefs=<path to pefs.h5>")
+        raise NpeffFileNotFoundError(
+            f"no PEF file at {pefs_path}; set inputs.pefs=<path to pefs.h5>"
+        )
     header = read_pefs_header(pefs_path)  # cheap checks before reading the arrays
     dec = load_decomposition(dec_path)
     if header["m"] != dec.n_parameters:
-        raise ValueError(
+        raise NpeffUserError(
             f"the PEFs have {header['m']} parameters but the decomposition has "
             f"{dec.n_parameters}: they come from different models or parameter selections"
         )

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from npeff.artifacts.atomic import atomic_path, write_json_atomic
 from npeff.artifacts.neurons import KEYS as NEURON_KEYS
 from npeff.artifacts.neurons import NEURONS_NAME, save_neurons
+from npeff.errors import NpeffUserError
 from npeff.run.common import stage_main, write_metrics
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _component_analysis(cfg, group, na, circuits, zoo) -> dict | None:
             : int(g.max_circuits)
         ]
         if len(coeffs.W) != len(x):
-            raise ValueError(
+            raise NpeffUserError(
                 f"inputs.coeffs has {len(coeffs.W)} examples but inputs.pefs {len(x)}: pass the "
                 "coefficients fitted on those PEFs"
             )

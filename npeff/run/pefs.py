@@ -21,6 +21,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.digest import file_sha256
+from npeff.errors import NpeffUserError
 from npeff.run.common import (
     is_global_zero,
     launch_env,
@@ -79,7 +80,9 @@ def build_loader(task, split: str, batch_size: int, n_examples: int | None):
     if n_examples is not None:
         n = len(loader.dataset)
         if n_examples > n:
-            raise ValueError(f"n_examples={n_examples} but split {split!r} has only {n} examples")
+            raise NpeffUserError(
+                f"n_examples={n_examples} but split {split!r} has only {n} examples"
+            )
         loader = DataLoader(
             Subset(loader.dataset, range(n_examples)),
             batch_size=batch_size,
@@ -126,7 +129,7 @@ def lm_fisher_kwargs(fc: DictConfig, seed: int, task=None) -> dict:
         ids = None
         if str(mode) == "label_words":
             if not words:
-                raise ValueError(
+                raise NpeffUserError(
                     "fisher.classes=label_words needs fisher.label_words=[w1, w2, ...]"
                 )
             ids = label_word_ids(list(words), getattr(task, "word_token_ids", None))
@@ -142,7 +145,7 @@ def lm_fisher_kwargs(fc: DictConfig, seed: int, task=None) -> dict:
     comp = fc.get("compression")
     if comp is not None and str(comp) != "topk":
         if str(comp) != "projection":
-            raise ValueError(f"fisher.compression={comp!r}; choose topk or projection")
+            raise NpeffUserError(f"fisher.compression={comp!r}; choose topk or projection")
         pr = fc.get("projection") or {}
         out["compression"] = {
             "kind": "projection",
@@ -162,7 +165,7 @@ def stage_device(accelerator: str):
     acc = accelerator.lower()
     if acc in ("gpu", "cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise NpeffUserError(
                 f"trainer.accelerator={accelerator} but no CUDA device is visible; use trainer=default"
             )
         return torch.device("cuda")
@@ -183,7 +186,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     split = str(cfg.split)
     if split not in ("train", "fit", "eval"):
-        raise ValueError(f"split must be one of train, fit, eval; got {split!r}")
+        raise NpeffUserError(f"split must be one of train, fit, eval; got {split!r}")
     loaded = load_checkpoint(cfg.inputs.checkpoint)
     kwargs = fisher_kwargs(cfg.fisher, cfg.get("params"), cfg.get("seed", 0), loaded.task)
     loader = build_loader(loaded.task, split, int(cfg.batch_size), cfg.get("n_examples"))

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from npeff.artifacts.atomic import json_ready, write_json_atomic
 from npeff.artifacts.coefficients import with_components
 from npeff.artifacts.perturbation import save_perturbation
+from npeff.errors import NpeffUserError
 from npeff.perturb.components import perturb_diag, perturb_lrm
 from npeff.perturb.evaluation import EvalSettings, PerturbationEvaluator
 from npeff.perturb.examples import ExampleCache
@@ -53,27 +54,29 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     pc = cfg.perturb
     if pc.kind not in ("lrm", "diag"):
-        raise ValueError(f"perturb.kind must be 'lrm' or 'diag', got {pc.kind!r}")
+        raise NpeffUserError(f"perturb.kind must be 'lrm' or 'diag', got {pc.kind!r}")
 
     dec, comp = with_components(
         load_decomposition(cfg.inputs.coeffs), cfg.inputs.get("decomposition"), cfg.inputs.coeffs
     )
     pefs = load_pefs(cfg.inputs.pefs)
     if dec.kind != pc.kind:
-        raise ValueError(
+        raise NpeffUserError(
             f"{cfg.inputs.coeffs} holds a {dec.kind!r} decomposition but perturb.kind is "
             f"{pc.kind!r}; pass perturb={dec.kind}"
         )
     if dec.n_examples != pefs.n_examples:
-        raise ValueError(
+        raise NpeffUserError(
             f"the coefficients have {dec.n_examples} rows but {cfg.inputs.pefs} holds "
             f"{pefs.n_examples} PEFs; pass the PEF file the coefficients were fitted to"
         )
     layout = dec.layout or pefs.layout
     if layout is None:
-        raise ValueError("neither the coefficient file nor the PEF file stores a parameter layout")
+        raise NpeffUserError(
+            "neither the coefficient file nor the PEF file stores a parameter layout"
+        )
     if layout.n_parameters != dec.n_parameters:
-        raise ValueError(
+        raise NpeffUserError(
             f"the layout has {layout.n_parameters} parameters but the decomposition "
             f"{dec.n_parameters}"
         )
@@ -92,7 +95,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
 
     want = stored_labels(cache.labels.numpy(), pefs.metadata)
     if not np.array_equal(want, np.asarray(pefs.labels).reshape(-1)):
-        raise ValueError(
+        raise NpeffUserError(
             f"the labels of the first {cache.n} examples of split {split!r} differ from the PEF "
             "file's; pass the split (and checkpoint) the PEFs were computed with"
         )
@@ -137,7 +140,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
             "flawed heuristics: %d of %d expansion components", len(components), len(candidates)
         )
     elif pc.select != "all":
-        raise ValueError(f"perturb.select must be 'all' or 'flawed', got {pc.select!r}")
+        raise NpeffUserError(f"perturb.select must be 'all' or 'flawed', got {pc.select!r}")
 
     if pc.kind == "lrm":
         res = perturb_lrm(
@@ -150,7 +153,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         )
     else:
         if not cfg.inputs.get("dataset_fisher"):
-            raise ValueError(
+            raise NpeffUserError(
                 "D-NPEFF perturbations need the dataset-level diagonal Fisher: pass "
                 "inputs.dataset_fisher=<dsf.h5> (npeff-pefs fisher=diag fisher.dataset_fisher=true)"
             )

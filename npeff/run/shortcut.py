@@ -38,6 +38,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from npeff.artifacts.atomic import atomic_path, json_ready, write_json_atomic
+from npeff.errors import NpeffUserError
 from npeff.report.sections.shortcut import shortcut_section
 from npeff.run.common import stage_main, write_metrics
 
@@ -82,7 +83,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     loaded = load_checkpoint(cfg.inputs.checkpoint)
     task = loaded.task
     if cue_columns(task.concept_names) is None:
-        raise ValueError(
+        raise NpeffUserError(
             f"{cfg.inputs.checkpoint}: the model's task has no planted shortcut (no 'cue' "
             "concepts); train with task.shortcut set (experiment=shortcut_fix)"
         )
@@ -90,10 +91,10 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         load_decomposition(cfg.inputs.coeffs), cfg.inputs.get("decomposition"), cfg.inputs.coeffs
     )
     if dec.kind != "lrm":
-        raise ValueError(f"the shortcut flow needs an LRM decomposition, got {dec.kind!r}")
+        raise NpeffUserError(f"the shortcut flow needs an LRM decomposition, got {dec.kind!r}")
     pefs = load_pefs(cfg.inputs.pefs)
     if not np.array_equal(pefs.source_indices, np.arange(dec.n_examples)):
-        raise ValueError(
+        raise NpeffUserError(
             "the coefficients must cover the eval split's first examples in order (an unfiltered "
             "eval PEF file)"
         )
@@ -138,7 +139,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     on, cap = str(sc.select_on), float(sc.max_other_drop)
     W_sel = _selection_coefficients(cfg, dec, on)
     if W_sel.shape[0] > fit.cache.n:
-        raise ValueError(
+        raise NpeffUserError(
             f"inputs.select_coeffs has {W_sel.shape[0]} rows, the {on} split only {fit.cache.n} "
             "examples: fit them on that split's PEF file"
         )
@@ -269,14 +270,14 @@ def _selection_coefficients(cfg: DictConfig, dec, split: str) -> np.ndarray:
 
     path = (cfg.inputs.get("select_coeffs") or "") if "inputs" in cfg else ""
     if str(path) in ("", "???", "None"):
-        raise ValueError(
+        raise NpeffUserError(
             f"the edits are chosen on shortcut_fix.select_on={split}: pass inputs.select_coeffs, "
             f"the decomposition's coefficients fitted on that split's PEFs (npeff-fit "
             f"inputs.pefs=<{split} pefs.h5> inputs.decomposition=<expanded decomposition.h5>)"
         )
     sel = load_decomposition(path)
     if sel.n_components != dec.n_components:
-        raise ValueError(
+        raise NpeffUserError(
             f"inputs.select_coeffs has {sel.n_components} components, the decomposition "
             f"{dec.n_components}: fit them with the same (expanded) decomposition"
         )

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.zoo import save_zoo, zoo_path
+from npeff.errors import NpeffUserError
 from npeff.groups.zoo import (
     STATE_NAME,
     epochs_to_reach,
@@ -55,11 +56,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if str(cfg.model.get("name")) != "group_mlp":
-        raise ValueError(
+        raise NpeffUserError(
             f"a group zoo (task.n_seeds > 1) trains model=group_mlp, not model={cfg.model.name}"
         )
     if cfg.get("batch_size") not in (None, "null"):
-        raise ValueError("the group zoo trains full batch: set batch_size=null")
+        raise NpeffUserError("the group zoo trains full batch: set batch_size=null")
     t_start = time.perf_counter()
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))

@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.backdoor import DigitsBackdoorTask
 from npeff.tasks.base import SPLITS, NpeffTask, SplitData, TaskInfo
 from npeff.tasks.digits import DigitsTask
@@ -54,13 +55,15 @@ def build_task(task_cfg: Any, *, setup: bool = True) -> NpeffTask:
     kwargs = _plain(task_cfg)
     name = kwargs.pop("name", None)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available tasks: {sorted(TASKS)}")
+        raise NpeffUserError(f"unknown task {name!r}; available tasks: {sorted(TASKS)}")
     cls = TASKS[name]
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:
         allowed = sorted(k for k in params if k != "self")
-        raise ValueError(f"task {name!r} got unknown option(s) {unknown}; its options: {allowed}")
+        raise NpeffUserError(
+            f"task {name!r} got unknown option(s) {unknown}; its options: {allowed}"
+        )
     task = cls(**kwargs)
     if setup:
         task.setup()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 
 
@@ -39,11 +40,11 @@ class DigitsBackdoorTask(NpeffTask):
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if not 0.0 < float(trigger_fraction) < 1.0:
-            raise ValueError(f"trigger_fraction must be in (0, 1), got {trigger_fraction}")
+            raise NpeffUserError(f"trigger_fraction must be in (0, 1), got {trigger_fraction}")
         if not 0 <= int(target_class) < 10:
-            raise ValueError(f"target_class must be a digit 0-9, got {target_class}")
+            raise NpeffUserError(f"target_class must be a digit 0-9, got {target_class}")
         if not 1 <= int(patch) <= 4:
-            raise ValueError(f"patch must be 1-4 pixels wide, got {patch}")
+            raise NpeffUserError(f"patch must be 1-4 pixels wide, got {patch}")
         self.n_fit, self.n_eval = int(n_fit), int(n_eval)
         self.trigger_fraction = float(trigger_fraction)
         self.target_class, self.patch, self.patch_value = (
@@ -83,7 +84,7 @@ class DigitsBackdoorTask(NpeffTask):
         n = len(labels)
         n_train = n - self.n_fit - self.n_eval
         if n_train <= 0:
-            raise ValueError(f"digits has {n} images; n_fit + n_eval leaves none to train on")
+            raise NpeffUserError(f"digits has {n} images; n_fit + n_eval leaves none to train on")
         idx = split_indices(
             n, {"train": n_train, "fit": self.n_fit, "eval": self.n_eval}, self.seed
         )

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from npeff.errors import NpeffUserError
+
 SPLITS = ("train", "fit", "eval")
 
 
@@ -37,15 +39,15 @@ class SplitData:
 
     def __post_init__(self) -> None:
         if "labels" not in self.tensors:
-            raise ValueError("a split needs a 'labels' tensor")
+            raise NpeffUserError("a split needs a 'labels' tensor")
         n = len(self.tensors["labels"])
         for key, t in self.tensors.items():
             if len(t) != n:
-                raise ValueError(f"tensor {key!r} has {len(t)} rows, labels have {n}")
+                raise NpeffUserError(f"tensor {key!r} has {len(t)} rows, labels have {n}")
         if len(self.records) != n:
-            raise ValueError(f"{len(self.records)} records for {n} examples")
+            raise NpeffUserError(f"{len(self.records)} records for {n} examples")
         if self.concepts is not None and self.concepts.shape[0] != n:
-            raise ValueError(f"concepts have {self.concepts.shape[0]} rows for {n} examples")
+            raise NpeffUserError(f"concepts have {self.concepts.shape[0]} rows for {n} examples")
 
     def __len__(self) -> int:
         return len(self.tensors["labels"])
@@ -115,7 +117,7 @@ class NpeffTask(L.LightningDataModule):
 
     def _split(self, split: str) -> SplitData:
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; available: {list(SPLITS)}")
+            raise NpeffUserError(f"unknown split {split!r}; available: {list(SPLITS)}")
         self.setup()
         assert self._splits is not None
         return self._splits[split]
@@ -208,7 +210,7 @@ def split_indices(n: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndar
     """Disjoint random index sets of the given sizes from ``range(n)`` (seeded, sorted)."""
     total = sum(sizes.values())
     if total > n:
-        raise ValueError(f"requested {total} examples ({sizes}) but only {n} are available")
+        raise NpeffUserError(f"requested {total} examples ({sizes}) but only {n} are available")
     perm = np.random.default_rng(seed).permutation(n)
     out, start = {}, 0
     for name, size in sizes.items():

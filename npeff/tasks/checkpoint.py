@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from npeff.errors import NpeffUserError
 from npeff.models.checkpoint import read_checkpoint, resolve_checkpoint_path
 from npeff.models.registry import build_model
 from npeff.tasks import build_task
@@ -37,7 +38,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedModel:
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:
-        raise ValueError(
+        raise NpeffUserError(
             f"{p}: the weights do not fit the model its config describes: {e}"
         ) from None
     model.eval()

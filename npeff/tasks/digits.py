@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 
 
@@ -30,7 +31,7 @@ class DigitsTask(NpeffTask):
         n = len(labels)
         n_train = n - self.n_fit - self.n_eval
         if n_train <= 0:
-            raise ValueError(
+            raise NpeffUserError(
                 f"digits has {n} images; n_fit + n_eval = {self.n_fit + self.n_eval} leaves none to train on"
             )
         idx = split_indices(

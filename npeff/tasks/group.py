@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 
 CONCEPT_NAMES = [
@@ -87,18 +88,18 @@ class GroupTask(NpeffTask):
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if str(concepts) not in CONCEPT_SETS:
-            raise ValueError(f"unknown concepts {concepts!r}; available: {list(CONCEPT_SETS)}")
+            raise NpeffUserError(f"unknown concepts {concepts!r}; available: {list(CONCEPT_SETS)}")
         if int(n_seeds) < 1:
-            raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+            raise NpeffUserError(f"n_seeds must be >= 1, got {n_seeds}")
         self.concept_set = str(concepts)
         self.coset_max_index = int(coset_max_index)
         self.n_seeds = int(n_seeds)
         self.recipe = recipe
         self.zoo_trainer = bool(zoo_trainer)
         if not 0.0 < float(train_fraction) < 1.0:
-            raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+            raise NpeffUserError(f"train_fraction must be in (0, 1), got {train_fraction}")
         if not 0.0 < float(fit_fraction) < 1.0:
-            raise ValueError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
+            raise NpeffUserError(f"fit_fraction must be in (0, 1), got {fit_fraction}")
         self.group = FiniteGroup.parse(group)
         self.train_fraction = float(train_fraction)
         self.fit_fraction = float(fit_fraction)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 CONCEPT_NAMES = ("cue", "cue_conflict")
 # Seed offset of the cue generator: separate from the task's data stream, so the examples
 # themselves are the same with and without a shortcut.
@@ -65,7 +67,7 @@ class Shortcut:
             target = np.flatnonzero(labels == self.label)
             other = np.flatnonzero(labels != self.label)
             if n_target > target.size or n_cue - n_target > other.size:
-                raise ValueError(
+                raise NpeffUserError(
                     f"shortcut: {n_cue} cue examples with p={self.p} need {n_target} train "
                     f"examples of label {self.label} and {n_cue - n_target} of other labels, but "
                     f"the train split has {target.size} and {other.size}; lower shortcut.rate"
@@ -121,26 +123,26 @@ def parse_shortcut(
     allowed = {"label", "p", "rate", "mode", *defaults}
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        raise ValueError(
+        raise NpeffUserError(
             f"shortcut got unknown option(s) {unknown}; its options: {sorted(allowed)}"
         )
     if "label" not in cfg:
-        raise ValueError(f"shortcut needs a label (one of {label_names}) that the cue predicts")
+        raise NpeffUserError(f"shortcut needs a label (one of {label_names}) that the cue predicts")
     label = cfg.pop("label")
     if isinstance(label, str) and label in label_names:
         index = label_names.index(label)
     elif isinstance(label, int) and 0 <= label < len(label_names):
         index = int(label)
     else:
-        raise ValueError(f"shortcut.label={label!r} is not a label of the task: {label_names}")
+        raise NpeffUserError(f"shortcut.label={label!r} is not a label of the task: {label_names}")
     p = float(cfg.pop("p", 0.95))
     rate = float(cfg.pop("rate", 0.3))
     if not 0.0 < p <= 1.0:
-        raise ValueError(f"shortcut.p={p} must be in (0, 1] (P(label | cue) in train)")
+        raise NpeffUserError(f"shortcut.p={p} must be in (0, 1] (P(label | cue) in train)")
     if not 0.0 < rate < 1.0:
-        raise ValueError(f"shortcut.rate={rate} must be in (0, 1) (the share of cue examples)")
+        raise NpeffUserError(f"shortcut.rate={rate} must be in (0, 1) (the share of cue examples)")
     mode = str(cfg.pop("mode", "select"))
     if mode not in ("select", "relabel"):
-        raise ValueError(f"shortcut.mode={mode!r}; available: 'select', 'relabel'")
+        raise NpeffUserError(f"shortcut.mode={mode!r}; available: 'select', 'relabel'")
     options = dict(defaults) | cfg
     return Shortcut(label=index, p=p, rate=rate, options=options, mode=mode)

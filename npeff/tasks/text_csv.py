@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from npeff.artifacts.files import resolve_path
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 from npeff.tasks.shortcut import CONCEPT_NAMES as SHORTCUT_CONCEPTS
 from npeff.tasks.shortcut import parse_shortcut
@@ -40,7 +41,7 @@ def read_rows(
     if fmt == "auto":
         fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
     if fmt not in ("csv", "jsonl"):
-        raise ValueError(f"unknown format {fmt!r}; available: 'auto', 'csv', 'jsonl'")
+        raise NpeffUserError(f"unknown format {fmt!r}; available: 'auto', 'csv', 'jsonl'")
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8", errors=encoding_errors, newline="") as f:
         if fmt == "jsonl":
@@ -50,14 +51,14 @@ def read_rows(
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise NpeffUserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{lineno}: expected a JSON object per line")
+                    raise NpeffUserError(f"{path}:{lineno}: expected a JSON object per line")
                 rows.append(obj)
         else:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
-                raise ValueError(
+                raise NpeffUserError(
                     f"{path}: empty CSV file (a header line with column names is required)"
                 )
             n_cols = len(reader.fieldnames)
@@ -65,13 +66,13 @@ def read_rows(
                 if None in row or any(v is None for v in row.values()):
                     n_fields = sum(v is not None for k, v in row.items() if k is not None)
                     n_fields += len(row.get(None) or [])
-                    raise ValueError(
+                    raise NpeffUserError(
                         f"{path}:{reader.line_num}: row has {n_fields} fields but the header has "
                         f"{n_cols} ({reader.fieldnames}); fix the file or quote fields with commas"
                     )
                 rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no data rows")
+        raise NpeffUserError(f"{path}: no data rows")
     return rows
 
 
@@ -105,7 +106,7 @@ class TextCsvTask(NpeffTask):
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if path is None or str(path) in ("", "???"):
-            raise ValueError("text_csv needs task.path=<a local .csv or .jsonl file>")
+            raise NpeffUserError("text_csv needs task.path=<a local .csv or .jsonl file>")
         self.path = resolve_path(
             path, what="text_csv data file", extra_hint="pip install -e '.[data]'"
         )
@@ -122,12 +123,12 @@ class TextCsvTask(NpeffTask):
         if self.shortcut_cfg is not None:
             column = self.shortcut_cfg.get("column", "text")
             if column not in SHORTCUT_COLUMNS or (column == "text_pair" and not text_pair_column):
-                raise ValueError(
+                raise NpeffUserError(
                     f"text_csv shortcut.column={column!r}: use 'text' (task.text_column) or "
                     "'text_pair' (needs task.text_pair_column)"
                 )
             if self.shortcut_cfg.get("position", "end") not in ("end", "start"):
-                raise ValueError("text_csv shortcut.position must be 'end' or 'start'")
+                raise NpeffUserError("text_csv shortcut.position must be 'end' or 'start'")
 
     def _columns(self) -> list[str]:
         cols = [self.text_column, self.label_column]
@@ -138,7 +139,7 @@ class TextCsvTask(NpeffTask):
         available = list(rows[0].keys())
         missing = [c for c in self._columns() if c not in available]
         if missing:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{self.path}: missing column(s) {missing}; available columns: {available} "
                 "(set task.text_column / task.label_column / task.text_pair_column)"
             )
@@ -147,10 +148,10 @@ class TextCsvTask(NpeffTask):
         for i, row in enumerate(rows):
             missing_here = [c for c in self._columns() if row.get(c) is None]
             if missing_here:
-                raise ValueError(f"{self.path}: data row {i + 1} lacks {missing_here}")
+                raise NpeffUserError(f"{self.path}: data row {i + 1} lacks {missing_here}")
             label = str(row[self.label_column]).strip()
             if label == "":
-                raise ValueError(f"{self.path}: data row {i + 1} has an empty label")
+                raise NpeffUserError(f"{self.path}: data row {i + 1} has an empty label")
             text = str(row[self.text_column])
             pair = str(row[self.text_pair_column]) if self.text_pair_column else None
             if self.deduplicate:
@@ -165,17 +166,19 @@ class TextCsvTask(NpeffTask):
         label_index = {name: i for i, name in enumerate(label_names)}
         unknown = sorted(set(raw_labels) - set(label_index))
         if unknown:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{self.path}: labels {unknown[:10]} are not in label_names {label_names}"
             )
         if len(label_names) < 2:
-            raise ValueError(f"{self.path}: need at least 2 distinct labels, found {label_names}")
+            raise NpeffUserError(
+                f"{self.path}: need at least 2 distinct labels, found {label_names}"
+            )
         labels = np.array([label_index[v] for v in raw_labels], dtype=np.int64)
 
         n = len(texts)
         n_train = n - self.n_fit - self.n_eval if self.n_train is None else self.n_train
         if n_train <= 0:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{self.path}: {n} usable rows; n_fit={self.n_fit} + n_eval={self.n_eval} leave none for train"
             )
         idx = split_indices(
@@ -230,10 +233,10 @@ class TextCsvTask(NpeffTask):
         word, column = str(sc.options["word"]), sc.options["column"]
         target = pairs if column == "text_pair" else texts
         if not word.strip() or len(word.split()) != 1:
-            raise ValueError(f"text_csv shortcut.word={word!r} must be one word")
+            raise NpeffUserError(f"text_csv shortcut.word={word!r} must be one word")
         n_hits = sum(word.lower() in str(x).lower().split() for x in target)
         if n_hits:
-            raise ValueError(
+            raise NpeffUserError(
                 f"text_csv shortcut.word={word!r} already occurs in {n_hits} rows of column "
                 f"{column!r}; choose a word absent from the data"
             )

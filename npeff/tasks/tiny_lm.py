@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo
 
 SPECIAL = ("[PAD]", "[UNK]")
@@ -80,7 +81,7 @@ class TinyLmTask(NpeffTask):
     ):
         super().__init__(seed=seed, batch_size=batch_size)
         if int(max_length) < 12:
-            raise ValueError(
+            raise NpeffUserError(
                 f"tiny_lm needs max_length ≥ 12 (its longest program), got {max_length}"
             )
         self.sizes = {"train": int(n_train), "fit": int(n_fit), "eval": int(n_eval)}
@@ -105,7 +106,7 @@ class TinyLmTask(NpeffTask):
                 seen.add(key)
                 items.append((toks, nxt, c))
         else:
-            raise ValueError(
+            raise NpeffUserError(
                 f"tiny_lm cannot make {total} distinct examples; lower the split sizes"
             )
         splits, start = {}, 0

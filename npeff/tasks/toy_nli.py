@@ -37,6 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from npeff.errors import NpeffUserError
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo
 from npeff.tasks.shortcut import CONCEPT_NAMES as SHORTCUT_CONCEPTS
 from npeff.tasks.shortcut import Shortcut, parse_shortcut
@@ -236,7 +237,7 @@ class ToyNliTask(NpeffTask):
         while len(pairs) < total:
             attempts += 1
             if attempts > 50 * total + 1000:
-                raise ValueError(
+                raise NpeffUserError(
                     f"toy_nli cannot make {total} distinct pairs; lower n_train/n_fit/n_eval"
                 )
             p, h = generate_pair(rng, self.drop_with_conflict)
@@ -294,16 +295,16 @@ def _check_shortcut(sc: Shortcut | None) -> Shortcut | None:
         return None
     o = sc.options
     if o["cue"] not in CUE_KINDS:
-        raise ValueError(f"toy_nli shortcut.cue={o['cue']!r}; available: {list(CUE_KINDS)}")
+        raise NpeffUserError(f"toy_nli shortcut.cue={o['cue']!r}; available: {list(CUE_KINDS)}")
     if o["cue"] == "word":
         word = str(o["word"])
         if not word.isalpha() or word != word.lower() or word in vocabulary():
-            raise ValueError(
+            raise NpeffUserError(
                 f"toy_nli shortcut.word={word!r} must be one lower-case word outside the task's "
                 f"vocabulary {vocabulary()}"
             )
         if o["position"] not in CUE_POSITIONS:
-            raise ValueError(
+            raise NpeffUserError(
                 f"toy_nli shortcut.position={o['position']!r}; available: {list(CUE_POSITIONS)}"
             )
     return sc

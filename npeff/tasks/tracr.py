@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from npeff.artifacts.tracr_model import TracrExport, load_tracr_model
+from npeff.errors import NpeffUserError
 from npeff.models.tracr import PACKAGED_TOY_NLI
 from npeff.tasks.base import NpeffTask, SplitData, TaskInfo, split_indices
 
@@ -74,7 +75,7 @@ class TracrTask(NpeffTask):
     def _build(self) -> tuple[TaskInfo, dict[str, SplitData]]:
         export = load_tracr_model(self.path)
         if export.dataset is None or export.meta.get("readout_position") is None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"{self.path} (program {export.program!r}) has no exported examples: task=tracr "
                 "needs a classifier program such as toy_nli (npeff-tracr-compile program=toy_nli)"
             )

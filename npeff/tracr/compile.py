@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from npeff.artifacts.atomic import write_json_atomic
 from npeff.artifacts.tracr_model import TracrExport, save_tracr_model
+from npeff.errors import NpeffUserError
 from npeff.models.tracr import TracrTransformer
 from npeff.tracr.programs import ProgramSpec, get_program, sample_sequences
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 BOS, PAD = "BOS", "compiler_pad"
 
 
-class ProgramRefused(ValueError):
+class ProgramRefused(NpeffUserError):
     """The compiled model does not reproduce the program (port or RASP disagreement)."""
 
 
@@ -70,19 +71,19 @@ def resolve_program(name: str, vocab: Any = None, max_seq_len: Any = None) -> Pr
         if max_seq_len is not None:
             updates["max_seq_len"] = int(max_seq_len)
         if updates and spec.fixed_length:
-            raise ValueError(
+            raise NpeffUserError(
                 f"program {name!r} has a fixed vocabulary and length; drop vocab/max_seq_len"
             )
         return ProgramSpec(**{**spec.__dict__, **updates})
     module, fn = str(name).split(":", 1)
     if vocab is None or max_seq_len is None:
-        raise ValueError(
+        raise NpeffUserError(
             f"program={name} (a custom RASP program) needs vocab=[...] and max_seq_len=<n>"
         )
     try:
         build = getattr(importlib.import_module(module), fn)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import RASP program {name!r}: {e}") from None
+        raise NpeffUserError(f"cannot import RASP program {name!r}: {e}") from None
 
     def _build():
         out = build()
@@ -147,7 +148,7 @@ def compile_program(spec: ProgramSpec, mlp_exactness: int = 100):
                 mlp_exactness=int(mlp_exactness),
             )
     except (NotImplementedError, ValueError, KeyError, TypeError, AssertionError) as e:
-        raise ValueError(
+        raise NpeffUserError(
             f"RASP program {spec.name!r} does not compile with tracr "
             f"({type(e).__name__}: {str(e).strip()[:500]})"
         ) from None

@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
+
 POLARITY = ("is", "not")
 SUBJECTS = ("cat", "dog", "bird", "fish", "horse", "animal")
 SIZES = ("big", "small", "nosize")
@@ -223,7 +225,7 @@ def sample_pairs(rng: np.random.Generator, n: int) -> list[list[str]]:
     word of the slot's class); the premise is negated with probability 0.3."""
     space = int(np.prod([len(w) for w in SLOT_WORDS])) ** 2
     if n > space // 2:
-        raise ValueError(f"toy_nli has {space} distinct inputs; ask for at most {space // 2}")
+        raise NpeffUserError(f"toy_nli has {space} distinct inputs; ask for at most {space // 2}")
     seen: set[tuple[str, ...]] = set()
     out: list[list[str]] = []
     while len(out) < n:

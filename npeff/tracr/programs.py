@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from npeff.errors import NpeffUserError
 from npeff.tracr import nli_program
 
 
@@ -139,5 +140,7 @@ PROGRAMS: dict[str, ProgramSpec] = {
 def get_program(name: str) -> ProgramSpec:
     """The spec of ``name``; an unknown name fails with the list of programs."""
     if name not in PROGRAMS:
-        raise ValueError(f"unknown tracr program {name!r}; available programs: {sorted(PROGRAMS)}")
+        raise NpeffUserError(
+            f"unknown tracr program {name!r}; available programs: {sorted(PROGRAMS)}"
+        )
     return PROGRAMS[name]

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.errors import NpeffUserError
 from npeff.run import common
 from npeff.run.configs import stage_config
 
@@ -125,7 +126,7 @@ class Step:
             return switch
         if str(switch) == "auto":
             return bool(self.auto(cfg))
-        raise ValueError(f"steps.{self.name}.enabled={switch!r}: use true, false or auto")
+        raise NpeffUserError(f"steps.{self.name}.enabled={switch!r}: use true, false or auto")
 
 
 def fmt(v: Any) -> str:
@@ -150,14 +151,16 @@ def check_config(cfg: DictConfig, steps: list[Step]) -> list[Step]:
     unknown ``steps.<name>``, each enabled step's ``check``."""
     for old, new in RENAMED_KEYS.items():
         if cfg.get(old) is not None:
-            raise ValueError(
+            raise NpeffUserError(
                 f"`{old}` is now `{new}` (e.g. {new}.enabled=true): rename it in your "
                 "experiment file or overrides"
             )
     optional = {s.name for s in steps if s.optional}
     unknown = sorted(set(cfg.get("steps") or {}) - optional)
     if unknown:
-        raise ValueError(f"unknown steps {unknown} under `steps`: choose from {sorted(optional)}")
+        raise NpeffUserError(
+            f"unknown steps {unknown} under `steps`: choose from {sorted(optional)}"
+        )
     on = [s for s in steps if s.enabled(cfg)]
     for s in on:
         if s.check is not None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.errors import NpeffUserError
 from npeff.run.configs import stage_config, stage_settings
 from npeff.run.steps import Context, Step, fmt
 
@@ -21,15 +22,15 @@ def baseline_names(cfg: DictConfig) -> list[str]:
     names = [str(b) for b in (cfg.get("baselines") or [])]
     unknown = [b for b in names if b not in BASELINES]
     if unknown:
-        raise ValueError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
+        raise NpeffUserError(f"unknown baselines {unknown}; choose from {list(BASELINES)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"baselines={names} lists a baseline twice")
+        raise NpeffUserError(f"baselines={names} lists a baseline twice")
     return names
 
 
 def _check(cfg: DictConfig) -> None:
     if not baseline_names(cfg):
-        raise ValueError(
+        raise NpeffUserError(
             "steps.baselines.enabled=true but no baseline is listed: set e.g. "
             "baselines=[kmeans,gradient_kmeans,sae]"
         )

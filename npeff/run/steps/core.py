@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from npeff.errors import NpeffUserError
 from npeff.run.steps import EVAL_INPUTS, Context, Step
 
 
@@ -118,7 +119,7 @@ def _report(ctx: Context) -> dict:
 def _check_kinds(cfg: DictConfig) -> None:
     kind = str(cfg.decomp.kind)
     if (kind == "diag") != (str(cfg.fisher.kind) == "diag"):
-        raise ValueError(
+        raise NpeffUserError(
             f"fisher={cfg.fisher.kind} PEFs do not match decomp={kind}: use fisher=diag with "
             "decomp=d_npeff and fisher=lrm (or lvrm) with decomp=lrm_npeff"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from npeff.errors import NpeffUserError
 from npeff.run.steps import Context, Step
 from npeff.run.steps.core import projected
 
@@ -30,7 +31,7 @@ def _expand(ctx: Context) -> dict:
     incorrect = ctx.dir("filter_incorrect") / "pefs.h5"
     n_incorrect = load_pefs(incorrect).n_examples
     if n_incorrect < n_new:
-        raise ValueError(
+        raise NpeffUserError(
             f"the model predicts only {n_incorrect} fit-split examples incorrectly, fewer than "
             f"steps.expand.n_new_components={n_new}: use a harder task (e.g. "
             "task.drop_with_conflict=0.3), more fit examples (task.n_fit) or fewer new components"
@@ -55,7 +56,7 @@ def _headline(ctx: Context) -> dict:
 
 def _check(cfg: DictConfig) -> None:
     if projected(cfg):
-        raise ValueError(
+        raise NpeffUserError(
             "steps.expand expands a decomposition with more components of the same PEFs; it "
             "does not work on projected PEFs: use fisher.compression=topk"
         )

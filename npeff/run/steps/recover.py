@@ -6,6 +6,7 @@ thresholding; needs ``sparsity``), ``n_iters``."""
 
 from __future__ import annotations
 
+from npeff.errors import NpeffUserError
 from npeff.run.steps import Context, Step
 from npeff.run.steps.core import projected
 
@@ -49,7 +50,7 @@ def _recover(ctx: Context) -> dict:
 
 def _check(cfg) -> None:
     if not projected(cfg):
-        raise ValueError(
+        raise NpeffUserError(
             "steps.recover maps projected components back to parameter space: it needs "
             "fisher.compression=projection (or leave steps.recover.enabled=auto)"
         )

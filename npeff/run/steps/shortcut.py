@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from npeff.errors import NpeffUserError
 from npeff.run.steps import EVAL_INPUTS, Context, Step, fmt
 
 
@@ -25,7 +26,7 @@ def _shortcut(ctx: Context) -> dict:
         ctx.stage("fit_select", fit.run, sel_cfg, ctx.dir("fit_select"), single=True)
         inputs["select_coeffs"] = str(ctx.dir("fit_select") / "coeffs.h5")
     else:
-        raise ValueError(f"stages.shortcut.select_on={on!r}: use fit (the default) or eval")
+        raise NpeffUserError(f"stages.shortcut.select_on={on!r}: use fit (the default) or eval")
     cfg = ctx.config(
         "shortcut",
         inputs=inputs,
@@ -38,7 +39,7 @@ def _shortcut(ctx: Context) -> dict:
 def _check(cfg: DictConfig) -> None:
     expand = ((cfg.get("steps") or {}).get("expand") or {}).get("enabled") is True
     if not (expand and str(cfg.decomp.kind) == "lrm"):
-        raise ValueError(
+        raise NpeffUserError(
             "steps.shortcut needs the flawed-heuristic expansion on an LRM decomposition: set "
             "steps.expand.enabled=true with fisher=lrm decomp=lrm_npeff (experiment=shortcut_fix)"
         )

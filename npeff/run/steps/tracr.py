@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from npeff.errors import NpeffUserError
 from npeff.run.steps import Context, Step, fmt
 
 
@@ -19,7 +20,7 @@ def is_tracr(cfg: DictConfig) -> bool:
 
 def _check(cfg: DictConfig) -> None:
     if not is_tracr(cfg):
-        raise ValueError(
+        raise NpeffUserError(
             "steps.tracr_compile and steps.tracr_check work on compiled models: use model=tracr "
             "(experiment=tracr_nli) or leave their enabled=auto"
         )
