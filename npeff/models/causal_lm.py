@@ -152,6 +152,8 @@ def build_hf_causal_lm(
             "model=hf_causal_lm needs an AutoModelForCausalLM folder (e.g. GPT2LMHeadModel). "
             "Use model=hf_local for a sequence classifier"
         )
+    if getattr(config, "vocab_size", None) is not None:  # refuse before loading any weights
+        _check_task_classes(num_classes, int(config.vocab_size))
     try:
         lm = AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, attn_implementation=attn_implementation
@@ -161,9 +163,14 @@ def build_hf_causal_lm(
             f"{folder} ({config.model_type}) cannot be loaded as a causal LM: {e}"
         ) from None
     wrapped = CausalLMExplainer(lm)
-    if num_classes is not None and int(num_classes) != wrapped.vocab_size:
+    _check_task_classes(num_classes, wrapped.vocab_size)
+    return wrapped.eval()
+
+
+def _check_task_classes(num_classes: int | None, vocab_size: int) -> None:
+    """Refuse a task whose number of classes is not the LM's vocabulary size."""
+    if num_classes is not None and int(num_classes) != vocab_size:
         raise NpeffUserError(
-            f"the task has {num_classes} classes but the causal LM predicts {wrapped.vocab_size} "
+            f"the task has {num_classes} classes but the causal LM predicts {vocab_size} "
             "tokens; model=hf_causal_lm needs a language-model task whose labels are token ids"
         )
-    return wrapped.eval()
